@@ -1,0 +1,1 @@
+"""CHS face alignment toolchain."""
