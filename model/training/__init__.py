@@ -1,0 +1,1 @@
+"""Training: augmentation, targets, losses, data and the trainer behind ``chs-train``."""

@@ -1,0 +1,114 @@
+"""Thin typer commands over library functions. Heavy imports (torch) happen inside the commands, so
+``chs-align`` runs in a torch-free install."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chs.errors_cli import one_line_errors
+
+app = typer.Typer(help="CHS face alignment: train, evaluate, export, align, benchmark.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+
+
+def _single(fn) -> typer.Typer:
+    """A one-command app for the ``chs-<verb>`` console scripts."""
+    sub = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+    sub.command()(fn)
+    return sub
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- train
+@one_line_errors
+def train(
+    data: Annotated[str, typer.Option(help="Training set (pts folder, COCO json, WFLW txt, COFW mat, AFLW csv).")],
+    out: Annotated[str, typer.Option(help="Run folder: epoch_NNN/, last/ and best/ checkpoints.")] = "runs/chs",
+    preset: Annotated[str, typer.Option(help="Model preset: wflw, 300w, cofw, aflw, awing, ytf68, tiny.")] = "ytf68",
+    val: Annotated[str | None, typer.Option(help="Validation set; best/ is chosen on its NME.")] = None,
+    epochs: int = 30,
+    batch_size: int = 10,
+    lr: float = 1e-2,
+    optimizer: Annotated[str, typer.Option(help="sgd (the paper) or adam.")] = "sgd",
+    schedule: Annotated[str, typer.Option(help="paper (x0.75 steps, scaled) or cosine.")] = "paper",
+    sigma: Annotated[float, typer.Option(help="Gaussian heatmap sigma in heatmap cells.")] = 1.0,
+    ccr: Annotated[int | None, typer.Option(help="CCR stages to train (default: the preset's).")] = None,
+    backward: Annotated[str | None, typer.Option(help="Backward connection: ccr, task or full.")] = None,
+    seed: int = 0,
+    device: str = "cpu",
+    amp: Annotated[str, typer.Option(help="none, bf16 or fp16 (CUDA only).")] = "none",
+    threads: int = 0,
+    workers: int = 0,
+    max_samples: int = 0,
+    resume: Annotated[str | None, typer.Option(help="Checkpoint folder to resume from (e.g. RUN/last).")] = None,
+) -> None:
+    """Train a CHS model (multi-task: heatmaps + cascaded coordinate regression)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from chs.model.config import get_preset
+    from chs.model.training.trainer import Trainer, TrainOptions
+
+    overrides = {k: v for k, v in {"ccr_stages": ccr, "backward": backward}.items() if v is not None}
+    cfg = get_preset(preset, **overrides)
+    opts = TrainOptions(data=data, out=out, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
+                        optimizer=optimizer, schedule=schedule, sigma=sigma, seed=seed, device=device, amp=amp,
+                        threads=threads, workers=workers, max_samples=max_samples)
+    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),
+                  transient=True) as bar:
+        task = bar.add_task("train", total=1, epoch=0, loss=0.0, lr=lr)
+
+        def progress(epoch, step, steps, loss, cur_lr):
+            bar.update(task, completed=step, total=steps, epoch=epoch, loss=loss, lr=cur_lr)
+
+        trainer = Trainer(cfg, opts, resume=resume, log=bar.console.print)
+        result = trainer.fit(progress)
+    typer.echo(f"best val NME (IOD): {result['best_val_nme_iod']}  checkpoints in {out}")
+
+
+# ---------------------------------------------------------------------------------------------- eval
+@one_line_errors
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Checkpoint folder, exported .onnx, or 'default'.")],
+    data: Annotated[str, typer.Option(help="Annotated dataset to evaluate on.")],
+    ccr: Annotated[int | None, typer.Option(help="Serve only the first K CCR stages.")] = None,
+    batch_size: int = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    plot: Annotated[str | None, typer.Option(help="Write the CED curve to this PNG.")] = None,
+) -> None:
+    """NME / FR / AUC of a model on a dataset (ground-truth-landmark boxes)."""
+    from chs.loading import open_runner
+    from chs.runtime.datasets import load_dataset
+    from chs.runtime.evaluate import evaluate_runner
+
+    runner = open_runner(model, ccr=ccr, backend="auto")
+    res = evaluate_runner(runner, load_dataset(data), batch_size)
+    pred = res.pop("_pred")
+    if plot:
+        from chs.benchmarks.plots import plot_ced
+
+        plot_ced({f"{Path(model).name} (ccr {res['ccr']})": res["per_sample_nme"]}, plot)
+    del pred
+    res.pop("per_sample_nme", None)
+    if as_json:
+        _print_json(res)
+        return
+    typer.echo(f"n={res['n']}  NME(IOD) {res['nme_iod'] * 100:.2f}%  NME(IPD) {res['nme_ipd'] * 100:.2f}%  "
+               f"FR@10 {res['fr_10'] * 100:.2f}%  AUC@10 {res['auc_10']:.4f}")
+    if "nme_iod_per_stage" in res:
+        stages = "  ".join(f"k={i}: {v * 100:.2f}%" for i, v in enumerate(res["nme_iod_per_stage"]))
+        typer.echo(f"NME(IOD) per CCR stage: {stages}")
+
+
+app.command("train")(train)
+app.command("eval")(evaluate)
+train_app = _single(train)
+eval_app = _single(evaluate)

@@ -1,0 +1,227 @@
+"""Triton Inference Server model repository for a CHS model (ONNX Runtime or TensorRT backend).
+
+Triton's dynamic batcher groups single-face requests into the batches the model was built for; the
+config must agree with the artifact (input name and size, batch limit within the engine profile), and the
+crop/normalisation rule must travel with it, so the I/O contract is copied next to ``config.pbtxt``.
+The generated config is checked by :func:`parse_pbtxt_minimal` in tests, not by a running Triton.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from chs.runtime.artifact import INPUT_NAME, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta
+from chs.runtime.contract import CONTRACT_FILE, io_contract, validate_contract
+from chs.runtime.errors import ChsError
+
+_TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
+_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
+
+
+def _triton_type(dtype: str) -> str:
+    if dtype not in _TRITON_TYPES:
+        raise ChsError(f"no Triton data type for {dtype!r}")
+    return _TRITON_TYPES[dtype]
+
+
+def _engine_sidecar(engine_path: Path) -> dict | None:
+    p = engine_path.with_name(engine_path.name + ".json")
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ChsError(f"engine sidecar {p} is not valid JSON") from None
+
+
+def _tensor_block(kind: str, tensors: list[tuple[str, str, list[int]]]) -> list[str]:
+    lines = [f"{kind} ["]
+    for i, (name, dtype, dims) in enumerate(tensors):
+        lines += [
+            "  {",
+            f'    name: "{name}"',
+            f"    data_type: {dtype}",
+            f"    dims: [ {', '.join(str(d) for d in dims)} ]",
+            "  }" + ("," if i < len(tensors) - 1 else ""),
+        ]
+    return lines + ["]"]
+
+
+def write_triton_repository(
+    out_dir: str | Path,
+    model_name: str,
+    *,
+    onnx_path: str | Path | None = None,
+    engine_path: str | Path | None = None,
+    meta: ModelMeta,
+    max_batch: int = 32,
+    preferred_batch: tuple[int, ...] = (8, 16),
+    max_queue_delay_us: int = 2000,
+    input_dtype: str = "float32",
+    instance_count: int = 1,
+    instance_kind: str | None = None,
+) -> Path:
+    """Write ``out_dir/model_name/{config.pbtxt, chs_contract.json, 1/model.onnx|model.plan}``.
+
+    Exactly one of ``onnx_path`` / ``engine_path``. The input stays TYPE_FP32 (this project's fp16 ONNX
+    still takes float32) unless ``input_dtype`` says otherwise; for an engine, its sidecar's dtypes win and
+    ``max_batch`` must fit the engine's profile. ``instance_kind`` defaults to KIND_GPU for an engine and
+    KIND_AUTO (GPU if present) for ONNX. Returns the model directory.
+    """
+    if (onnx_path is None) == (engine_path is None):
+        raise ChsError("give exactly one of onnx_path or engine_path for the Triton model")
+    if not model_name or not re.fullmatch(r"[A-Za-z0-9_.\-]+", model_name) or model_name in (".", ".."):
+        raise ChsError(f"Triton model name {model_name!r} must be letters, digits, '_', '-' or '.'")
+    if max_batch < 1:
+        raise ChsError(f"max_batch must be >= 1, got {max_batch}")
+    pref = sorted({int(b) for b in preferred_batch})
+    if any(b < 1 or b > max_batch for b in pref):
+        raise ChsError(f"preferred batch sizes {list(preferred_batch)} must lie in 1..{max_batch}")
+    if max_queue_delay_us < 0:
+        raise ChsError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
+    if instance_count < 1:
+        raise ChsError(f"instance_count must be >= 1, got {instance_count}")
+
+    src = Path(onnx_path if onnx_path is not None else engine_path)  # type: ignore[arg-type]
+    if not src.is_file():
+        raise ChsError(f"model file {src} does not exist")
+    s, n = int(meta.input_size), int(meta.num_points)
+    in_dtype, out_dtype = input_dtype, "float32"
+    contract = None
+    if engine_path is not None:
+        platform, target, kind = "tensorrt_plan", "model.plan", instance_kind or "KIND_GPU"
+        sidecar = _engine_sidecar(src)
+        if sidecar is not None:
+            dtypes = {
+                t["name"]: t.get("dtype", "float32")
+                for t in sidecar.get("inputs", []) + sidecar.get("outputs", [])
+            }
+            in_dtype = dtypes.get(INPUT_NAME, in_dtype)
+            out_dtype = dtypes.get(OUTPUT_LANDMARKS, out_dtype)
+            prof_max = (sidecar.get("profile") or {}).get("max")
+            if prof_max and max_batch > int(prof_max[0]):
+                raise ChsError(
+                    f"max_batch {max_batch} exceeds the engine's profile maximum {prof_max[0]}: "
+                    "lower it or rebuild the engine"
+                )
+            if sidecar.get("contract"):
+                contract = validate_contract(sidecar["contract"], f"contract in the sidecar of {src}")
+    else:
+        platform, target, kind = "onnxruntime_onnx", "model.onnx", instance_kind or "KIND_AUTO"
+    if kind not in _KINDS:
+        raise ChsError(f"instance_kind must be one of {', '.join(_KINDS)}, got {kind!r}")
+
+    inputs = [(INPUT_NAME, _triton_type(in_dtype), [3, s, s])]
+    outputs = [
+        (OUTPUT_LANDMARKS, _triton_type(out_dtype), [n, 2]),
+        (OUTPUT_SCORES, _triton_type(out_dtype), [n]),
+    ]
+    lines = [f'name: "{model_name}"', f'platform: "{platform}"', f"max_batch_size: {int(max_batch)}"]
+    lines += _tensor_block("input", inputs) + _tensor_block("output", outputs)
+    lines += ["dynamic_batching {"]
+    if pref:
+        lines += [f"  preferred_batch_size: [ {', '.join(str(b) for b in pref)} ]"]
+    lines += [f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}", "}"]
+    lines += ["instance_group [", "  {", f"    count: {int(instance_count)}", f"    kind: {kind}", "  }", "]"]
+
+    if contract is None:
+        contract = io_contract(
+            meta,
+            [{"name": t[0], "shape": [-1, *t[2]], "dtype": in_dtype} for t in inputs],
+            [{"name": t[0], "shape": [-1, *t[2]], "dtype": out_dtype} for t in outputs],
+            {"server": "triton", "platform": platform, "max_batch_size": int(max_batch)},
+        )
+
+    model_dir = Path(out_dir) / model_name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    for stale in ("model.onnx", "model.plan"):
+        if stale != target and (model_dir / "1" / stale).exists():
+            (model_dir / "1" / stale).unlink()
+    shutil.copyfile(src, model_dir / "1" / target)
+    (model_dir / "config.pbtxt").write_text("\n".join(lines) + "\n")
+    (model_dir / CONTRACT_FILE).write_text(json.dumps(contract, indent=2, sort_keys=True) + "\n")
+    return model_dir
+
+
+_TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([^\s{}\[\]:,"#]+))')
+
+
+def _tokens(text: str) -> list[str]:
+    out, pos = [], 0
+    text = text.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise ChsError(f"pbtxt: cannot read {text[pos : pos + 20]!r}")
+        pos = m.end()
+        if m.group(1) is None:
+            out.append(next(g for g in m.groups()[1:] if g is not None))
+    return out
+
+
+def _scalar(tok: str) -> object:
+    if tok.startswith('"'):
+        return json.loads(tok)
+    for cast in (int, float):
+        try:
+            return cast(tok)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(tok, tok)  # enums (TYPE_FP32, KIND_GPU) stay strings
+
+
+def parse_pbtxt_minimal(text: str) -> dict:
+    """Parse the protobuf text format subset Triton configs use: ``key: value``, ``key { ... }``,
+    ``key [ v, ... ]`` and ``key [ { ... }, ... ]``. Repeated keys collect into lists."""
+    toks = _tokens(text)
+    pos = 0
+
+    def value() -> object:
+        nonlocal pos
+        tok = toks[pos]
+        if tok == "{":
+            pos += 1
+            return message("}")
+        if tok == "[":
+            pos += 1
+            items = []
+            while toks[pos] != "]":
+                items.append(value())
+                if toks[pos] == ",":
+                    pos += 1
+            pos += 1
+            return items
+        pos += 1
+        return _scalar(tok)
+
+    def message(end: str | None) -> dict:
+        nonlocal pos
+        msg: dict = {}
+        while pos < len(toks) and toks[pos] != end:
+            key = toks[pos]
+            pos += 1
+            if pos < len(toks) and toks[pos] == ":":
+                pos += 1
+            if pos >= len(toks):
+                raise ChsError(f"pbtxt: '{key}' has no value")
+            v = value()
+            if key in msg:
+                prev = msg[key]
+                msg[key] = (prev if isinstance(prev, list) else [prev]) + (v if isinstance(v, list) else [v])
+            else:
+                msg[key] = v
+            if pos < len(toks) and toks[pos] in (",", ";"):
+                pos += 1
+        if end is not None:
+            if pos >= len(toks):
+                raise ChsError(f"pbtxt: missing '{end}'")
+            pos += 1
+        return msg
+
+    try:
+        return message(None)
+    except IndexError:
+        raise ChsError("pbtxt: unexpected end of text") from None

@@ -1,0 +1,240 @@
+"""The training loop behind ``chs-train``: multi-task loss (Eq. 8), checkpoints, resume, DDP, AMP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from chs.model.checkpoint import CONFIG, WEIGHTS, save_checkpoint
+from chs.model.chs import CHSNet, build_model
+from chs.model.config import ChsConfig
+from chs.model.runner import TorchRunner
+from chs.model.training.augment import AugmentConfig
+from chs.model.training.data import FaceTrainSet
+from chs.model.training.losses import AdaptiveTaskWeights, adaptive_wing_loss, log_wing_loss, task_alphas
+from chs.runtime.datasets import load_dataset
+from chs.runtime.errors import ChsError
+from chs.runtime.evaluate import load_images, predict_samples, sample_box
+from chs.runtime.metrics import summarize
+
+PAPER_EPOCHS = 340  # the paper's schedule, scaled to the configured epoch count
+PAPER_MILESTONES = (120, 200, 240, 245, 250, 255, 260, 265, 270, 275, 280, 285, 290, 295, 300, 305, 310, 315,
+                    320, 325, 330)
+
+
+@dataclass
+class TrainOptions:
+    data: str
+    out: str
+    val: str | None = None
+    epochs: int = 30
+    batch_size: int = 10
+    lr: float = 1e-2
+    optimizer: str = "sgd"  # "sgd" (the paper) or "adam"
+    schedule: str = "paper"  # "paper" (x0.75 steps) or "cosine"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    sigma: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    amp: str = "none"  # "bf16" / "fp16" autocast on CUDA
+    threads: int = 0  # torch CPU threads; 0 = all cores
+    workers: int = 0
+    max_samples: int = 0  # use only the first N training samples (0 = all)
+    augment: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def lr_at(opts: TrainOptions, epoch: float) -> float:
+    """Learning rate at a (fractional) epoch."""
+    if opts.schedule == "cosine":
+        return opts.lr * 0.5 * (1 + math.cos(math.pi * min(epoch / opts.epochs, 1.0)))
+    steps = sum(1 for m in PAPER_MILESTONES if epoch >= m * opts.epochs / PAPER_EPOCHS)
+    return opts.lr * 0.75**steps
+
+
+class TrainModule(nn.Module):
+    """Model + adaptive task weights; forward returns the total loss and its parts (one DDP unit)."""
+
+    def __init__(self, model: CHSNet):
+        super().__init__()
+        self.model = model
+        self.weights = AdaptiveTaskWeights(task_alphas(model.cfg.ccr_stages))
+
+    def forward(self, x, maps, weight, target):
+        out = self.model(x)
+        hm = sum(adaptive_wing_loss(h.float(), maps, weight) for h in out["heatmaps"]) / len(out["heatmaps"])
+        losses = [hm] + [log_wing_loss(lm.float(), target) for lm in out["landmarks"][1:]]
+        return self.weights(losses), [float(v.detach()) for v in losses]
+
+
+def _optimizer(opts: TrainOptions, params) -> torch.optim.Optimizer:
+    if opts.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+    if opts.optimizer == "adam":
+        return torch.optim.Adam(params, lr=opts.lr)
+    raise ChsError(f"unknown optimizer '{opts.optimizer}' (sgd or adam)")
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{idx}.{k}"] = v
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for key, v in info["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+class Trainer:
+    def __init__(self, cfg: ChsConfig, opts: TrainOptions, resume: str | None = None, log=print):
+        self.cfg, self.opts, self.log = cfg.validate(), opts, log
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("gloo" if opts.device == "cpu" else "nccl")
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        torch.manual_seed(opts.seed)
+        self.module = TrainModule(build_model(cfg)).to(opts.device)
+        self.opt = _optimizer(opts, self.module.parameters())
+        self.start_epoch, self.best, self.history = 0, math.inf, []
+        if resume:
+            self._resume(Path(resume))
+        samples = load_dataset(opts.data)
+        if opts.max_samples:
+            samples = samples[: opts.max_samples]
+        self.train_set = FaceTrainSet(samples, cfg, opts.sigma, opts.seed, AugmentConfig() if opts.augment else None)
+        if self.train_set.skipped:
+            self.log(f"skipped {len(self.train_set.skipped)} unreadable image(s) in {opts.data}")
+        if len(self.train_set) == 0:
+            raise ChsError(f"no usable training images in {opts.data}")
+        self.val = None
+        if opts.val and self.rank == 0:
+            kept, images, skipped = load_images(load_dataset(opts.val))
+            self.val = (kept, images)
+        self.net = self.module
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(self.module)
+
+    def _resume(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        meta = json.loads((path / CONFIG).read_text())
+        state = load_file(str(path / WEIGHTS))
+        self.module.model.load_state_dict(state)
+        extra = load_file(str(path / "optimizer.safetensors"))
+        self.module.weights.log_sigma.data.copy_(extra["task.log_sigma"])
+        _restore_optimizer(self.opt, extra, meta["info"]["optimizer"])
+        info = meta["info"]
+        self.start_epoch, self.best, self.history = info["epoch"] + 1, info["best"], info["history"]
+
+    def _loader(self, epoch: int) -> DataLoader:
+        self.train_set.set_epoch(epoch)
+        if self.world > 1:
+            sampler = DistributedSampler(self.train_set, self.world, self.rank, shuffle=True, seed=self.opts.seed)
+            sampler.set_epoch(epoch)
+        else:
+            g = torch.Generator().manual_seed(self.opts.seed * 1000 + epoch)
+            sampler = RandomSampler(self.train_set, generator=g)
+        return DataLoader(self.train_set, batch_size=self.opts.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.opts.workers)
+
+    def validate(self) -> dict | None:
+        if self.val is None:
+            return None
+        kept, images = self.val
+        runner = TorchRunner(self.module.model, self.opts.device)
+        self.module.model.train(False)
+        pred = predict_samples(runner, images, [sample_box(s, runner.meta) for s in kept], 64)
+        self.module.model.train(True)
+        gt = np.stack([s.landmarks for s in kept])
+        per_stage = [summarize(p, gt, self.cfg.scheme)["nme_iod"] for p in pred["stages"]]
+        res = summarize(pred["landmarks"], gt, self.cfg.scheme)
+        res["nme_iod_per_stage"] = per_stage
+        return res
+
+    def _save(self, name: str, epoch: int, val: dict | None) -> None:
+        tensors, opt_info = _optimizer_tensors(self.opt)
+        tensors["task.log_sigma"] = self.module.weights.log_sigma.detach()
+        info = {"epoch": epoch, "best": self.best, "history": self.history, "val": val,
+                "optimizer": opt_info, "options": asdict(self.opts)}
+        save_checkpoint(self.module.model, Path(self.opts.out) / name, info, tensors)
+
+    def fit(self, progress=None) -> dict:
+        opts = self.opts
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if opts.amp == "bf16" else torch.float16)
+                    if opts.amp in ("bf16", "fp16") and opts.device.startswith("cuda") else None)
+        scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" and autocast else None
+        self.module.train()
+        for epoch in range(self.start_epoch, opts.epochs):
+            loader = self._loader(epoch)
+            t0, seen, total, parts_sum = time.time(), 0, 0.0, None
+            for step, (x, maps, weight, target) in enumerate(loader):
+                lr = lr_at(opts, epoch + step / max(len(loader), 1))
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                dev = opts.device
+                x, maps, weight, target = x.to(dev), maps.to(dev), weight.to(dev), target.to(dev)
+                if autocast is not None:
+                    with autocast:
+                        loss, parts = self.net(x, maps, weight, target)
+                else:
+                    loss, parts = self.net(x, maps, weight, target)
+                self.opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(self.opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    self.opt.step()
+                seen += len(x)
+                total += float(loss.detach()) * len(x)
+                parts_sum = parts if parts_sum is None else [a + b for a, b in zip(parts_sum, parts, strict=True)]
+                if progress is not None:
+                    progress(epoch, step + 1, len(loader), float(loss.detach()), lr)
+            train_s = time.time() - t0
+            val = self.validate() if self.rank == 0 else None
+            rec = {"epoch": epoch, "loss": total / max(seen, 1), "lr": lr_at(opts, epoch + 1),
+                   "parts": [p / max(len(loader), 1) for p in (parts_sum or [])],
+                   "images_per_s": seen * self.world / train_s, "epoch_s": time.time() - t0,
+                   "val_nme_iod": None if val is None else val["nme_iod"],
+                   "val_nme_iod_per_stage": None if val is None else val["nme_iod_per_stage"]}
+            self.history.append(rec)
+            if self.rank == 0:
+                improved = val is not None and val["nme_iod"] < self.best
+                if improved:
+                    self.best = val["nme_iod"]
+                self._save(f"epoch_{epoch:03d}", epoch, val)
+                self._save("last", epoch, val)
+                if improved or val is None:
+                    self._save("best", epoch, val)
+                self.log(json.dumps(rec))
+            if self.world > 1:
+                dist.barrier()
+        return {"best_val_nme_iod": None if math.isinf(self.best) else self.best, "history": self.history}

@@ -1,0 +1,94 @@
+"""Dataset evaluation through any runner: the same crops, the same inverse mapping, the same metrics.
+
+``chs-eval`` (PyTorch checkpoints), the ONNX Runtime and TensorRT runtimes and ``chs-bench accuracy``
+all call :func:`evaluate_runner`, so their NMEs differ only by what the backends compute.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from chs.runtime.artifact import ModelMeta
+from chs.runtime.backends.base import Runner
+from chs.runtime.datasets import FaceSample
+from chs.runtime.errors import ChsError
+from chs.runtime.geometry import box_from_landmarks, crop_face, invert_affine, transform_points
+from chs.runtime.metrics import nme, summarize
+
+
+def sample_box(sample: FaceSample, meta: ModelMeta) -> np.ndarray:
+    """The box a model expects for this sample: GT-landmark box unless the model was trained on boxes."""
+    if meta.crop.box_source != "landmarks" and sample.box is not None:
+        return np.asarray(sample.box, dtype=np.float64)
+    return box_from_landmarks(sample.landmarks)
+
+
+def load_images(samples: Sequence[FaceSample]) -> tuple[list[FaceSample], list[np.ndarray], list[str]]:
+    """Read every image; unreadable ones are skipped with a warning naming the file."""
+    kept, images, skipped = [], [], []
+    for s in samples:
+        try:
+            images.append(s.load_image())
+            kept.append(s)
+        except ChsError as e:
+            warnings.warn(f"skipping {s.image_path}: {e}", stacklevel=2)
+            skipped.append(str(s.image_path))
+    return kept, images, skipped
+
+
+def crop_batch(images: Iterable[np.ndarray], boxes: Iterable[np.ndarray], meta: ModelMeta
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised crops (N, 3, S, S) float32 and the image->crop affines (N, 2, 3)."""
+    crops, affines = [], []
+    for img, box in zip(images, boxes, strict=True):
+        c, m = crop_face(img, box, meta.input_size, meta.crop)
+        crops.append(c)
+        affines.append(m)
+    return meta.norm(np.stack(crops)), np.stack(affines)
+
+
+def to_image_coords(points: np.ndarray, affines: np.ndarray) -> np.ndarray:
+    """(N, n, 2) crop pixels -> image pixels with each crop's inverse affine."""
+    return np.stack([transform_points(p, invert_affine(m)) for p, m in zip(points, affines, strict=True)])
+
+
+def predict_samples(runner: Runner, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
+                    batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Landmarks in image coordinates for every (image, box); extra per-stage outputs kept if present."""
+    outs: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(images), batch_size):
+        x, affines = crop_batch(images[i : i + batch_size], boxes[i : i + batch_size], runner.meta)
+        res = runner.infer(x)
+        outs.setdefault("landmarks", []).append(to_image_coords(res["landmarks"], affines))
+        outs.setdefault("scores", []).append(res["scores"])
+        if "stages" in res:  # (K+1, N, n, 2)
+            outs.setdefault("stages", []).append(
+                np.stack([to_image_coords(s, affines) for s in res["stages"]]))
+    return {k: np.concatenate(v, axis=1 if k == "stages" else 0) for k, v in outs.items()}
+
+
+def evaluate_runner(runner: Runner, samples: Sequence[FaceSample], batch_size: int = 32) -> dict:
+    """Metrics of a runner on annotated samples (fractions, not percent), per CCR stage when available."""
+    if not samples:
+        raise ChsError("no samples to evaluate")
+    kept, images, skipped = load_images(samples)
+    if not kept:
+        raise ChsError("none of the dataset's images could be read")
+    gt = np.stack([s.landmarks for s in kept])
+    if gt.shape[1] != runner.meta.num_points:
+        raise ChsError(f"dataset has {gt.shape[1]}-point landmarks but the model predicts {runner.meta.num_points}")
+    boxes = [sample_box(s, runner.meta) for s in kept]
+    pred = predict_samples(runner, images, boxes, batch_size)
+    result = summarize(pred["landmarks"], gt, runner.meta.scheme)
+    result["skipped"] = skipped
+    result["ccr"] = runner.meta.ccr
+    if "stages" in pred:
+        result["nme_iod_per_stage"] = [
+            float(summarize(s, gt, runner.meta.scheme)["nme_iod"]) for s in pred["stages"]]
+    primary = "box" if result["n"] and runner.meta.scheme == "19" else "iod"
+    result["per_sample_nme"] = nme(pred["landmarks"], gt, runner.meta.scheme, primary)
+    result["_pred"] = pred["landmarks"]
+    return result

@@ -1,0 +1,134 @@
+"""Triton model repository: config.pbtxt content, model file placement, contract beside the config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fake_tensorrt import make_fake_trt
+
+from chs.export.tensorrt import build_engine
+from chs.export.triton import parse_pbtxt_minimal, write_triton_repository
+from chs.runtime.artifact import ModelMeta
+from chs.runtime.contract import read_contract
+from chs.runtime.errors import ChsError
+
+META = ModelMeta(scheme="wflw", num_points=98, input_size=256, heatmap_stride=4, ccr=3, precision="fp16")
+
+
+@pytest.fixture
+def onnx_file(tmp_path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 256, 256])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, 256, 256])
+    g = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "g", [x], [y])
+    p = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), p)
+    return p
+
+
+def _check_common(cfg: dict, name: str, max_batch: int = 32) -> None:
+    assert cfg["name"] == name and cfg["max_batch_size"] == max_batch
+    (inp,) = cfg["input"]
+    assert inp == {"name": "input", "data_type": "TYPE_FP32", "dims": [3, 256, 256]}  # no batch dim
+    lm, sc = cfg["output"]
+    assert lm == {"name": "landmarks", "data_type": "TYPE_FP32", "dims": [98, 2]}
+    assert sc == {"name": "scores", "data_type": "TYPE_FP32", "dims": [98]}
+    assert cfg["dynamic_batching"] == {"preferred_batch_size": [8, 16], "max_queue_delay_microseconds": 2000}
+    assert cfg["instance_group"][0]["count"] == 1
+
+
+def test_onnx_repository(onnx_file, tmp_path):
+    d = write_triton_repository(tmp_path / "repo", "chs_wflw", onnx_path=onnx_file, meta=META)
+    assert d == tmp_path / "repo" / "chs_wflw"
+    assert (d / "1" / "model.onnx").read_bytes() == onnx_file.read_bytes()
+    assert not (d / "1" / "model.plan").exists()
+    cfg = parse_pbtxt_minimal((d / "config.pbtxt").read_text())
+    assert cfg["platform"] == "onnxruntime_onnx"
+    _check_common(cfg, "chs_wflw")
+    assert cfg["instance_group"][0]["kind"] == "KIND_AUTO"
+    c = read_contract(d / "chs_contract.json")
+    assert c["crop"]["input_size"] == 256 and c["precision"] == "fp16"
+    assert c["engine"]["platform"] == "onnxruntime_onnx"
+
+
+def test_engine_repository_uses_sidecar(onnx_file, tmp_path):
+    engine = tmp_path / "model.engine"
+    build_engine(onnx_file, engine, trt=make_fake_trt(), meta=META, batch=(1, 8, 32))
+    d = write_triton_repository(tmp_path / "repo", "chs_trt", engine_path=engine, meta=META)
+    assert (d / "1" / "model.plan").read_bytes() == engine.read_bytes()
+    cfg = parse_pbtxt_minimal((d / "config.pbtxt").read_text())
+    assert cfg["platform"] == "tensorrt_plan"
+    _check_common(cfg, "chs_trt")
+    assert cfg["instance_group"][0]["kind"] == "KIND_GPU"
+    contract = json.loads((d / "chs_contract.json").read_text())
+    assert contract["engine"]["tensorrt_version"] == "11.0.0"  # the sidecar's contract, copied
+    with pytest.raises(ChsError, match="exceeds the engine's profile maximum 32"):
+        write_triton_repository(tmp_path / "repo", "chs_trt", engine_path=engine, meta=META, max_batch=64)
+
+
+def test_engine_without_sidecar_and_options(tmp_path):
+    plan = tmp_path / "bare.plan"
+    plan.write_bytes(b"engine")
+    d = write_triton_repository(
+        tmp_path / "r",
+        "m",
+        engine_path=plan,
+        meta=META,
+        max_batch=4,
+        preferred_batch=(4, 2),
+        max_queue_delay_us=100,
+        input_dtype="float16",
+        instance_count=2,
+    )
+    cfg = parse_pbtxt_minimal((d / "config.pbtxt").read_text())
+    assert cfg["max_batch_size"] == 4 and cfg["input"][0]["data_type"] == "TYPE_FP16"
+    assert cfg["dynamic_batching"] == {"preferred_batch_size": [2, 4], "max_queue_delay_microseconds": 100}
+    assert cfg["instance_group"] == [{"count": 2, "kind": "KIND_GPU"}]
+
+
+def test_argument_errors(onnx_file, tmp_path):
+    with pytest.raises(ChsError, match="exactly one"):
+        write_triton_repository(tmp_path, "m", meta=META)
+    with pytest.raises(ChsError, match="exactly one"):
+        write_triton_repository(tmp_path, "m", onnx_path=onnx_file, engine_path=onnx_file, meta=META)
+    with pytest.raises(ChsError, match="model name"):
+        write_triton_repository(tmp_path, "a/b", onnx_path=onnx_file, meta=META)
+    with pytest.raises(ChsError, match="must lie in 1..4"):
+        write_triton_repository(tmp_path, "m", onnx_path=onnx_file, meta=META, max_batch=4)
+    with pytest.raises(ChsError, match="does not exist"):
+        write_triton_repository(tmp_path, "m", onnx_path=tmp_path / "x.onnx", meta=META)
+    with pytest.raises(ChsError, match="instance_kind"):
+        write_triton_repository(tmp_path, "m", onnx_path=onnx_file, meta=META, instance_kind="GPU")
+
+
+def test_switching_backend_removes_the_other_model_file(onnx_file, tmp_path):
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"x")
+    write_triton_repository(tmp_path / "r", "m", onnx_path=onnx_file, meta=META)
+    d = write_triton_repository(tmp_path / "r", "m", engine_path=plan, meta=META)
+    assert sorted(p.name for p in (d / "1").iterdir()) == ["model.plan"]
+
+
+def test_parse_pbtxt_minimal_subset():
+    text = """
+    # comment
+    name: "x"  # trailing
+    max_batch_size: 8
+    input [ { name: "a" dims: [ 1, 2 ] }, { name: "b", dims: [3] } ]
+    parameters { key: "k" value: { string_value: "v" } }
+    instance_group { kind: KIND_CPU }
+    instance_group { kind: KIND_GPU }
+    flag: true
+    ratio: 0.5
+    """
+    cfg = parse_pbtxt_minimal(text)
+    assert cfg["name"] == "x" and cfg["max_batch_size"] == 8 and cfg["flag"] is True and cfg["ratio"] == 0.5
+    assert cfg["input"] == [{"name": "a", "dims": [1, 2]}, {"name": "b", "dims": [3]}]
+    assert cfg["parameters"] == {"key": "k", "value": {"string_value": "v"}}
+    assert cfg["instance_group"] == [{"kind": "KIND_CPU"}, {"kind": "KIND_GPU"}]
+    with pytest.raises(ChsError):
+        parse_pbtxt_minimal("a { b: 1")
