@@ -108,6 +108,9 @@ def evaluate(
         typer.echo(f"NME(IOD) per CCR stage: {stages}")
 
 
+from chs.bench_cmd import bench_app  # noqa: E402
+
+app.add_typer(bench_app, name="bench")
 app.command("train")(train)
 app.command("eval")(evaluate)
 train_app = _single(train)

@@ -1,0 +1,305 @@
+"""``chs align``: landmarks for images, folders and videos with an exported model, torch-free.
+
+Registered by chs/cli.py as ``chs align`` and ``chs-align``. Output: one human-readable line per face, or
+``--json`` lines (one JSON object per face) on stdout; warnings, progress and the summary go to stderr,
+so stdout stays machine-readable. Bad inputs end with ``error: <one line>`` and exit code 2; inside a
+folder an unreadable image is reported and skipped, so one bad file does not stop a batch job.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from chs.errors_cli import fail, one_line_errors
+from chs.runtime.datasets import IMAGE_EXTENSIONS
+from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, write_image
+from chs.runtime.errors import ChsError
+from chs.runtime.landmarks import ASSETS, Face, LandmarkRuntime
+
+DEMO_IMAGE = ASSETS / "demo" / "astronaut.png"
+DEMO_BOX = ASSETS / "demo" / "astronaut_box.json"
+DEMO_OUT = "chs-demo"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input file; ``root`` is the folder it was found in (None = named on the command line)."""
+
+    path: Path
+    root: Path | None
+    video: bool
+
+
+# ------------------------------------------------------------------------------------------------ boxes
+class BoxBook:
+    """Boxes from ``--boxes``: keys are a path as given, an absolute path, a path relative to the input
+    folder, or a bare file name; ``"clip.mp4#12"`` is frame 12 of a video (``"clip.mp4"`` = every frame)."""
+
+    def __init__(self, entries: dict[str, np.ndarray]):
+        self.entries = entries
+
+    @classmethod
+    def read(cls, path: str) -> BoxBook:
+        p = Path(path)
+        if not p.is_file():
+            raise ChsError(f"boxes file not found: {p}")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ChsError(f"boxes file {p} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ChsError(f"cannot read boxes file {p}: {e}") from None
+        if not isinstance(data, dict):
+            raise ChsError(f'boxes file {p} must hold an object {{"image": [[x0, y0, x1, y1], ...]}}')
+        entries = {}
+        for key, value in data.items():
+            try:
+                b = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ChsError(f"boxes file {p}: '{key}' is not a list of [x0, y0, x1, y1] boxes") from None
+            if b.ndim == 1 and b.size == 4:
+                b = b[None]
+            if b.size and (b.ndim != 2 or b.shape[1] != 4):
+                raise ChsError(f"boxes file {p}: '{key}' is not a list of [x0, y0, x1, y1] boxes")
+            entries[str(key)] = b.reshape(-1, 4)
+        return cls(entries)
+
+    def keys_for(self, item: Item) -> list[str]:
+        p = item.path
+        keys = [str(p), p.as_posix(), str(p.resolve()), p.name]
+        if item.root is not None:
+            keys.insert(1, p.relative_to(item.root).as_posix())
+        return keys
+
+    def lookup(self, item: Item, suffix: str = "") -> np.ndarray | None:
+        for k in self.keys_for(item):
+            if k + suffix in self.entries:
+                return self.entries[k + suffix]
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def collect_inputs(inputs: list[str]) -> list[Item]:
+    """Files as named (videos by extension); folders expanded to their images and videos, sorted."""
+    items: list[Item] = []
+    for raw in inputs:
+        p = Path(raw)
+        if not p.exists():
+            raise ChsError(f"input not found: {p}")
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in
+                           IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+            if not found:
+                typer.echo(f"warning: no images or videos in folder {p}", err=True)
+            items += [Item(f, p, f.suffix.lower() in VIDEO_EXTENSIONS) for f in found]
+        else:
+            items.append(Item(p, None, p.suffix.lower() in VIDEO_EXTENSIONS))
+    return items
+
+
+class OutputNames:
+    """``<out>/<relative folder>/<stem>_landmarks.<png|jpg|mp4>``, made unique within one run."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.used: set[Path] = set()
+
+    def __call__(self, item: Item) -> Path:
+        if item.video:
+            ext = ".mp4"
+        else:
+            ext = ".jpg" if item.path.suffix.lower() in (".jpg", ".jpeg") else ".png"
+        sub = item.path.parent.relative_to(item.root) if item.root is not None else Path()
+        target = self.out / sub / f"{item.path.stem}_landmarks{ext}"
+        n = 2
+        while target in self.used:
+            target = self.out / sub / f"{item.path.stem}_landmarks_{n}{ext}"
+            n += 1
+        self.used.add(target)
+        return target
+
+
+# ------------------------------------------------------------------------------------------------ output
+def _emit(name: str, faces: list[Face], as_json: bool, frame: int | None = None) -> None:
+    for j, f in enumerate(faces):
+        if as_json:
+            rec: dict[str, Any] = {"image": name}
+            if frame is not None:
+                rec["frame"] = frame
+            rec.update({"face": j, "box": [round(float(v), 3) for v in f.box], "score": round(f.score, 6),
+                        "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in f.landmarks]})
+            sys.stdout.write(json.dumps(rec) + "\n")
+        else:
+            where = f"{name} frame {frame}" if frame is not None else name
+            box = ", ".join(f"{v:.1f}" for v in f.box)
+            typer.echo(f"{where}  face {j}  score {f.score:.3f}  box [{box}]  {len(f.landmarks)} landmarks")
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[..., Any]]:
+    """A rich progress bar on stderr (only on a terminal); yields ``update(description, advance, total)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console, transient=True, disable=not (enabled and console.is_terminal))
+    with bar:
+        tasks: dict[str, int] = {}
+
+        def update(description: str, advance: int = 1, total: int | None = None) -> None:
+            if description not in tasks:
+                tasks[description] = bar.add_task(description, total=total)
+            bar.update(tasks[description], advance=advance, total=total)
+
+        yield update
+
+
+# ------------------------------------------------------------------------------------------------ command
+@one_line_errors
+def align(
+    inputs: Annotated[list[str] | None, typer.Argument(
+        help="Image files, folders (searched recursively) and videos (.mp4 .avi .mov .mkv).",
+        show_default=False)] = None,
+    model: Annotated[str, typer.Option(help="'default' (the bundled model), an .onnx file or a TensorRT .engine."
+                                       )] = "default",
+    boxes: Annotated[str | None, typer.Option(
+        help='JSON {"image name or path": [[x0, y0, x1, y1], ...]}: face boxes around the landmarks '
+             "(brows/jaw to chin); images not listed use the face detector.")] = None,
+    out: Annotated[str | None, typer.Option(help="Folder for annotated images and videos.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines on stdout, one per face.")] = False,
+    demo: Annotated[bool, typer.Option("--demo", help="Run on the bundled astronaut photo and write "
+                                       "<out or ./chs-demo>/astronaut_landmarks.png.")] = False,
+    backend: Annotated[str, typer.Option(help="auto (by file type), ort or tensorrt.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Faces per inference batch.")] = 32,
+) -> None:
+    """Predict facial landmarks in images, folders and videos."""
+    if batch_size < 1:
+        raise ChsError(f"--batch-size must be >= 1, got {batch_size}")
+    if demo:
+        if inputs:
+            raise ChsError("--demo takes no inputs")
+        _run_demo(model, boxes, Path(out or DEMO_OUT), as_json, backend, batch_size)
+        return
+    if not inputs:
+        raise ChsError("no inputs: give image files, folders or videos (or try --demo)")
+    items = collect_inputs(inputs)
+    if not items:
+        raise ChsError("no images or videos found in the given folders")
+    book = BoxBook.read(boxes) if boxes else BoxBook({})
+    runtime = LandmarkRuntime.load(model, backend=backend, max_batch=batch_size)
+    names = OutputNames(Path(out)) if out else None
+    stats = {"images": 0, "faces": 0, "skipped": 0, "videos": 0, "frames": 0}
+    show_bar = any(i.root is not None or i.video for i in items)
+    with _progress(show_bar) as progress:
+        images = [i for i in items if not i.video]
+        for start in range(0, len(images), batch_size):
+            _align_images(runtime, images[start : start + batch_size], book, names, as_json, stats)
+            progress("images", advance=len(images[start : start + batch_size]), total=len(images))
+        for item in (i for i in items if i.video):
+            _align_video(runtime, item, book, names, as_json, stats, progress, batch_size)
+    if stats["skipped"] and not stats["images"] and not stats["videos"]:
+        fail(f"none of the {stats['skipped']} images could be read")
+    parts = [f"{stats['faces']} face(s) in {stats['images']} image(s)"]
+    if stats["videos"]:
+        parts.append(f"{stats['frames']} frame(s) of {stats['videos']} video(s)")
+    if stats["skipped"]:
+        parts.append(f"{stats['skipped']} unreadable image(s) skipped")
+    if names is not None:
+        parts.append(f"annotated files in {names.out}")
+    typer.echo("; ".join(parts), err=True)
+
+
+def _align_images(runtime: LandmarkRuntime, chunk: list[Item], book: BoxBook, names: OutputNames | None,
+                  as_json: bool, stats: dict[str, int]) -> None:
+    """Read a chunk of images (folder images that fail are skipped), predict them in one batch, report."""
+    kept: list[tuple[Item, np.ndarray]] = []
+    for item in chunk:
+        try:
+            from chs.runtime.imageio import read_image
+
+            kept.append((item, read_image(item.path)))
+        except ChsError as e:
+            if item.root is None:
+                raise  # a file named on the command line: a bad input, exit 2
+            typer.echo(f"warning: skipped {item.path}: {e}", err=True)
+            stats["skipped"] += 1
+    box_list = [book.lookup(item) for item, _ in kept]
+    try:
+        results = runtime.predict_batch([img for _, img in kept], box_list)
+    except ChsError as e:
+        # name the image whose boxes were bad: redo one by one to find it
+        for (item, img), b in zip(kept, box_list, strict=True):
+            try:
+                runtime.predict(img, b)
+            except ChsError as e1:
+                raise ChsError(f"{item.path}: {e1}") from None
+        raise e
+    for (item, img), faces in zip(kept, results, strict=True):
+        stats["images"] += 1
+        stats["faces"] += len(faces)
+        if not faces:
+            typer.echo(f"warning: no face found in {item.path}", err=True)
+        _emit(str(item.path), faces, as_json)
+        if names is not None:
+            write_image(names(item), draw_faces(img, faces))
+
+
+def _align_video(runtime: LandmarkRuntime, item: Item, book: BoxBook, names: OutputNames | None, as_json: bool,
+                 stats: dict[str, int], progress: Callable[..., Any], batch_size: int) -> None:
+    total = VideoReader(item.path).frame_count or None
+
+    def frame_boxes(i: int) -> np.ndarray | None:
+        b = book.lookup(item, f"#{i}")
+        return b if b is not None else book.lookup(item)
+
+    dst = names(item) if names is not None else None
+    for idx, faces in annotate_video(runtime, item.path, dst, frame_boxes, batch_size=min(batch_size, 16)):
+        stats["frames"] += 1
+        stats["faces"] += len(faces)
+        _emit(str(item.path), faces, as_json, frame=idx)
+        progress(item.path.name, advance=1, total=total)
+    stats["videos"] += 1
+
+
+def _run_demo(model: str, boxes: str | None, out: Path, as_json: bool, backend: str, batch_size: int) -> None:
+    """The bundled photo: detector if installed (best face only: the photo holds one), else the stored box."""
+    from chs.runtime.detector import dlib_available
+    from chs.runtime.imageio import read_image
+
+    runtime = LandmarkRuntime.load(model, backend=backend, max_batch=batch_size)
+    image = read_image(DEMO_IMAGE)
+    item = Item(DEMO_IMAGE, None, False)
+    if boxes:
+        box = BoxBook.read(boxes).lookup(item)
+        source = boxes
+    elif dlib_available():
+        box, source = runtime.detect(image)[0][:1], runtime.detector.name
+    else:
+        box, source = BoxBook.read(str(DEMO_BOX)).lookup(item), "stored box"
+    if box is None or not len(box):
+        raise ChsError(f"no face box for the demo image from {source}")
+    faces = runtime.predict(image, box)
+    target = write_image(out / "astronaut_landmarks.png", draw_faces(image, faces))
+    if as_json:
+        _emit(DEMO_IMAGE.name, faces, True)
+    else:
+        f = faces[0]
+        typer.echo(f"{DEMO_IMAGE.name}: model {runtime.runner.name} ({runtime.meta.preset or runtime.meta.scheme}), "
+                   f"box [{', '.join(f'{v:.1f}' for v in f.box)}] from {source}, score {f.score:.3f}")
+        typer.echo("landmarks (x, y) in image pixels:")
+        for i, (x, y) in enumerate(f.landmarks):
+            typer.echo(f"  {i:2d}  {x:7.1f} {y:7.1f}")
+    typer.echo(f"wrote {target}", err=as_json)
+
+
+__all__ = ["BoxBook", "align", "collect_inputs"]

@@ -1,0 +1,117 @@
+"""How well a face detector serves the landmark model: miss rate against GT-landmark boxes, and the fit
+of the detector->GT-landmark :class:`~chs.runtime.detector.BoxMap`.
+
+A detector that misses a face loses the face entirely, and one whose (mapped) box is off shifts the crop
+the model sees; both are measured here against the same GT-landmark boxes the model was trained on.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from chs.runtime.datasets import FaceSample
+from chs.runtime.detector import IDENTITY_MAP, BoxMap, FaceDetector
+from chs.runtime.errors import ChsError
+from chs.runtime.geometry import box_from_landmarks
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (k, 4) with every box in b (m, 4) -> (k, m)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)[:, None]
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)[None]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / np.maximum(union - inter, 1e-12)
+
+
+def _detections(detector: FaceDetector, samples: Sequence[FaceSample]):
+    """(GT box, raw detector boxes) per readable sample; unreadable images are skipped with a warning."""
+    for s in samples:
+        try:
+            img = s.load_image()
+        except ChsError as e:
+            warnings.warn(f"skipping {s.image_path}: {e}", stacklevel=3)
+            continue
+        boxes, _ = detector.detect(img)
+        yield box_from_landmarks(s.landmarks), np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def detector_miss_rate(detector: FaceDetector, samples: Sequence[FaceSample], iou_threshold: float = 0.3) -> dict:
+    """Fraction of faces the detector misses: no detection, or none whose IoU with the GT-landmark box is
+    at least ``iou_threshold``.
+
+    IoU is taken on the box the runtime crops from (the detector box after ``detector.box_map``);
+    ``miss_rate_raw`` uses the detector's own box. Also reports how many images got no detection at all,
+    detections per image and the median best IoU.
+    """
+    if not samples:
+        raise ChsError("no samples to evaluate the detector on")
+    box_map = getattr(detector, "box_map", IDENTITY_MAP)
+    n = misses = misses_raw = no_det = n_det = 0
+    best_ious: list[float] = []
+    t0 = time.perf_counter()
+    for gt, raw in _detections(detector, samples):
+        n += 1
+        n_det += len(raw)
+        if len(raw) == 0:
+            no_det += 1
+            misses += 1
+            misses_raw += 1
+            best_ious.append(0.0)
+            continue
+        best = float(box_iou(box_map.apply(raw), gt).max())
+        best_ious.append(best)
+        misses += best < iou_threshold
+        misses_raw += float(box_iou(raw, gt).max()) < iou_threshold
+    if n == 0:
+        raise ChsError("none of the samples' images could be read")
+    return {
+        "n": n, "misses": misses, "miss_rate": misses / n, "miss_rate_raw": misses_raw / n,
+        "no_detection": no_det, "detections_per_image": n_det / n, "median_best_iou": float(np.median(best_ious)),
+        "iou_threshold": iou_threshold, "seconds_per_image": (time.perf_counter() - t0) / n,
+        "detector": getattr(detector, "name", type(detector).__name__),
+    }
+
+
+def fit_box_map(detector: FaceDetector, samples: Sequence[FaceSample], min_iou: float = 0.3) -> tuple[BoxMap, dict]:
+    """Least-squares :class:`BoxMap` from the detector's boxes to GT-landmark boxes.
+
+    Each image contributes its best-matching raw detection (IoU >= ``min_iou``). Offsets and scales are
+    measured in detector-box units, so the fit is the mean of (gt centre - det centre) / det size and
+    gt size / det size: the least-squares solution in the crop's own (scale-free) frame.
+    """
+    rows = []
+    for gt, raw in _detections(detector, samples):
+        if len(raw) == 0:
+            continue
+        ious = box_iou(raw, gt)[:, 0]
+        k = int(ious.argmax())
+        if ious[k] < min_iou:
+            continue
+        d = raw[k]
+        w, h = d[2] - d[0], d[3] - d[1]
+        rows.append([((gt[0] + gt[2]) - (d[0] + d[2])) / 2 / w, ((gt[1] + gt[3]) - (d[1] + d[3])) / 2 / h,
+                     (gt[2] - gt[0]) / w, (gt[3] - gt[1]) / h, ious[k]])
+    if len(rows) < 4:
+        raise ChsError(f"only {len(rows)} matched detections: too few to fit a box map")
+    r = np.asarray(rows)
+    fitted = BoxMap(*(round(float(v), 4) for v in r[:, :4].mean(axis=0)))
+    mapped_iou = []
+    for gt, raw in _detections(detector, samples):
+        if len(raw):
+            ious = box_iou(raw, gt)[:, 0]
+            k = int(ious.argmax())
+            if ious[k] >= min_iou:
+                mapped_iou.append(float(box_iou(fitted.apply(raw[k]), gt)[0, 0]))
+    stats = {"pairs": len(r), "std": r[:, :4].std(axis=0).round(4).tolist(),
+             "median_iou_raw": float(np.median(r[:, 4])), "median_iou_mapped": float(np.median(mapped_iou))}
+    return fitted, stats
+
+
+__all__ = ["box_iou", "detector_miss_rate", "fit_box_map"]

@@ -1,0 +1,157 @@
+"""Drawing predicted faces onto images and videos, for ``chs align --out`` and the demo.
+
+Sizes scale with the face box so that a 40 px face and a 400 px face are both readable. Images are RGB
+in and out; the BGR conversion for OpenCV's writers happens here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from chs.runtime.errors import ChsError
+
+if TYPE_CHECKING:
+    from chs.runtime.landmarks import Face, LandmarkRuntime
+
+IMAGE_WRITE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
+POINT_COLOR = (0, 255, 0)  # RGB
+BOX_COLOR = (255, 64, 64)
+
+
+def draw_faces(image: np.ndarray, faces: Sequence[Face], point_color: tuple[int, int, int] = POINT_COLOR,
+               box_color: tuple[int, int, int] | None = BOX_COLOR, copy: bool = True) -> np.ndarray:
+    """Landmarks as dots (radius ~1.5 % of the box side, at least 1 px) and the face box, on an RGB image."""
+    out = np.array(image, dtype=np.uint8, copy=True) if copy else image
+    if out.ndim != 3 or out.shape[2] != 3:
+        raise ChsError(f"can only draw on an RGB (H, W, 3) image, got shape {out.shape}")
+    for face in faces:
+        x0, y0, x1, y1 = (float(v) for v in face.box)
+        side = max(x1 - x0, y1 - y0, 1.0)
+        radius = max(1, round(side * 0.015))
+        thick = max(1, round(side * 0.01))
+        if box_color is not None:
+            cv2.rectangle(out, (round(x0), round(y0)), (round(x1), round(y1)), box_color, thick, cv2.LINE_AA)
+        for x, y in np.asarray(face.landmarks, dtype=np.float64):
+            if np.isfinite(x) and np.isfinite(y):
+                # 4 fractional bits: sub-pixel centres, so small faces are not drawn on a jittery grid
+                cv2.circle(out, (round(x * 16), round(y * 16)), radius * 16, point_color, -1, cv2.LINE_AA, shift=4)
+    return out
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 92) -> Path:
+    """Write an RGB uint8 image as PNG or JPEG (by extension); creates the folder; unicode paths work."""
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext not in IMAGE_WRITE_EXTENSIONS:
+        raise ChsError(f"cannot write '{p.name}': use a .png, .jpg or .jpeg file name")
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if ext != ".png" else []
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ChsError(f"could not encode {p.name}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        buf.tofile(str(p))
+    except OSError as e:
+        raise ChsError(f"cannot write {p}: {e.strerror or e}") from None
+    return p
+
+
+class VideoReader:
+    """RGB frames of a video file (cv2.VideoCapture), with its fps, size and (estimated) frame count."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ChsError(f"video not found: {self.path}")
+        self._cap = cv2.VideoCapture(str(self.path))
+        if not self._cap.isOpened():
+            raise ChsError(f"cannot open video {self.path}: not a readable video file")
+        self.fps = float(self._cap.get(cv2.CAP_PROP_FPS)) or 25.0
+        self.width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.frame_count = max(0, int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        try:
+            while True:
+                ok, frame = self._cap.read()
+                if not ok or frame is None:
+                    return
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class VideoWriter:
+    """mp4v video writer taking RGB frames; the size is fixed by the first frame."""
+
+    def __init__(self, path: str | os.PathLike, fps: float):
+        self.path = Path(path)
+        self.fps = fps
+        self._writer: cv2.VideoWriter | None = None
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            h, w = frame.shape[:2]
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            if not self._writer.isOpened():
+                raise ChsError(f"cannot write video {self.path} (mp4v codec unavailable or bad path)")
+        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def annotate_video(runtime: LandmarkRuntime, src: str | os.PathLike, dst: str | os.PathLike | None = None,
+                   boxes: Callable[[int], Any] | None = None, batch_size: int = 8
+                   ) -> Iterator[tuple[int, list[Face]]]:
+    """Predict faces frame by frame (``batch_size`` frames per inference); yields (frame index, faces) and,
+    with ``dst``, writes the annotated video (mp4v). ``boxes(frame_index)`` gives that frame's boxes, or
+    None to run the detector on it."""
+    reader = VideoReader(src)
+    writer = VideoWriter(dst, reader.fps) if dst is not None else None
+    try:
+        frames: list[np.ndarray] = []
+        start = 0
+        for frame in reader:
+            frames.append(frame)
+            if len(frames) == batch_size:
+                yield from _video_chunk(runtime, frames, start, boxes, writer)
+                start += len(frames)
+                frames = []
+        if frames:
+            yield from _video_chunk(runtime, frames, start, boxes, writer)
+    finally:
+        reader.close()
+        if writer is not None:
+            writer.close()
+
+
+def _video_chunk(runtime: LandmarkRuntime, frames: list[np.ndarray], start: int,
+                 boxes: Callable[[int], Any] | None, writer: VideoWriter | None) -> Iterator[tuple[int, list[Face]]]:
+    box_list = [boxes(start + i) if boxes is not None else None for i in range(len(frames))]
+    for i, (frame, faces) in enumerate(zip(frames, runtime.predict_batch(frames, box_list), strict=True)):
+        if writer is not None:
+            writer.write(draw_faces(frame, faces, copy=False))
+        yield start + i, faces
+
+
+__all__ = ["VIDEO_EXTENSIONS", "VideoReader", "VideoWriter", "annotate_video", "draw_faces", "write_image"]

@@ -1,0 +1,231 @@
+"""The user-facing landmark API: image (+ optional boxes) in, faces with landmarks in image pixels out.
+
+Torch-free: it serves exported models (ONNX Runtime, TensorRT) or any object with the Runner protocol.
+Cropping, normalisation and the inverse mapping are the shared ones from ``chs.runtime.evaluate``, so a
+face predicted here matches ``chs-eval`` on the same box exactly.
+
+Thread safety: a runtime holds only read-only state (the runner, whose ``infer`` is thread-safe, and the
+detector, which guards itself), so one instance can serve many threads; results are bit-identical to
+serial calls.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chs.runtime.backends.base import Runner
+from chs.runtime.detector import FaceDetector, landmark_boxes
+from chs.runtime.errors import ChsError
+from chs.runtime.evaluate import crop_batch, to_image_coords
+from chs.runtime.geometry import check_box
+from chs.runtime.imageio import read_image
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_MODEL = ASSETS / "default" / "model.onnx"
+ImageLike = str | os.PathLike | np.ndarray
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face: ``landmarks`` (n, 2) float64 image pixels (0-based, pixel centres on integers), the
+    ``box`` the crop was cut from (GT-landmark convention), ``score`` = mean heatmap peak, ``scores`` (n,)
+    per landmark, and the detector's score when the box came from a detector."""
+
+    landmarks: np.ndarray
+    box: np.ndarray
+    score: float
+    scores: np.ndarray
+    detection_score: float | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready: plain lists and floats."""
+        d = {"box": [float(v) for v in self.box], "score": float(self.score),
+             "landmarks": [[float(x), float(y)] for x, y in self.landmarks],
+             "scores": [float(s) for s in self.scores]}
+        if self.detection_score is not None:
+            d["detection_score"] = float(self.detection_score)
+        return d
+
+
+def as_rgb_image(image: ImageLike) -> np.ndarray:
+    """A path (read and normalised by imageio) or an RGB uint8 (H, W, 3) array, validated."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if not isinstance(image, np.ndarray):
+        raise ChsError(f"image must be a file path or an RGB uint8 array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ChsError(f"image array must have shape (H, W, 3) RGB, got {image.shape}")
+    if image.dtype != np.uint8:
+        raise ChsError(f"image array must be uint8, got {image.dtype} (convert 16-bit/float images to 8-bit RGB)")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ChsError(f"image is empty ({image.shape[1]}x{image.shape[0]})")
+    return image
+
+
+def check_boxes(boxes: Any, image_shape: tuple[int, ...]) -> np.ndarray:
+    """(k, 4) array-like (or one box of 4 numbers) -> (k, 4) float64; each box validated against the image."""
+    try:
+        b = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ChsError(f"boxes must be numbers [[x0, y0, x1, y1], ...], got {boxes!r:.80}") from None
+    if b.ndim == 1 and b.shape[0] == 4:
+        b = b[None]
+    if b.size == 0:
+        return np.zeros((0, 4))
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ChsError(f"boxes must have shape (k, 4) [[x0, y0, x1, y1], ...], got {b.shape}")
+    for i, box in enumerate(b):
+        try:
+            check_box(box, image_shape)
+        except ChsError as e:
+            raise ChsError(f"box {i}: {e}") from None
+    return b
+
+
+class LandmarkRuntime:
+    """Predicts landmarks with one runner (ONNX Runtime, TensorRT, or any Runner) and an optional detector.
+
+    ``detector``: a FaceDetector, ``"auto"`` (the offline default, created when first needed; a missing
+    install is reported only when a call actually needs it) or ``None`` (boxes must always be given).
+    """
+
+    def __init__(self, runner: Runner, detector: FaceDetector | str | None = "auto", max_batch: int = 32):
+        if not isinstance(runner, Runner):
+            raise ChsError(f"{type(runner).__name__} is not a runner (needs .name, .meta and .infer(batch))")
+        if max_batch < 1:
+            raise ChsError(f"max_batch must be >= 1, got {max_batch}")
+        if isinstance(detector, str) and detector != "auto":
+            raise ChsError(f"detector must be a FaceDetector, 'auto' or None, got '{detector}'")
+        self.runner = runner
+        self.meta = runner.meta
+        self.max_batch = int(max_batch)
+        self._detector = detector
+        self._detector_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, model: str | os.PathLike | Runner = "default", backend: str = "auto", providers: str = "auto",
+             detector: FaceDetector | str | None = "auto", max_batch: int = 32) -> LandmarkRuntime:
+        """``model``: ``"default"`` (the bundled ONNX model), an ``.onnx`` file, an ``.engine``/``.plan``
+        TensorRT engine, or a Runner object. ``backend``: auto (by file type), ort or tensorrt."""
+        if not isinstance(model, (str, os.PathLike)):
+            return cls(model, detector=detector, max_batch=max_batch)
+        return cls(open_model(model, backend, providers), detector=detector, max_batch=max_batch)
+
+    # ------------------------------------------------------------------------------------------ detector
+    @property
+    def detector(self) -> FaceDetector:
+        """The face detector; ChsError (one line, naming the extra to install) when there is none."""
+        det = self._detector
+        if det is None:
+            raise ChsError("this runtime has no face detector: pass boxes")
+        if isinstance(det, str):
+            with self._detector_lock:  # created once, then read-only
+                if isinstance(self._detector, str):
+                    from chs.runtime.detector import default_detector
+
+                    self._detector = default_detector()
+                det = self._detector
+        return det  # type: ignore[return-value]
+
+    def detect(self, image: ImageLike) -> tuple[np.ndarray, np.ndarray]:
+        """GT-landmark-like boxes (k, 4) and detector scores (k,) for one image."""
+        img = as_rgb_image(image)
+        if self.meta.crop.box_source != "landmarks":  # a model trained on detector boxes takes them raw
+            boxes, scores = self.detector.detect(img)
+            return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(scores, dtype=np.float64)
+        return landmark_boxes(self.detector, img)
+
+    # ------------------------------------------------------------------------------------------ predict
+    def predict(self, image: ImageLike, boxes: Any = None) -> list[Face]:
+        """Faces in one image. ``boxes`` (k, 4) [x0, y0, x1, y1] in the model's crop convention
+        (GT-landmark box); ``None`` runs the face detector."""
+        return self.predict_batch([image], None if boxes is None else [boxes])[0]
+
+    def predict_batch(self, images: Sequence[ImageLike], boxes_list: Sequence[Any] | None = None) -> list[list[Face]]:
+        """Faces in several images; all their crops go through the runner in chunks of ``max_batch``."""
+        if boxes_list is not None and len(boxes_list) != len(images):
+            raise ChsError(f"got {len(images)} images but {len(boxes_list)} box lists")
+        imgs: list[np.ndarray] = []
+        per_image: list[tuple[np.ndarray, np.ndarray | None]] = []
+        for i, image in enumerate(images):
+            img = as_rgb_image(image)
+            if boxes_list is None or boxes_list[i] is None:
+                b, det_scores = self.detect(img)
+            else:
+                b, det_scores = check_boxes(boxes_list[i], img.shape), None
+            imgs.append(img)
+            per_image.append((b, det_scores))
+        flat_img = [imgs[i] for i, (b, _) in enumerate(per_image) for _ in range(len(b))]
+        flat_box = [box for b, _ in per_image for box in b]
+        lms, scs = self._infer(flat_img, flat_box)
+        out: list[list[Face]] = []
+        k = 0
+        for b, det_scores in per_image:
+            faces = []
+            for j in range(len(b)):
+                sc = scs[k].astype(np.float64)
+                faces.append(Face(landmarks=lms[k], box=b[j].copy(), score=float(sc.mean()), scores=sc,
+                                  detection_score=None if det_scores is None else float(det_scores[j])))
+                k += 1
+            out.append(faces)
+        return out
+
+    def _infer(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Crop, run in chunks, map back: (N, n, 2) float64 image pixels and (N, n) float32 scores."""
+        n = self.meta.num_points
+        if not boxes:
+            return np.zeros((0, n, 2)), np.zeros((0, n), np.float32)
+        lms, scs = [], []
+        for s in range(0, len(boxes), self.max_batch):
+            x, affines = crop_batch(images[s : s + self.max_batch], boxes[s : s + self.max_batch], self.meta)
+            res = self.runner.infer(x)
+            lm = np.asarray(res["landmarks"], dtype=np.float64)
+            if lm.shape != (len(x), n, 2):
+                raise ChsError(f"runner {self.runner.name} returned landmarks of shape {lm.shape}, "
+                               f"expected {(len(x), n, 2)}")
+            lms.append(to_image_coords(lm, affines))
+            scs.append(np.asarray(res["scores"], dtype=np.float32).reshape(len(x), n))
+        return np.concatenate(lms), np.concatenate(scs)
+
+
+def open_model(model: str | os.PathLike, backend: str = "auto", providers: str = "auto") -> Runner:
+    """A torch-free runner for an exported model file (or ``"default"``, the bundled one)."""
+    if backend not in ("auto", "ort", "onnxruntime", "tensorrt", "trt"):
+        raise ChsError(f"unknown backend '{backend}' (auto, ort, tensorrt)")
+    if str(model) == "default":
+        if not DEFAULT_MODEL.is_file():
+            raise ChsError(f"the bundled default model is not installed ({DEFAULT_MODEL}); pass a model file")
+        model = DEFAULT_MODEL
+    path = Path(model)
+    if not path.exists():
+        raise ChsError(f"model not found: {path}")
+    suffix = path.suffix.lower()
+    if path.is_dir() or path.name == "config.json":
+        raise ChsError(f"{path} is a training checkpoint: export it with chs-export (the runtime serves .onnx "
+                       "and .engine files), or wrap chs.loading.open_runner(...) in LandmarkRuntime")
+    if suffix == ".onnx" and backend in ("auto", "ort", "onnxruntime"):
+        from chs.runtime.backends.ort import OrtRunner
+
+        return OrtRunner(path, providers=providers)
+    if suffix in (".engine", ".plan") and backend in ("auto", "tensorrt", "trt"):
+        from chs.runtime.backends.trt import TensorRTRunner
+
+        try:
+            return TensorRTRunner(path)
+        except ImportError:  # the sidecar and file checks passed; the tensorrt package itself is missing
+            raise ChsError("TensorRT is not installed: pip install tensorrt (NVIDIA GPUs only), "
+                           "or serve the .onnx model") from None
+    if suffix in (".onnx", ".engine", ".plan"):
+        raise ChsError(f"backend '{backend}' cannot run a {suffix} file")
+    raise ChsError(f"unknown model file '{path.name}' (expected 'default', an .onnx, .engine or .plan file)")
+
+
+__all__ = ["DEFAULT_MODEL", "Face", "LandmarkRuntime", "as_rgb_image", "check_boxes", "open_model"]
