@@ -6,7 +6,9 @@ export of the same model with the same crops reads the cached JSON instead of ru
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -100,11 +102,12 @@ def calibrate(fp32_path: str | os.PathLike, crops: np.ndarray, method: str = "mi
             model_path, list(CALIBRATED_OPS), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=METHODS[method], providers=["CPUExecutionProvider"],
         )
-        try:
-            for start in range(0, len(reader), stride_batches):
-                reader.set_range(start, start + stride_batches)
-                calibrator.collect_data(reader)
-            data = calibrator.compute_data()
+        try:  # ORT's histogram calibrators print progress to stdout: keep the CLI output ours
+            with contextlib.redirect_stdout(io.StringIO()):
+                for start in range(0, len(reader), stride_batches):
+                    reader.set_range(start, start + stride_batches)
+                    calibrator.collect_data(reader)
+                data = calibrator.compute_data()
         finally:
             del calibrator
     ranges = {}

@@ -23,7 +23,6 @@ from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from chs.export.onnx_export import set_metadata
 from chs.runtime.artifact import ModelMeta
 from chs.runtime.errors import ChsError
 
@@ -84,6 +83,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
                   exclude: set[str] | None = None) -> onnx.ModelProto:
     """Write the ``flavour`` ("s8s8" or "u8s8") Q/DQ model of ``fp32_path`` to ``out_path`` (None: don't
     write); ``exclude`` = node names left in float (default: :func:`chs.export.sensitive.float32_nodes`)."""
+    from chs.export.onnx_export import set_metadata  # torch-side module: import only when quantizing
     from chs.export.sensitive import float32_nodes
 
     if flavour not in FLAVOURS:

@@ -23,6 +23,7 @@ from chs.errors_cli import fail, one_line_errors
 from chs.runtime.datasets import IMAGE_EXTENSIONS
 from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, write_image
 from chs.runtime.errors import ChsError
+from chs.runtime.imageio import read_image
 from chs.runtime.landmarks import ASSETS, Face, LandmarkRuntime
 
 DEMO_IMAGE = ASSETS / "demo" / "astronaut.png"
@@ -173,8 +174,8 @@ def align(
     model: Annotated[str, typer.Option(help="'default' (the bundled model), an .onnx file or a TensorRT .engine."
                                        )] = "default",
     boxes: Annotated[str | None, typer.Option(
-        help='JSON {"image name or path": [[x0, y0, x1, y1], ...]}: face boxes around the landmarks '
-             "(brows/jaw to chin); images not listed use the face detector.")] = None,
+        help='JSON file {"image name or path": list of (x0, y0, x1, y1) boxes}: boxes around the face '
+             "landmarks (brows/jaw to chin); images not listed use the face detector.")] = None,
     out: Annotated[str | None, typer.Option(help="Folder for annotated images and videos.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines on stdout, one per face.")] = False,
     demo: Annotated[bool, typer.Option("--demo", help="Run on the bundled astronaut photo and write "
@@ -225,8 +226,6 @@ def _align_images(runtime: LandmarkRuntime, chunk: list[Item], book: BoxBook, na
     kept: list[tuple[Item, np.ndarray]] = []
     for item in chunk:
         try:
-            from chs.runtime.imageio import read_image
-
             kept.append((item, read_image(item.path)))
         except ChsError as e:
             if item.root is None:
@@ -256,7 +255,9 @@ def _align_images(runtime: LandmarkRuntime, chunk: list[Item], book: BoxBook, na
 
 def _align_video(runtime: LandmarkRuntime, item: Item, book: BoxBook, names: OutputNames | None, as_json: bool,
                  stats: dict[str, int], progress: Callable[..., Any], batch_size: int) -> None:
-    total = VideoReader(item.path).frame_count or None
+    probe = VideoReader(item.path)  # fails early, with one line, on an unreadable video
+    total = probe.frame_count or None
+    probe.close()
 
     def frame_boxes(i: int) -> np.ndarray | None:
         b = book.lookup(item, f"#{i}")
@@ -274,7 +275,6 @@ def _align_video(runtime: LandmarkRuntime, item: Item, book: BoxBook, names: Out
 def _run_demo(model: str, boxes: str | None, out: Path, as_json: bool, backend: str, batch_size: int) -> None:
     """The bundled photo: detector if installed (best face only: the photo holds one), else the stored box."""
     from chs.runtime.detector import dlib_available
-    from chs.runtime.imageio import read_image
 
     runtime = LandmarkRuntime.load(model, backend=backend, max_batch=batch_size)
     image = read_image(DEMO_IMAGE)

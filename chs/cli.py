@@ -109,9 +109,12 @@ def evaluate(
 
 
 from chs.bench_cmd import bench_app  # noqa: E402
+from chs.export_cmd import export  # noqa: E402
 
 app.add_typer(bench_app, name="bench")
 app.command("train")(train)
 app.command("eval")(evaluate)
+app.command("export")(export)
 train_app = _single(train)
 eval_app = _single(evaluate)
+export_app = _single(export)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -33,5 +34,12 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as e:  # a bug, not bad input: still one line, the traceback on request
+            if os.environ.get("CHS_DEBUG"):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            typer.echo(f"error: internal error ({type(e).__name__}: {first}); set CHS_DEBUG=1 for the traceback",
+                       err=True)
+            raise typer.Exit(1) from None
 
     return wrapper

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def export_onnx(model: CHSNet, path: str | Path, opset: int = 18, meta: ModelMet
     size = model.cfg.input_size
     x = torch.zeros(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" is expected
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -79,4 +81,9 @@ def simplify(proto: onnx.ModelProto, check_input: np.ndarray) -> onnx.ModelProto
     )
     if not ok:
         raise ChsError("onnxsim could not validate the simplified model")
+    # onnxsim keeps node names but drops node metadata; the module scopes in it drive FP16/INT8 placement
+    scopes = {n.name: list(n.metadata_props) for n in proto.graph.node}
+    for node in simplified.graph.node:
+        if node.name in scopes and not node.metadata_props:
+            node.metadata_props.extend(scopes[node.name])
     return simplified

@@ -24,3 +24,18 @@ def shared_data() -> Path:
     if not root.is_dir():
         pytest.skip(f"shared data not found at {root} (set CHS_DATA_ROOT)")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory) -> Path:
+    """The ``tiny`` preset with random weights (torch.manual_seed(0)) exported to ONNX once per session:
+    runtime and CLI tests need a real exported model without shipping one."""
+    torch = pytest.importorskip("torch")
+    from chs.export.onnx_export import export_onnx
+    from chs.model.chs import CHSNet
+    from chs.model.config import get_preset
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx"
+    export_onnx(CHSNet(get_preset("tiny")), path)
+    return path

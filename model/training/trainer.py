@@ -185,13 +185,14 @@ class Trainer:
                 "optimizer": opt_info, "options": asdict(self.opts)}
         save_checkpoint(self.module.model, Path(self.opts.out) / name, info, tensors)
 
-    def fit(self, progress=None) -> dict:
+    def fit(self, progress=None, stop_after: int | None = None) -> dict:
+        """Train to ``opts.epochs`` (or stop after epoch index ``stop_after - 1``, as an interruption would)."""
         opts = self.opts
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if opts.amp == "bf16" else torch.float16)
                     if opts.amp in ("bf16", "fp16") and opts.device.startswith("cuda") else None)
         scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" and autocast else None
         self.module.train()
-        for epoch in range(self.start_epoch, opts.epochs):
+        for epoch in range(self.start_epoch, min(opts.epochs, stop_after or opts.epochs)):
             loader = self._loader(epoch)
             t0, seen, total, parts_sum = time.time(), 0, 0.0, None
             for step, (x, maps, weight, target) in enumerate(loader):

@@ -1,0 +1,35 @@
+"""``chs-export``: prune, export, convert precision, check parity, build engines."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from chs.errors_cli import one_line_errors
+
+
+@one_line_errors
+def export(
+    model: Annotated[str, typer.Argument(help="Checkpoint folder or 'default' (the bundled model).")],
+    ccr: Annotated[int | None, typer.Option(help="Keep the first K CCR stages (default: all trained).")] = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write an FP16 ONNX (coordinates kept FP32).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write INT8 Q/DQ ONNX files (needs --calib).")] = False,
+    calib: Annotated[str | None, typer.Option(help="Calibration images: a face folder or a dataset split.")] = None,
+    calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile.")] = "minmax",
+    calib_images: int = 256,
+    parity_data: Annotated[str | None, typer.Option(
+        help="Annotated faces for the parity gate (default: the bundled demo face).")] = None,
+    batch: Annotated[str, typer.Option(help="TensorRT optimisation profile MIN:OPT:MAX.")] = "1:8:32",
+    opset: int = 18,
+    out: Annotated[str, typer.Option(help="Output folder.")] = "export",
+    engine: Annotated[str, typer.Option(help="auto (if TensorRT + GPU), always, never.")] = "auto",
+    triton: Annotated[str | None, typer.Option(help="Also write a Triton model repository with this name.")] = None,
+) -> None:
+    """Export a CHS checkpoint for deployment, refusing any file that drifts from PyTorch."""
+    from chs.export.pipeline import ExportOptions, parse_batch, run_export
+
+    run_export(ExportOptions(model=model, out=out, ccr=ccr, fp16=fp16, int8=int8, calib=calib,
+                             calib_method=calib_method, calib_images=calib_images, parity_data=parity_data,
+                             batch=parse_batch(batch), opset=opset, engine=engine, triton=triton),
+               log=typer.echo)

@@ -1,0 +1,227 @@
+"""``chs-export``: checkpoint -> pruned model -> ONNX (FP32, FP16, INT8 Q/DQ) -> parity gate -> engine.
+
+Everything is written to a temporary folder beside ``out`` and moved into place only when every step
+passed, so a failed export leaves no partial files.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from chs import __version__
+from chs.export.golden import write_golden
+from chs.export.onnx_export import count_ops, export_onnx, simplify
+from chs.export.parity import compare, gate, parity_crops
+from chs.model.checkpoint import load_checkpoint, resolve_model_path
+from chs.model.runner import TorchRunner, model_meta
+from chs.runtime.backends.ort import OrtRunner
+from chs.runtime.errors import ChsError
+from chs.runtime.timing import percentiles, time_calls
+
+
+@dataclass
+class ExportOptions:
+    model: str
+    out: str
+    ccr: int | None = None
+    fp16: bool = False
+    int8: bool = False
+    calib: str | None = None
+    calib_method: str = "minmax"
+    calib_images: int = 256
+    parity_data: str | None = None
+    batch: tuple[int, int, int] = (1, 8, 32)
+    opset: int = 18
+    engine: str = "auto"  # auto | always | never
+    triton: str | None = None
+    time_int8: bool = True
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    try:
+        lo, opt, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ChsError(f"--batch must be MIN:OPT:MAX (e.g. 1:8:32), got '{text}'") from None
+    if not 1 <= lo <= opt <= hi:
+        raise ChsError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {text}")
+    return lo, opt, hi
+
+
+def _versions() -> dict:
+    return {"chs": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__, "python": platform.python_version()}
+
+
+def _ort_latency(path: Path, crops: np.ndarray, batch: int) -> dict:
+    runner = OrtRunner(path, providers="cpu")
+    x = np.ascontiguousarray(np.resize(crops, (batch, *crops.shape[1:])))
+    return percentiles(time_calls(lambda: runner.infer(x), repeats=15 if batch == 1 else 6, warmup=2), per=batch)
+
+
+def run_export(opts: ExportOptions, log=print) -> dict:
+    """Run every step; returns the report (also written as report.json)."""
+    if opts.engine not in ("auto", "always", "never"):
+        raise ChsError(f"--engine must be auto, always or never, got '{opts.engine}'")
+    if opts.int8 and not opts.calib:
+        raise ChsError("--int8 needs --calib DATA (a folder of face images or a dataset split)")
+    if opts.engine == "always":
+        from chs.export.tensorrt import tensorrt_available
+
+        ok, why = tensorrt_available()
+        if not ok:
+            raise ChsError(f"--engine always: {why}")
+    model = load_checkpoint(resolve_model_path(opts.model), ccr=opts.ccr)
+    k = model.cfg.ccr_stages
+    meta = model_meta(model)
+    meta.versions = _versions()
+    crops, gt, parity_source = parity_crops(meta, opts.parity_data)
+    calib_crops = None
+    if opts.int8:
+        from chs.calibration.data import load_calibration_crops
+
+        calib_crops = load_calibration_crops(opts.calib, meta, max_images=opts.calib_images)
+
+    out = Path(opts.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        report = _export_into(tmp, opts, model, meta, crops, gt, parity_source, calib_crops, log)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            dest = out / f.name
+            if dest.is_dir():
+                shutil.rmtree(dest)
+            shutil.move(str(f), dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report["out"] = str(out)
+    log(f"wrote {out} (CCR stages: {k})")
+    return report
+
+
+def _export_into(tmp: Path, opts: ExportOptions, model, meta, crops, gt, parity_source, calib_crops, log) -> dict:
+    k = model.cfg.ccr_stages
+    torch_out = TorchRunner(model).infer(crops)
+    reference = torch_out["landmarks"]
+    files: dict[str, Path] = {}
+
+    # FP32 ONNX, checked and simplified; the simplified graph must give the same landmarks
+    raw = tmp / "model_fp32.raw.onnx"
+    export_onnx(model, raw, opset=opts.opset, meta=meta)
+    raw_out = OrtRunner(raw, providers="cpu").infer(crops)["landmarks"]
+    simplified = simplify(onnx.load(str(raw)), crops[:1])
+    onnx.checker.check_model(simplified, full_check=True)
+    fp32 = tmp / "model_fp32.onnx"
+    onnx.save(simplified, str(fp32))
+    raw.unlink()
+    simp_out = OrtRunner(fp32, providers="cpu").infer(crops)["landmarks"]
+    if np.abs(simp_out - raw_out).max() > 1e-4:
+        raise ChsError(f"onnxsim changed the outputs (max {np.abs(simp_out - raw_out).max():.2e} px): not written")
+    files["fp32"] = fp32
+    roi_nodes = count_ops(simplified, "RoiAlign")
+    if roi_nodes != k:
+        raise ChsError(f"exported graph has {roi_nodes} RoiAlign nodes for {k} CCR stages")
+
+    extra: dict = {}
+    if opts.fp16:
+        from chs.export.fp16 import fp16_range_scan, require_fp16_safe, to_fp16
+
+        scan_crops = crops if calib_crops is None else np.concatenate([crops, calib_crops[:64]])
+        scan = fp16_range_scan(fp32, scan_crops)
+        require_fp16_safe(scan)
+        extra["fp16_range_scan"] = {"n_crops": scan["n_crops"], "worst": scan["worst"][:5],
+                                    "near_overflow": scan["near_overflow"]}
+        path = tmp / "model_fp16.onnx"
+        onnx.save(to_fp16(fp32), str(path))
+        files["fp16"] = path
+    if opts.int8:
+        from chs.calibration.calibrate import calibrate
+        from chs.calibration.quantize import quantize_int8
+
+        cache = Path.home() / ".cache" / "chs" / "calibration"
+        ranges = calibrate(fp32, calib_crops, opts.calib_method, cache_dir=cache)
+        log(f"calibration ({opts.calib_method}, {len(calib_crops)} crops): "
+            f"{'cache hit' if getattr(ranges, 'cache_hit', False) else 'computed'}")
+        for flavour in ("s8s8", "u8s8"):
+            path = tmp / f"model_int8_{flavour}.onnx"
+            quantize_int8(fp32, path, ranges, flavour)
+            files[f"int8-{flavour}"] = path
+        extra["calibration"] = {"source": opts.calib, "method": opts.calib_method, "crops": len(calib_crops),
+                                "cache_hit": bool(getattr(ranges, "cache_hit", False))}
+
+    # parity gate: every file on the same real crops, against PyTorch
+    rows, failures = [], []
+    for precision, path in files.items():
+        got = OrtRunner(path, providers="cpu").infer(crops)["landmarks"]
+        row = {"file": path.name, "precision": precision, "backend": "onnxruntime-cpu", **compare(
+            reference, got, meta.scheme, gt)}
+        ok, why = gate(precision, row)
+        row.update(passed=ok, gate=why)
+        rows.append(row)
+        if not ok:
+            failures.append(f"{path.name}: {why}")
+    _print_table(rows, parity_source, log)
+    if failures:
+        raise ChsError("parity gate failed: " + "; ".join(failures))
+
+    if opts.int8 and opts.time_int8:
+        speed = {}
+        for b in (1, 8):
+            f = _ort_latency(files["fp32"], crops, b)
+            q = _ort_latency(files["int8-u8s8"], crops, b)
+            speed[f"batch{b}"] = {"fp32_ms": f["p50_ms"], "int8_u8s8_ms": q["p50_ms"],
+                                  "speedup": f["p50_ms"] / q["p50_ms"]}
+            log(f"ONNX Runtime CPU, batch {b}: FP32 {f['p50_ms']:.2f} ms/face, INT8 (u8s8) {q['p50_ms']:.2f} "
+                f"ms/face -> {f['p50_ms'] / q['p50_ms']:.2f}x")
+        extra["int8_speed_cpu"] = speed
+
+    golden = write_golden(tmp, crops, {"landmarks": reference, "scores": torch_out["scores"]}, "torch")
+    engine = _engine_step(tmp, opts, files, meta, log)
+    if opts.triton:
+        from chs.export.triton import write_triton_repository
+
+        src = files.get("fp16", files["fp32"])
+        write_triton_repository(tmp / "triton", opts.triton, onnx_path=src, meta=meta,
+                                max_batch=opts.batch[2])
+    report = {
+        "model": str(opts.model), "ccr": k, "meta": meta.to_dict(), "parity_data": parity_source,
+        "parity": rows, "files": {p: f.name for p, f in files.items()}, "golden": golden, "engine": engine,
+        "roi_align_nodes": k, **extra,
+    }
+    (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=float))
+    return report
+
+
+def _engine_step(tmp: Path, opts: ExportOptions, files: dict[str, Path], meta, log) -> dict:
+    if opts.engine == "never":
+        return {"built": False, "reason": "--engine never"}
+    from chs.export.tensorrt import build_engine_subprocess, tensorrt_available
+
+    ok, why = tensorrt_available()
+    if not ok:
+        log(f"engine step skipped: {why}; golden inputs/outputs written for `polygraphy run --trt` on a GPU machine")
+        return {"built": False, "reason": why}
+    precision = "int8-s8s8" if "int8-s8s8" in files else ("fp16" if "fp16" in files else "fp32")
+    engine_path = tmp / "model.engine"
+    sidecar = build_engine_subprocess(files[precision], engine_path, batch=opts.batch, meta=meta,
+                                      timing_cache=tmp / "timing.cache")
+    log(f"built TensorRT engine {engine_path.name} from {files[precision].name}")
+    return {"built": True, "precision": precision, "sidecar": sidecar}
+
+
+def _print_table(rows: list[dict], source: str, log) -> None:
+    log(f"parity vs PyTorch on {source}:")
+    log(f"  {'file':<26} {'max px':>9} {'mean px':>9} {'ΔNME pt':>9} {'':<9} gate")
+    for r in rows:
+        log(f"  {r['file']:<26} {r['max_px']:>9.4f} {r['mean_px']:>9.4f} {r['dnme_pt']:>+9.4f} "
+            f"{r['dnme_kind']:<9} {'PASS' if r['passed'] else 'FAIL'}  ({r['gate']})")

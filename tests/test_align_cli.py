@@ -1,0 +1,245 @@
+"""``chs align``: JSON output equals the library's predictions, annotated files are written, folders skip
+unreadable images, videos work, and every bad input is one ``error:`` line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from chs.align_cmd import align
+from chs.runtime.detector import dlib_available
+from chs.runtime.landmarks import LandmarkRuntime
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "runtime" / "assets" / "demo" / "astronaut.png"
+
+app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+app.command()(align)
+
+
+def _run(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _image(h: int = 120, w: int = 150, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    return np.ascontiguousarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC))
+
+
+def _write(path: Path, rgb: np.ndarray) -> Path:
+    ok, buf = cv2.imencode(path.suffix, rgb[..., ::-1])
+    assert ok
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def _boxes_file(path: Path, entries: dict) -> Path:
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def _one_error_line(res, pattern: str = "") -> str:
+    assert res.exit_code == 2, (res.exit_code, res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.output + res.stderr
+    assert pattern in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def rt(tiny_onnx) -> LandmarkRuntime:
+    return LandmarkRuntime.load(tiny_onnx, providers="cpu", detector=None)
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def test_json_lines_equal_library_predictions(tiny_onnx, rt, tmp_path):
+    img = _write(tmp_path / "a.png", _image())
+    boxes = [[30, 20, 90, 95], [60, 40, 140, 118]]
+    bf = _boxes_file(tmp_path / "boxes.json", {"a.png": boxes})
+    res = _run(img, "--model", tiny_onnx, "--boxes", bf, "--json")
+    assert res.exit_code == 0, res.stderr
+    recs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["face"] for r in recs] == [0, 1] and all(r["image"] == str(img) for r in recs)
+    for rec, face in zip(recs, rt.predict(img, boxes), strict=True):
+        np.testing.assert_allclose(rec["landmarks"], face.landmarks, atol=5e-4)
+        np.testing.assert_allclose(rec["box"], face.box, atol=5e-4)
+        assert rec["score"] == pytest.approx(face.score, abs=1e-6)
+        assert set(rec) == {"image", "face", "box", "score", "landmarks"}
+
+
+def test_text_output_and_annotated_files(tiny_onnx, tmp_path):
+    png = _write(tmp_path / "in" / "a.png", _image(seed=1))
+    jpg = _write(tmp_path / "in" / "b.jpg", _image(seed=2))
+    bf = _boxes_file(tmp_path / "boxes.json", {str(png): [[30, 20, 90, 95]], "b.jpg": [[10, 10, 80, 90]]})
+    res = _run(png, jpg, "--model", tiny_onnx, "--boxes", bf, "--out", tmp_path / "out")
+    assert res.exit_code == 0, res.stderr
+    assert len(res.stdout.splitlines()) == 2 and "face 0" in res.stdout and "68 landmarks" in res.stdout
+    for name in ("a_landmarks.png", "b_landmarks.jpg"):
+        out = cv2.imread(str(tmp_path / "out" / name))
+        assert out is not None and out.shape == (120, 150, 3)
+    # something was drawn: the annotated image differs from the input around the box
+    drawn = cv2.imread(str(tmp_path / "out" / "a_landmarks.png"))[..., ::-1]
+    assert (drawn != _image(seed=1)).any()
+
+
+def test_folder_skips_unreadable_images(tiny_onnx, tmp_path):
+    folder = tmp_path / "imgs"
+    for i in range(3):
+        _write(folder / f"ok{i}.png", _image(seed=i))
+    _write(folder / "sub" / "deep.png", _image(seed=9))
+    (folder / "notes.jpg").write_bytes(b"not an image")
+    ok, buf = cv2.imencode(".jpg", _image())
+    (folder / "cut.jpg").write_bytes(buf.tobytes()[:300])
+    (folder / "readme.txt").write_text("ignored: not an image extension")
+    bf = _boxes_file(tmp_path / "b.json", {n: [[20, 20, 90, 100]] for n in ("ok0.png", "ok1.png", "ok2.png",
+                                                                           "sub/deep.png")})
+    res = _run(folder, "--model", tiny_onnx, "--boxes", bf, "--json", "--out", tmp_path / "out", "--batch-size", 2)
+    assert res.exit_code == 0, res.stderr
+    recs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert sorted(Path(r["image"]).name for r in recs) == ["deep.png", "ok0.png", "ok1.png", "ok2.png"]
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: skipped")]
+    assert len(warnings) == 2 and any("cut.jpg" in w and "truncated" in w for w in warnings)
+    assert "2 unreadable image(s) skipped" in res.stderr and "Traceback" not in res.stderr
+    assert (tmp_path / "out" / "sub" / "deep_landmarks.png").is_file()
+
+
+def test_folder_with_only_unreadable_images(tiny_onnx, tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    res = _run(tmp_path / "d", "--model", tiny_onnx, "--boxes", _boxes_file(tmp_path / "b.json", {}))
+    assert res.exit_code == 2 and "error: none of the 1 images could be read" in res.stderr
+
+
+def test_video(tiny_onnx, tmp_path):
+    src = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 80))
+    assert writer.isOpened()
+    for i in range(7):
+        writer.write(_image(80, 96, i)[..., ::-1])
+    writer.release()
+    bf = _boxes_file(tmp_path / "b.json", {"clip.mp4": [[10, 10, 70, 70]], "clip.mp4#3": [[5, 5, 40, 40],
+                                                                                             [40, 30, 90, 78]]})
+    res = _run(src, "--model", tiny_onnx, "--boxes", bf, "--json", "--out", tmp_path / "out", "--batch-size", 3)
+    assert res.exit_code == 0, res.stderr
+    recs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["frame"] for r in recs] == [0, 1, 2, 3, 3, 4, 5, 6]
+    assert recs[3]["box"] == [5, 5, 40, 40] and recs[4]["face"] == 1
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "clip_landmarks.mp4"))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    assert frames == 7
+
+
+def test_demo(tiny_onnx, tmp_path):
+    res = _run("--demo", "--model", tiny_onnx, "--out", tmp_path / "demo",
+               "--boxes", _boxes_file(tmp_path / "b.json", {"astronaut.png": [[182, 89, 270, 190]]}))
+    assert res.exit_code == 0, res.stderr
+    out = tmp_path / "demo" / "astronaut_landmarks.png"
+    assert out.is_file() and cv2.imread(str(out)).shape == (512, 512, 3)
+    lines = res.stdout.splitlines()
+    assert "box [182.0, 89.0, 270.0, 190.0]" in lines[0]
+    assert sum(1 for ln in lines if ln.startswith("  ") and len(ln.split()) == 3) == 68
+
+
+def test_demo_without_detector_uses_the_stored_box(tiny_onnx, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "dlib", None)
+    res = _run("--demo", "--model", tiny_onnx, "--out", tmp_path, "--json")
+    assert res.exit_code == 0, res.stderr
+    rec = json.loads(res.stdout.splitlines()[0])
+    assert rec["box"] == [182, 89, 270, 190] and len(rec["landmarks"]) == 68
+    assert (tmp_path / "astronaut_landmarks.png").is_file()
+
+
+@pytest.mark.skipif(not dlib_available(), reason="dlib not installed (pip install chs[detect])")
+def test_detector_path(tiny_onnx):
+    res = _run(DEMO, "--model", tiny_onnx, "--json")
+    assert res.exit_code == 0, res.stderr
+    recs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert recs and recs[0]["score"] > 0  # best detection first: the face, not the mission patch
+    assert abs(recs[0]["box"][0] - 182) < 15 and abs(recs[0]["box"][1] - 89) < 15
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+def _foreign_onnx(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 64])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 64, 64])
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "identity", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_bad_inputs_are_one_line(tiny_onnx, tmp_path, monkeypatch):
+    good = _write(tmp_path / "g.png", _image())
+    bf = _boxes_file(tmp_path / "b.json", {"g.png": [[30, 20, 90, 95]]})
+    m = ["--model", tiny_onnx]
+    _one_error_line(_run(tmp_path / "missing.png", *m, "--boxes", bf), "input not found")
+    (tmp_path / "t.jpg").write_text("text")
+    _one_error_line(_run(tmp_path / "t.jpg", *m, "--boxes", bf), "cannot decode")
+    ok, buf = cv2.imencode(".jpg", _image())
+    (tmp_path / "cut.jpg").write_bytes(buf.tobytes()[:400])
+    _one_error_line(_run(tmp_path / "cut.jpg", *m, "--boxes", bf), "truncated")
+    _write(tmp_path / "one.png", np.zeros((1, 1, 3), np.uint8))
+    _one_error_line(_run(tmp_path / "one.png", *m, "--boxes", bf), "too small")
+    (tmp_path / "zero.png").write_bytes(b"")
+    _one_error_line(_run(tmp_path / "zero.png", *m, "--boxes", bf), "empty")
+    for box, msg in (([[90, 20, 30, 95]], "inverted"), ([[500, 500, 600, 600]], "outside"),
+                     ([[float("nan"), 0, 5, 5]], "NaN")):
+        line = _one_error_line(_run(good, *m, "--boxes", _boxes_file(tmp_path / "bad.json", {"g.png": box})), msg)
+        assert "g.png" in line and "box 0" in line
+    (tmp_path / "broken.json").write_text("{not json")
+    _one_error_line(_run(good, *m, "--boxes", tmp_path / "broken.json"), "not valid JSON")
+    _one_error_line(_run(good, *m, "--boxes", _boxes_file(tmp_path / "b3.json", {"g.png": [[1, 2, 3]]})),
+                    "not a list of")
+    _one_error_line(_run(good, "--model", _foreign_onnx(tmp_path / "id.onnx"), "--boxes", bf), "no CHS metadata")
+    data = Path(tiny_onnx).read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[:1000])
+    _one_error_line(_run(good, "--model", tmp_path / "cut.onnx", "--boxes", bf), "cannot load ONNX model")
+    (tmp_path / "m.engine").write_bytes(b"\x00" * 64)
+    _one_error_line(_run(good, "--model", tmp_path / "m.engine", "--boxes", bf), "sidecar")
+    _one_error_line(_run(*m), "no inputs")
+    _one_error_line(_run(good, *m, "--batch-size", 0), "--batch-size")
+    _one_error_line(_run(good, "--demo", *m), "--demo takes no inputs")
+    monkeypatch.setitem(sys.modules, "dlib", None)
+    _one_error_line(_run(good, *m), "no face detector installed: pass --boxes or pip install chs[detect]")
+
+
+def test_subprocess_exit_code_and_no_torch(tiny_onnx, tmp_path):
+    """The real process: exit code 2, one stderr line, and torch never imported by the align command."""
+    code = textwrap.dedent("""
+        import sys
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+                return None
+        sys.meta_path.insert(0, NoTorch())
+        import typer
+        from chs.align_cmd import align
+        app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+        app.command()(align)
+        app()
+    """)
+    bad = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nope.png"), "--model", str(tiny_onnx)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [f"error: input not found: {tmp_path}/nope.png"]
+    bf = _boxes_file(tmp_path / "b.json", {"astronaut.png": [[182, 89, 270, 190]]})
+    good = subprocess.run([sys.executable, "-c", code, str(DEMO), "--model", str(tiny_onnx), "--boxes", str(bf),
+                           "--json"], capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0, good.stderr
+    assert len(json.loads(good.stdout)["landmarks"]) == 68
