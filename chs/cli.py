@@ -108,6 +108,7 @@ def evaluate(
         typer.echo(f"NME(IOD) per CCR stage: {stages}")
 
 
+from chs.align_cmd import align  # noqa: E402
 from chs.bench_cmd import bench_app  # noqa: E402
 from chs.export_cmd import export  # noqa: E402
 
@@ -115,6 +116,8 @@ app.add_typer(bench_app, name="bench")
 app.command("train")(train)
 app.command("eval")(evaluate)
 app.command("export")(export)
+app.command("align")(align)
 train_app = _single(train)
 eval_app = _single(evaluate)
 export_app = _single(export)
+align_app = _single(align)

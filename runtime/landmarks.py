@@ -32,7 +32,7 @@ DEFAULT_MODEL = ASSETS / "default" / "model.onnx"
 ImageLike = str | os.PathLike | np.ndarray
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compare fields with numpy, not ==
 class Face:
     """One face: ``landmarks`` (n, 2) float64 image pixels (0-based, pixel centres on integers), the
     ``box`` the crop was cut from (GT-landmark convention), ``score`` = mean heatmap peak, ``scores`` (n,)

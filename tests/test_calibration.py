@@ -1,0 +1,276 @@
+"""Calibration crops, the range cache and the two INT8 Q/DQ flavours on a real exported tiny model.
+
+INT8 landmarks are compared with the FP32 ONNX on real faces. The tiny model has random weights, so its
+heatmaps have near-tied peaks and INT8 noise (heatmap RMS error ~1 % of its spread) flips some argmaxes
+by whole cells: the bounds are on the median, the share within 1 px and the (flip-free) peak scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from chs.runtime.artifact import ModelMeta
+from chs.runtime.backends.ort import OrtRunner
+from chs.runtime.datasets import load_dataset
+from chs.runtime.errors import ChsError
+from chs.runtime.evaluate import crop_batch, sample_box
+from chs.runtime.geometry import crop_face
+from chs.runtime.imageio import read_image
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+
+from chs.calibration.calibrate import calibrate  # noqa: E402
+from chs.calibration.data import load_calibration_crops  # noqa: E402
+from chs.calibration.quantize import quantize_int8  # noqa: E402
+from chs.calibration.reader import CropReader  # noqa: E402
+from chs.export.sensitive import float32_nodes  # noqa: E402
+
+calib_module = sys.modules["chs.calibration.calibrate"]  # the package re-exports a function of that name
+
+
+def _export_tiny(path: Path) -> Path:
+    import torch
+
+    from chs.export.onnx_export import export_onnx
+    from chs.model.chs import build_model
+    from chs.model.config import get_preset
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny")).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for stage in model.ccr:  # fc is zero-initialised: give the CCR offsets a say (~0.3 cells)
+            stage.fc.weight.normal_(0.0, 0.02, generator=gen)
+    export_onnx(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fp32_path(tmp_path_factory) -> Path:
+    return _export_tiny(tmp_path_factory.mktemp("calib") / "fp32.onnx")
+
+
+@pytest.fixture(scope="module")
+def meta(fp32_path) -> ModelMeta:
+    return ModelMeta.from_props({p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props})
+
+
+@pytest.fixture(scope="module")
+def crops(meta, fixtures_dir) -> np.ndarray:
+    return load_calibration_crops(fixtures_dir / "pts", meta)
+
+
+@pytest.fixture(scope="module")
+def ranges(fp32_path, crops):
+    return calibrate(fp32_path, crops, "minmax")
+
+
+@pytest.fixture(scope="module")
+def int8_paths(fp32_path, ranges, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("int8")
+    return {fl: (quantize_int8(fp32_path, out / f"{fl}.onnx", ranges, fl), out / f"{fl}.onnx")[1]
+            for fl in ("s8s8", "u8s8")}
+
+
+# ---- crops ----------------------------------------------------------------------------------------
+
+
+def test_crops_from_a_dataset_match_the_evaluation_crops(crops, meta, fixtures_dir):
+    samples = load_dataset(fixtures_dir / "pts")
+    ref, _ = crop_batch([s.load_image() for s in samples], [sample_box(s, meta) for s in samples], meta)
+    assert crops.dtype == np.float32 and crops.shape == (4, 3, 64, 64)
+    np.testing.assert_array_equal(crops, ref)
+
+
+def test_crops_subsample_evenly_and_deterministically(meta, fixtures_dir):
+    a = load_calibration_crops(fixtures_dir / "pts", meta, max_images=2)
+    b = load_calibration_crops(fixtures_dir / "pts", meta, max_images=2)
+    assert a.shape[0] == 2
+    np.testing.assert_array_equal(a, b)
+
+
+def test_crops_from_a_plain_folder(meta, fixtures_dir, tmp_path):
+    shutil.copy(fixtures_dir / "pts" / "einstein.jpg", tmp_path / "a.jpg")
+    shutil.copy(fixtures_dir / "pts" / "image_0010.png", tmp_path / "b.png")
+    (tmp_path / "c.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    box = [60.0, 50.0, 200.0, 210.0]
+    (tmp_path / "boxes.json").write_text(json.dumps({"a.jpg": box}))
+    with pytest.warns(UserWarning, match="c.jpg"):
+        x = load_calibration_crops(tmp_path, meta)
+    assert x.shape == (2, 3, 64, 64)
+    boxed, _ = crop_face(read_image(tmp_path / "a.jpg"), box, meta.input_size, meta.crop)
+    np.testing.assert_array_equal(x[0], meta.norm(boxed)[0])
+    img = read_image(tmp_path / "b.png")  # no box: the whole image
+    h, w = img.shape[:2]
+    whole, _ = crop_face(img, [-0.5, -0.5, w - 0.5, h - 0.5], meta.input_size, meta.crop)
+    np.testing.assert_array_equal(x[1], meta.norm(whole)[0])
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "unreadable"])
+def test_no_calibration_images_is_a_one_line_error(meta, tmp_path, case):
+    folder = tmp_path / "calib"
+    if case != "missing":
+        folder.mkdir()
+    if case == "unreadable":
+        (folder / "x.png").write_bytes(b"")
+    with pytest.warns(UserWarning) if case == "unreadable" else contextlib.nullcontext():
+        with pytest.raises(ChsError, match=f"no calibration images in {folder}") as e:
+            load_calibration_crops(folder, meta)
+    assert "\n" not in str(e.value)
+
+
+# ---- reader ---------------------------------------------------------------------------------------
+
+
+def test_reader_batches_ranges_and_rewinds():
+    x = np.arange(10 * 3 * 4 * 4, dtype=np.float32).reshape(10, 3, 4, 4)
+    r = CropReader(x, batch_size=4)
+    assert len(r) == 3
+    sizes = [len(b["input"]) for b in iter(r.get_next, None)]
+    assert sizes == [4, 4, 2] and r.get_next() is None
+    r.rewind()
+    np.testing.assert_array_equal(r.get_next()["input"], x[:4])
+    r.set_range(1, 2)
+    np.testing.assert_array_equal(r.get_next()["input"], x[4:8])
+    assert r.get_next() is None
+    r.rewind()
+    assert r.get_next() is not None
+    with pytest.raises(ChsError):
+        CropReader(np.zeros((0, 3, 4, 4), np.float32))
+
+
+# ---- calibration and its cache --------------------------------------------------------------------
+
+
+def test_calibration_cache_skips_the_calibrator(fp32_path, crops, tmp_path, monkeypatch):
+    first = calibrate(fp32_path, crops, "minmax", cache_dir=tmp_path)
+    assert not first.cache_hit and len(first) > 100
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert all(lo <= hi for lo, hi in first.values())
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("the calibrator ran although the ranges were cached")
+
+    monkeypatch.setattr(calib_module, "create_calibrator", no_calibration)
+    second = calibrate(fp32_path, crops, "minmax", cache_dir=tmp_path)
+    assert second.cache_hit and dict(second) == dict(first)
+    with pytest.raises(AssertionError, match="calibrator ran"):  # other crops: a different key
+        calibrate(fp32_path, crops[:2], "minmax", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_methods_give_ranges_inside_minmax(fp32_path, crops, ranges, method):
+    got = calibrate(fp32_path, crops, method)
+    assert set(got) == set(ranges)
+    for name, (lo, hi) in got.items():
+        assert lo <= hi
+        assert ranges[name][0] - 1e-5 <= lo and hi <= ranges[name][1] + 1e-5, name
+
+
+def test_unknown_calibration_method(fp32_path, crops):
+    with pytest.raises(ChsError, match="unknown calibration method 'kl'"):
+        calibrate(fp32_path, crops, "kl")
+
+
+# ---- INT8 Q/DQ ------------------------------------------------------------------------------------
+
+
+def _qdq_facts(model: onnx.ModelProto) -> tuple[dict, dict, dict]:
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return inits, producer, consumers
+
+
+def test_s8s8_is_what_tensorrt_accepts(int8_paths, fp32_path):
+    model = onnx.load(str(int8_paths["s8s8"]))
+    assert ModelMeta.from_props({p.key: p.value for p in model.metadata_props}).precision == "int8-s8s8"
+    inits, producer, consumers = _qdq_facts(model)
+    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert q and dq
+    for n in q + dq:  # symmetric: every zero point is 0 and int8
+        zp = numpy_helper.to_array(inits[n.input[2]])
+        assert zp.dtype == np.int8 and not zp.any(), n.name
+    for n in dq:  # no int32 bias DequantizeLinear
+        assert n.input[0] not in inits or inits[n.input[0]].data_type != TensorProto.INT32
+    for n in model.graph.node:
+        if n.op_type == "Conv" and len(n.input) > 2:
+            assert n.input[2] in inits and inits[n.input[2]].data_type == TensorProto.FLOAT
+    # RoiAlign / ArgMax: no Q/DQ on either side
+    for n in model.graph.node:
+        if n.op_type in ("RoiAlign", "ArgMax"):
+            assert all(producer[i].op_type not in ("QuantizeLinear", "DequantizeLinear")
+                       for i in n.input if i in producer), n.name
+            assert all(c.op_type not in ("QuantizeLinear", "DequantizeLinear")
+                       for o in n.output for c in consumers.get(o, [])), n.name
+    # every excluded node reads float tensors only (no shared Q/DQ pair leaks into the float32 region)
+    keep = float32_nodes(onnx.load(str(fp32_path)))
+    for n in model.graph.node:
+        if n.name in keep:
+            assert all(producer[i].op_type != "DequantizeLinear" for i in n.input if i in producer), n.name
+    # the trunk is quantized: every other Conv reads a dequantized activation and weight
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    quantized = [n for n in convs if all(producer.get(i, n).op_type == "DequantizeLinear" for i in n.input[:2])]
+    assert len(quantized) == len(convs) - 3
+
+
+def test_u8s8_has_unsigned_activations(int8_paths):
+    model = onnx.load(str(int8_paths["u8s8"]))
+    assert ModelMeta.from_props({p.key: p.value for p in model.metadata_props}).precision == "int8-u8s8"
+    inits, _, _ = _qdq_facts(model)
+    zps = [numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert zps and all(z.dtype == np.uint8 for z in zps)
+    weight_zps = [numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
+                  if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert weight_zps and all(z.dtype == np.int8 and not z.any() for z in weight_zps)
+
+
+@pytest.mark.parametrize("flavour", ["s8s8", "u8s8"])
+def test_int8_landmarks_close_to_fp32(fp32_path, int8_paths, crops, flavour):
+    ref = OrtRunner(fp32_path, providers="cpu").infer(crops)
+    got = OrtRunner(int8_paths[flavour], providers="cpu").infer(crops)
+    d = np.linalg.norm(got["landmarks"] - ref["landmarks"], axis=-1).ravel()
+    # measured (4 faces x 68 points): median 0.15 / 0.12 px, 81 % / 79 % within 1 px, scores 0.008
+    assert np.median(d) < 0.5
+    assert (d <= 1.0).mean() >= 0.65
+    assert np.abs(got["scores"] - ref["scores"]).max() < 0.03
+
+
+def test_int8_on_held_out_faces(fp32_path, meta, shared_data, tmp_path):
+    """Calibrate on ytf68 train faces, compare on val faces (not the calibration crops)."""
+    train, val = shared_data / "ytf68" / "train", shared_data / "ytf68" / "val"
+    if not (train.is_dir() and val.is_dir()):
+        pytest.skip("ytf68 not in the shared data")
+    calib = load_calibration_crops(train, meta, max_images=32)
+    test = load_calibration_crops(val, meta, max_images=32, seed=1)
+    r = calibrate(fp32_path, calib, "minmax")
+    ref = OrtRunner(fp32_path, providers="cpu").infer(test)
+    for flavour in ("s8s8", "u8s8"):
+        quantize_int8(fp32_path, tmp_path / f"{flavour}.onnx", r, flavour)
+        got = OrtRunner(tmp_path / f"{flavour}.onnx", providers="cpu").infer(test)
+        d = np.linalg.norm(got["landmarks"] - ref["landmarks"], axis=-1).ravel()
+        assert np.median(d) < 0.5, flavour
+        assert (d <= 1.0).mean() >= 0.6, flavour
+        assert np.abs(got["scores"] - ref["scores"]).max() < 0.05, flavour
+
+
+def test_quantize_rejects_bad_arguments(fp32_path, ranges, tmp_path):
+    with pytest.raises(ChsError, match="unknown INT8 flavour"):
+        quantize_int8(fp32_path, tmp_path / "x.onnx", ranges, "s8u8")
+    with pytest.raises(ChsError, match="no calibration ranges"):
+        quantize_int8(fp32_path, tmp_path / "x.onnx", {}, "s8s8")
+    assert not (tmp_path / "x.onnx").exists()
