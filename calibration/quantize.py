@@ -44,38 +44,80 @@ def _preprocessed(fp32_path: Path, tmp: Path) -> onnx.ModelProto:
         return load_model_with_shape_infer(fp32_path)
 
 
-def _float_inputs_for_excluded(model: onnx.ModelProto, exclude: set[str]) -> int:
-    """Point excluded nodes back at the float tensor where ORT gave them a shared Q/DQ output; drop Q/DQ
-    nodes nobody reads any more. Returns how many inputs were rewired."""
+def _float_inputs_for_excluded(model: onnx.ModelProto, exclude: set[str], max_depth: int = 4) -> int:
+    """Make the float32 region read float tensors; returns how many node inputs were changed.
+
+    ORT gives every consumer of a quantized tensor the shared DequantizeLinear output and quantizes Conv
+    outputs, so a float head would still read 8-bit values (the last heatmap head read Relu(DQ(Q(x)))).
+    Excluded nodes are pointed at the float tensor before the Q/DQ pair; excluded Conv/Gemm/MatMul nodes
+    also get float copies of the few unquantized ops (Relu, Add, Concat ...) between them and the Q/DQ
+    pairs, up to ``max_depth`` ops deep. Q/DQ and other nodes nobody reads any more are removed.
+    """
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
-    rewired = 0
+    twins: dict[str, str] = {}
+    clones: list[onnx.NodeProto] = []
+
+    def float_twin(name: str, depth: int) -> str:
+        """The float version of tensor ``name``: itself, the input of its Q/DQ pair, or a cloned op's output."""
+        if name in twins:
+            return twins[name]
+        node = producer.get(name)
+        result = name
+        if node is None or node.name in exclude or node.op_type in QUANTIZED_OPS:
+            pass
+        elif node.op_type == "DequantizeLinear":
+            q = producer.get(node.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":  # and look further: Relu(DQ(Q(conv)))
+                result = float_twin(q.input[0], depth)
+        elif node.op_type != "QuantizeLinear":
+            if depth >= max_depth:
+                return name
+            inputs = [float_twin(i, depth + 1) if i else i for i in node.input]
+            if inputs != list(node.input):
+                clone = copy.deepcopy(node)
+                clone.name = f"{node.name}_float"
+                del clone.input[:]
+                clone.input.extend(inputs)
+                del clone.output[:]
+                clone.output.extend(f"{o}_float" if o else o for o in node.output)
+                clones.append(clone)
+                for o in node.output:
+                    if o:
+                        twins[o] = f"{o}_float"
+                result = twins[name]
+        if result != name:  # only definite answers are cached; "unchanged" may be depth-limited
+            twins[name] = result
+        return result
+
+    changed = 0
     for node in graph.node:
         if node.name not in exclude:
             continue
+        depth = 0 if node.op_type in QUANTIZED_OPS else max_depth  # others: only a direct Q/DQ pair
         for i, name in enumerate(node.input):
-            dq = producer.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            q = producer.get(dq.input[0])
-            if q is not None and q.op_type == "QuantizeLinear":
-                node.input[i] = q.input[0]
-                rewired += 1
+            twin = float_twin(name, depth) if name else name
+            if twin != name:
+                node.input[i] = twin
+                changed += 1
+    graph.node.extend(clones)  # callers sort topologically afterwards
+
     outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(o in used for o in n.output)]
-        if not dead:
+    nodes = list(graph.node)
+    while True:  # drop nodes whose outputs nobody reads (the now unused Q/DQ pairs, Relus ...)
+        used = {i for n in nodes for i in n.input} | outputs
+        live = [n for n in nodes if any(o in used for o in n.output)]
+        if len(live) == len(nodes):
             break
-        keep = [copy.deepcopy(n) for n in graph.node if n not in dead]
-        del graph.node[:]
-        graph.node.extend(keep)
+        nodes = live
+    kept = [copy.deepcopy(n) for n in nodes]
+    del graph.node[:]
+    graph.node.extend(kept)
     used = {i for n in graph.node for i in n.input}
     inits = [t for t in graph.initializer if t.name in used or t.name in outputs]
     del graph.initializer[:]
     graph.initializer.extend(inits)
-    return rewired
+    return changed
 
 
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | None,
@@ -112,9 +154,9 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
         q = quantizer.quantize_model()
     except Exception as e:  # ORT raises bare ValueError/KeyError, e.g. for a tensor without a range
         raise ChsError(f"INT8 quantization failed: {str(e).splitlines()[0][:200]}") from None
-    rewired = _float_inputs_for_excluded(q, exclude)
-    quantizer.model.topological_sort()  # ORT appends Q/DQ nodes; its own save_model_to_file sorts too
-    log.debug("rewired %d float inputs of excluded nodes", rewired)
+    changed = _float_inputs_for_excluded(q, exclude)
+    quantizer.model.topological_sort()  # Q/DQ nodes and float clones were appended; ORT's save sorts too
+    log.debug("%d inputs of float32 nodes now read float tensors", changed)
     meta.precision = f"int8-{flavour}"
     set_metadata(q, meta)
     try:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from chs.errors_cli import one_line_errors
+from chs.runtime.errors import ChsError
 
 bench_app = typer.Typer(help="Benchmarks: complexity (Table 9), latency, accuracy, trade-off.", no_args_is_help=True,
                         pretty_exceptions_enable=False, add_completion=False)
@@ -35,3 +36,242 @@ def complexity(
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:
         typer.echo(format_table(rows))
+
+
+# ------------------------------------------------------------------------- latency, accuracy, trade-off
+
+Model = Annotated[str, typer.Option(help="Checkpoint folder, or 'default' (the bundled model).")]
+Backends = Annotated[str, typer.Option("--backend", help="Comma list of torch, ort, trt.")]
+Precisions = Annotated[str, typer.Option("--precision", help="Comma list of fp32, fp16, bf16, int8.")]
+Ccrs = Annotated[str | None, typer.Option("--ccr", help="Comma list of CCR counts (default: 0,1,2 as trained).")]
+Batches = Annotated[str, typer.Option("--batch", help="Comma list of batch sizes.")]
+Calib = Annotated[str | None, typer.Option(help="Calibration images/dataset for INT8 (needed for int8 rows).")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda (torch rows; ONNX Runtime picks its provider).")]
+WorkDir = Annotated[str | None, typer.Option(help="Where exported ONNX files are kept and reused "
+                                                  "(default ~/.cache/chs/bench/<model>).")]
+Repeats = Annotated[int, typer.Option(help="Timed calls per row and pass (two passes).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+Threads = Annotated[int | None, typer.Option(help="Intra-op threads for torch and ONNX Runtime (default: theirs).")]
+
+
+def _list(text: str, option: str) -> list[str]:
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise ChsError(f"{option} must be a comma list, got '{text}'")
+    return list(dict.fromkeys(items))
+
+
+def _ints(text: str, option: str, minimum: int) -> list[int]:
+    out = []
+    for t in _list(text, option):
+        try:
+            v = int(t)
+        except ValueError:
+            raise ChsError(f"{option} must be a comma list of integers, got '{text}'") from None
+        if v < minimum:
+            raise ChsError(f"{option} values must be >= {minimum}, got {v}")
+        out.append(v)
+    return out
+
+
+def _choices(text: str, option: str, allowed: tuple[str, ...]) -> list[str]:
+    items = [t.lower() for t in _list(text, option)]
+    bad = [t for t in items if t not in allowed]
+    if bad:
+        raise ChsError(f"{option}: unknown value '{bad[0]}' (choose from {', '.join(allowed)})")
+    return items
+
+
+def _request(model: str, backend: str, precision: str, ccr: str | None, batch: str = "1") -> tuple:
+    from chs.benchmarks.latency import BACKENDS, PRECISIONS, check_request, trained_ccr
+
+    backends = _choices(backend, "--backend", BACKENDS)
+    precisions = _choices(precision, "--precision", PRECISIONS)
+    batches = _ints(batch, "--batch", 1)
+    ccrs = _ints(ccr, "--ccr", 0) if ccr is not None else list(range(min(2, trained_ccr(model)) + 1))
+    check_request(model, backends, precisions, ccrs, batches)
+    return backends, precisions, ccrs, batches
+
+
+def _work_dir(model: str, work_dir: str | None) -> str:
+    if work_dir:
+        return work_dir
+    import hashlib
+    from pathlib import Path
+
+    from chs.model.checkpoint import resolve_model_path
+
+    path = resolve_model_path(model).resolve()
+    tag = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+    return str(Path.home() / ".cache" / "chs" / "bench" / f"{path.name}-{tag}")
+
+
+def _log(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _command_line() -> str:
+    """The command as typed, then the same command with every option resolved (a reproducible line)."""
+    import shlex
+
+    import click
+
+    ctx = click.get_current_context()
+    resolved = [ctx.command_path]
+    for name, value in ctx.params.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + ("json" if name == "as_json" else name.replace("_", "-"))
+        resolved += [flag] if value is True else [flag, str(value)]
+    return f"{shlex.join(sys.argv)}\n# resolved: {shlex.join(resolved)}"
+
+
+def _write_json(path, obj) -> None:
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2, default=str))
+
+
+@bench_app.command()
+@one_line_errors
+def latency(
+    model: Model = "default",
+    backend: Backends = "torch,ort",
+    precision: Precisions = "fp32",
+    ccr: Ccrs = None,
+    batch: Batches = "1,8",
+    calib: Calib = None,
+    repeats: Repeats = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed calls before the first pass.")] = 2,
+    max_seconds: Annotated[float, typer.Option(help="Time cap per row and pass.")] = 30.0,
+    device: Device = "auto",
+    work_dir: WorkDir = None,
+    threads: Threads = None,
+    detector: Annotated[bool, typer.Option(help="Also time the face detector on the demo image.")] = True,
+    as_json: AsJson = False,
+    out: Annotated[str | None, typer.Option(help="Also write latency.json, machine.json, command.txt here.")] = None,
+) -> None:
+    """Per-face latency (p50/p90/p99, faces/s) of each CCR count x backend x precision x batch, with its floor."""
+    from chs.benchmarks.latency import format_latency, format_ratios, latency_rows, speed_ratios
+    from chs.benchmarks.machine import machine_info, machine_line
+
+    backends, precisions, ccrs, batches = _request(model, backend, precision, ccr, batch)
+    info = machine_info()
+    rows = latency_rows(model, backends, precisions, ccrs, batches, _work_dir(model, work_dir), repeats, calib,
+                        warmup=warmup, max_seconds=max_seconds, device=device, detector=detector, threads=threads,
+                        log=_log)
+    ratios = speed_ratios(rows)
+    if out:
+        from pathlib import Path
+
+        _write_json(Path(out) / "latency.json", {"machine": info, "rows": rows, "ratios": ratios})
+        _write_json(Path(out) / "machine.json", info)
+        (Path(out) / "command.txt").write_text(_command_line() + "\n")
+    if as_json:
+        sys.stdout.write(json.dumps({"machine": info, "rows": rows, "ratios": ratios}, indent=2, default=str) + "\n")
+        return
+    typer.echo(format_latency(rows, machine_line(info)))
+    if ratios:
+        typer.echo(format_ratios(ratios))
+
+
+def _format_accuracy(rows: list[dict], machine: str) -> str:
+    head = f"{'ccr':>3} {'GMACs':>7} {'backend':<12} {'prec':<5} {'n':>5} {'NME %':>7} {'FR@10 %':>8} {'AUC@10':>7}"
+    lines = [machine, head, "-" * len(head)]
+    for r in rows:
+        ccr = "-" if r["ccr"] is None else str(r["ccr"])
+        gm = "-" if r.get("gmacs") is None else f"{r['gmacs']:.3f}"
+        name = r.get("runner") or r["backend"]
+        if r["status"] != "ok":
+            lines.append(f"{ccr:>3} {gm:>7} {name:<12} {r['precision'] or '-':<5} skipped: {r['reason']}")
+            continue
+        lines.append(f"{ccr:>3} {gm:>7} {name:<12} {r['precision'] or '-':<5} {r['n']:>5} {r['nme'] * 100:>7.3f} "
+                     f"{r['fr_10'] * 100:>8.2f} {r['auc_10']:>7.4f}")
+    return "\n".join(lines)
+
+
+@bench_app.command()
+@one_line_errors
+def accuracy(
+    data: Annotated[str, typer.Option(help="Annotated dataset split to evaluate on.")],
+    model: Model = "default",
+    backend: Backends = "torch,ort",
+    precision: Precisions = "fp32",
+    ccr: Ccrs = None,
+    calib: Calib = None,
+    device: Device = "auto",
+    work_dir: WorkDir = None,
+    threads: Threads = None,
+    max_samples: Annotated[int | None, typer.Option(help="Evaluate this many faces, spread over the split.")] = None,
+    as_json: AsJson = False,
+    out: Annotated[str | None, typer.Option(help="Also write accuracy.json, machine.json, command.txt here.")] = None,
+) -> None:
+    """NME / FR@10 / AUC@10 of each CCR count x backend x precision on a dataset split."""
+    from chs.benchmarks.accuracy import accuracy_rows
+    from chs.benchmarks.machine import machine_info, machine_line
+
+    backends, precisions, ccrs, _ = _request(model, backend, precision, ccr)
+    info = machine_info()
+    rows = accuracy_rows(model, data, backends, precisions, ccrs, _work_dir(model, work_dir), calib, device=device,
+                         max_samples=max_samples, threads=threads, log=_log)
+    if out:
+        from pathlib import Path
+
+        _write_json(Path(out) / "accuracy.json", {"machine": info, "rows": rows})
+        _write_json(Path(out) / "machine.json", info)
+        (Path(out) / "command.txt").write_text(_command_line() + "\n")
+    if as_json:
+        sys.stdout.write(json.dumps({"machine": info, "rows": rows}, indent=2, default=str) + "\n")
+        return
+    typer.echo(_format_accuracy(rows, machine_line(info)))
+
+
+@bench_app.command()
+@one_line_errors
+def tradeoff(
+    data: Annotated[str, typer.Option(help="Annotated dataset split for NME / FR / AUC.")],
+    out: Annotated[str, typer.Option(help="Folder for table.md/.csv/.json, the plots, machine.json, command.txt.")],
+    model: Model = "default",
+    backend: Backends = "torch,ort",
+    precision: Precisions = "fp32",
+    ccr: Ccrs = None,
+    batch: Batches = "1,8",
+    calib: Calib = None,
+    repeats: Repeats = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed calls before the first pass.")] = 2,
+    max_seconds: Annotated[float, typer.Option(help="Time cap per row and pass.")] = 30.0,
+    device: Device = "auto",
+    work_dir: WorkDir = None,
+    threads: Threads = None,
+    max_samples: Annotated[int | None, typer.Option(help="Evaluate this many faces, spread over the split.")] = None,
+    detector: Annotated[bool, typer.Option(help="Also time the face detector on the demo image.")] = True,
+    as_json: AsJson = False,
+) -> None:
+    """Latency and accuracy in one table (Markdown/CSV/JSON) and the NME-vs-cost plots (cf. paper Fig. 14)."""
+    from chs.benchmarks.accuracy import accuracy_rows
+    from chs.benchmarks.latency import RunnerFactory, format_ratios, latency_rows, speed_ratios
+    from chs.benchmarks.machine import machine_info, machine_line
+    from chs.benchmarks.tradeoff import format_markdown, join_rows, write_tradeoff
+
+    backends, precisions, ccrs, batches = _request(model, backend, precision, ccr, batch)
+    info = machine_info()
+    factory = RunnerFactory(model, _work_dir(model, work_dir), precisions, calib, device, max_batch=max(batches),
+                            threads=threads, log=_log)
+    acc = accuracy_rows(model, data, backends, precisions, ccrs, calib=calib, max_samples=max_samples,
+                        factory=factory, log=_log)
+    lat = latency_rows(model, backends, precisions, ccrs, batches, repeats=repeats, calib=calib, warmup=warmup,
+                       max_seconds=max_seconds, detector=detector, factory=factory, log=_log)
+    rows = join_rows(lat, acc)
+    ratios = speed_ratios(lat, acc)
+    line = machine_line(info)
+    files = write_tradeoff(rows, out, machine=info, machine_text=line, command=_command_line(), ratios=ratios,
+                           extra={"accuracy": acc, "data": data})
+    if as_json:
+        sys.stdout.write(json.dumps({"machine": info, "rows": rows, "ratios": ratios,
+                                     "files": {k: str(v) for k, v in files.items()}}, indent=2, default=str) + "\n")
+        return
+    typer.echo(format_markdown(rows, line).rstrip())
+    if ratios:
+        typer.echo(format_ratios(ratios))
+    typer.echo(f"wrote {', '.join(sorted(files))} to {out}")

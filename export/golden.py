@@ -19,8 +19,10 @@ def write_golden(out_dir: Path, inputs: np.ndarray, outputs: dict[str, np.ndarra
     try:
         from polygraphy.comparator import IterationResult, RunResults
         from polygraphy.json import save_json
+        from polygraphy.logger import G_LOGGER
     except ImportError:
         return written
+    G_LOGGER.module_severity = G_LOGGER.ERROR  # keep chs-export's output to its own lines
     save_json([{INPUT_NAME: inputs}], str(out_dir / "golden_inputs.json"))
     results = RunResults([(runner_name, [IterationResult(outputs=dict(outputs), runner_name=runner_name)])])
     results.save(str(out_dir / "golden_outputs.json"))

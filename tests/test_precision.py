@@ -94,11 +94,11 @@ def test_float32_nodes_cover_the_coordinate_path(fp32):
     assert len(by_op["RoiAlign"]) == 2  # tiny preset: 2 CCR stages
     convs = {n.name: node_module(n, inits) for n in by_op["Conv"]}
     float_convs = sorted(m for name, m in convs.items() if name in keep)
-    assert float_convs == ["ccr.0.out", "ccr.1.out", "hourglass.head.1"]
+    assert float_convs == ["ccr.0.out", "ccr.1.out", "hourglass.conv_last.1", "hourglass.head.1"]
     # the trunk stays convertible: backbone, hourglass (incl. the first head) and CCR conv blocks
     for name, module in convs.items():
-        if module.startswith(("features", "select", "to_hg", "hourglass.hgs", "hourglass.head.0",
-                              "ccr.0.block", "ccr.1.select")):
+        if module.startswith(("features", "select", "to_hg", "hourglass.hgs", "hourglass.top", "hourglass.head.0",
+                              "hourglass.conv_last.0", "ccr.0.block", "ccr.1.select")):
             assert name not in keep, module
     # the graph outputs are produced inside the float32 region
     producer = {o: n for n in fp32.graph.node for o in n.output}
@@ -140,7 +140,7 @@ def test_fp16_graph_types(fp32, fp16_path):
     keep = float32_nodes(fp32)
     convs = [n for n in fp16.graph.node if n.op_type == "Conv"]
     half = [n for n in convs if types[n.input[0]] == TensorProto.FLOAT16]
-    assert len(half) == len(convs) - 3  # all but the last head and the two CCR regression convs
+    assert len(half) == len(convs) - 4  # all but the last head (+ its conv_last) and the CCR regression convs
     assert all(n.name not in keep for n in half)
     # no float32 -> float16 -> float32 round trips inside the float32 region
     producer = {o: n for n in fp16.graph.node for o in n.output}

@@ -1,0 +1,109 @@
+"""``chs-bench accuracy``: NME / FR / AUC of every (CCR count, backend, precision) on one dataset split.
+
+The runners (and the exported ONNX files in ``work_dir``) are the ones ``chs-bench latency`` times, and
+every row goes through :func:`chs.runtime.evaluate.evaluate_runner`, so latency and accuracy rows describe
+the same artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from chs.benchmarks.latency import (
+    Log,
+    RunnerFactory,
+    Skip,
+    _quiet,
+    check_request,
+    dlib_peer,
+    dlib_predict,
+    model_complexity,
+    torch_threads,
+)
+from chs.runtime.errors import ChsError
+
+METRICS = ("n", "nme", "nme_iod", "nme_ipd", "fr_8", "fr_10", "auc_8", "auc_10")
+
+
+def load_samples(data: str | os.PathLike, max_samples: int | None = None) -> list:
+    """The dataset's faces; with ``max_samples``, that many spread evenly over the split."""
+    from chs.runtime.datasets import load_dataset
+
+    samples = load_dataset(data)
+    if not samples:
+        raise ChsError(f"no annotated faces in {data}")
+    if max_samples and len(samples) > max_samples:
+        pick = np.linspace(0, len(samples) - 1, max_samples).round().astype(int)
+        samples = [samples[i] for i in sorted(set(pick))]
+    return samples
+
+
+def accuracy_rows(model: str | os.PathLike, data: str | os.PathLike, backends: Sequence[str] = ("torch", "ort"),
+                  precisions: Sequence[str] = ("fp32",), ccrs: Sequence[int] = (0, 1, 2),
+                  work_dir: str | os.PathLike = "bench-work", calib: str | None = None, *, device: str = "auto",
+                  ort_providers: str = "auto", batch_size: int = 32, max_samples: int | None = None,
+                  peer: bool = True, threads: int | None = None, factory: RunnerFactory | None = None,
+                  log: Log = _quiet) -> list[dict]:
+    """One row per (ccr, backend, precision) with the metrics (fractions, not percent); torch on CUDA is
+    evaluated eagerly only (a CUDA graph replays the same kernels). Plus a dlib 68-point peer row (skipped,
+    with a reason, when not installed)."""
+
+    check_request(model, backends, precisions, ccrs)
+    samples = load_samples(data, max_samples)
+    factory = factory or RunnerFactory(model, work_dir, precisions, calib, device, ort_providers, threads=threads,
+                                       log=log)
+    with torch_threads(factory.threads):
+        return _accuracy_rows(factory, model, data, samples, backends, precisions, ccrs, batch_size, peer, log)
+
+
+def _accuracy_rows(factory: RunnerFactory, model: str | os.PathLike, data: str | os.PathLike, samples: list,
+                   backends: Sequence[str], precisions: Sequence[str], ccrs: Sequence[int], batch_size: int,
+                   peer: bool, log: Log) -> list[dict]:
+    from chs.runtime.evaluate import evaluate_runner
+
+    rows: list[dict] = []
+    for c in factory.combos(backends, precisions, ccrs):
+        if c.mode == "cudagraph":
+            continue
+        row = {"kind": "landmarks", "ccr": c.ccr, "backend": c.backend, "precision": c.precision,
+               "data": str(data), "status": "ok", "reason": "", "runner": None,
+               "gmacs": model_complexity(model, c.ccr)[1] / 1e9}
+        try:
+            runner = factory.get(c)
+        except Skip as e:
+            rows.append(row | {"status": "skipped", "reason": str(e)})
+            continue
+        log(f"evaluating ccr {c.ccr} {runner.name} {c.precision} on {len(samples)} faces")
+        res = evaluate_runner(runner, samples, batch_size)
+        row["runner"] = runner.name
+        row.update({k: res.get(k) for k in METRICS})
+        if "nme_iod_per_stage" in res:
+            row["nme_iod_per_stage"] = res["nme_iod_per_stage"]
+        row["skipped_images"] = len(res.get("skipped", []))
+        rows.append(row)
+    if peer:
+        rows.append(peer_accuracy_row(samples, str(data)))
+    return rows
+
+
+def peer_accuracy_row(samples: Sequence, data: str) -> dict:
+    """dlib's 68-point predictor on the same faces (ground-truth-landmark boxes), when installed."""
+    from chs.runtime.evaluate import load_images
+    from chs.runtime.geometry import box_from_landmarks
+    from chs.runtime.metrics import summarize
+
+    row = {"kind": "peer", "ccr": None, "backend": "dlib-68", "precision": "", "data": data, "status": "ok",
+           "reason": "", "runner": "dlib-68", "gmacs": None}
+    predictor, why = dlib_peer()
+    if predictor is None:
+        return row | {"status": "skipped", "reason": why}
+    if samples and samples[0].landmarks.shape[0] != 68:
+        return row | {"status": "skipped", "reason": "dlib peer predicts 68 points; this dataset is not 68-point"}
+    kept, images, _ = load_images(samples)
+    pred = np.stack([dlib_predict(predictor, img, box_from_landmarks(s.landmarks))
+                     for s, img in zip(kept, images, strict=True)])
+    res = summarize(pred, np.stack([s.landmarks for s in kept]), "68")
+    return row | {k: res.get(k) for k in METRICS}

@@ -1,0 +1,150 @@
+"""``chs-bench latency / accuracy / tradeoff`` on a tiny random checkpoint: structure and values, never speed.
+
+Timings are not asserted (shared, virtualised cores); only that they are positive, ordered and joined to
+the right GMACs, and that the trade-off files are written. One tiny export per CCR count is shared by all
+tests through the work folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from chs.bench_cmd import bench_app
+from chs.benchmarks.latency import detector_row, latency_rows, speed_ratios
+from chs.benchmarks.tradeoff import format_markdown, join_rows, plot_points
+from chs.model.checkpoint import save_checkpoint
+from chs.model.chs import build_model
+from chs.model.complexity import count_complexity
+from chs.model.config import get_preset
+
+FIXTURE_PTS = Path(__file__).resolve().parent / "fixtures" / "pts"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_model(get_preset("tiny")), tmp / "ckpt")
+    rows = latency_rows(ckpt, ("torch", "ort"), ("fp32",), (0, 1), (1,), tmp / "work", repeats=3, warmup=1,
+                        peak_seconds=0.2, detector=False, threads=1)
+    return {"tmp": tmp, "ckpt": ckpt, "work": tmp / "work", "rows": rows}
+
+
+def _macs(k: int) -> int:
+    cfg = get_preset("tiny", ccr_stages=k)
+    with torch.device("meta"):
+        return count_complexity(build_model(cfg), cfg.input_size).macs
+
+
+def test_latency_rows(bench):
+    rows = bench["rows"]
+    lm = [r for r in rows if r["kind"] == "landmarks"]
+    assert len(lm) == 4  # ccr 0, 1 x torch, ort x fp32 x batch 1
+    assert {(r["ccr"], r["backend"]) for r in lm} == {(0, "torch"), (0, "ort"), (1, "torch"), (1, "ort")}
+    for r in lm:
+        assert r["status"] == "ok", r
+        assert math.isfinite(r["p50_ms"]) and 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert len(r["p50_ms_passes"]) == 2 and all(p > 0 for p in r["p50_ms_passes"])
+        assert isinstance(r["noisy"], bool)
+        assert r["faces_per_s"] == pytest.approx(1e3 / r["p50_ms"])
+        assert r["macs"] == _macs(r["ccr"]) and r["gmacs"] == pytest.approx(r["macs"] / 1e9)
+        assert r["peak_gflops"] > 0
+        assert r["floor_ms"] == pytest.approx(2 * r["macs"] / (r["peak_gflops"] * 1e9) * 1e3)
+        assert 0 < r["efficiency"] <= 1.5
+    assert lm[0]["macs"] < [r for r in lm if r["ccr"] == 1][0]["macs"]
+    assert all((bench["work"] / f"ccr{k}" / "model_fp32.onnx").is_file() for k in (0, 1))
+    peer = [r for r in rows if r["kind"] == "peer"]
+    assert len(peer) == 1 and (peer[0]["status"] == "ok" or peer[0]["reason"])
+    ratios = speed_ratios(rows)
+    assert len(ratios) == 2 and all(q["speedup"] > 0 for q in ratios)
+
+
+def test_skipped_rows_have_reasons(bench):
+    rows = latency_rows(bench["ckpt"], ("torch", "ort", "trt"), ("int8",), (0,), (1,), bench["work"], repeats=3,
+                        detector=False, peer=False)
+    assert len(rows) == 3 and all(r["status"] == "skipped" and r["reason"] for r in rows)
+    assert "calib" in [r for r in rows if r["backend"] == "ort"][0]["reason"]
+
+
+def test_detector_row(monkeypatch):
+    import chs.runtime.detector as det
+
+    class Fake:
+        name = "fake-det"
+
+        def detect(self, image):
+            return np.array([[1.0, 2.0, 30.0, 40.0]]), np.array([1.0])
+
+    monkeypatch.setattr(det, "default_detector", lambda: Fake())
+    r = detector_row(repeats=3, passes=2)
+    assert r["status"] == "ok" and r["backend"] == "fake-det" and r["faces"] == 1
+    assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and len(r["p50_ms_passes"]) == 2
+
+    def missing():
+        raise det.ChsError(det.NO_DETECTOR)
+
+    monkeypatch.setattr(det, "default_detector", missing)
+    r = detector_row(repeats=3)
+    assert r["status"] == "skipped" and r["reason"] == det.NO_DETECTOR
+
+
+def test_join_markdown_and_points():
+    lat = [{"kind": "landmarks", "ccr": k, "backend": b, "mode": "", "precision": p, "batch": 1, "status": "ok",
+            "reason": "", "runner": f"{b}-cpu", "p50_ms": t, "p90_ms": t, "p99_ms": t, "gmacs": 0.1 * (k + 1),
+            "noisy": False, "p50_ms_passes": [t, t]}
+           for k, b, p, t in ((0, "ort", "fp32", 2.0), (0, "torch", "fp32", 3.0), (0, "ort", "int8", 1.0))]
+    acc = [{"ccr": 0, "backend": b, "precision": p, "status": "ok", "nme": n, "fr_10": 0.0, "auc_10": 0.5}
+           for b, p, n in (("ort", "fp32", 0.05), ("torch", "fp32", 0.05), ("ort", "int8", 0.052))]
+    rows = join_rows(lat, acc)
+    assert rows[2]["dnme_pt"] == pytest.approx(0.2) and rows[0]["dnme_pt"] is None
+    md = format_markdown(rows, "machine")
+    assert len([ln for ln in md.splitlines() if ln.startswith("|")]) == len(rows) + 2
+    pts = plot_points(rows)
+    assert [(p["precision"], p["backend"]) for p in pts] == [("fp32", "ort"), ("int8", "ort")]
+    ratios = speed_ratios(lat, acc)
+    q = [q for q in ratios if q["what"] == "ort_int8_vs_fp32"][0]
+    assert q["speedup"] == pytest.approx(2.0) and q["dnme_pt"] == pytest.approx(0.2)
+
+
+def test_tradeoff_cli(bench):
+    out = bench["tmp"] / "tradeoff"
+    onnx0 = bench["work"] / "ccr0" / "model_fp32.onnx"
+    mtime = onnx0.stat().st_mtime_ns
+    res = CliRunner().invoke(bench_app, [
+        "tradeoff", "--model", str(bench["ckpt"]), "--data", str(FIXTURE_PTS), "--out", str(out), "--ccr", "0,1",
+        "--batch", "1", "--repeats", "3", "--warmup", "1", "--work-dir", str(bench["work"]), "--no-detector",
+        "--threads", "1"])
+    assert res.exit_code == 0, (res.stdout, res.stderr)
+    assert onnx0.stat().st_mtime_ns == mtime  # exports reused, not redone
+    for name in ("table.md", "table.csv", "table.json", "nme_vs_latency.png", "nme_vs_gmacs.png", "machine.json",
+                 "command.txt"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    data = json.loads((out / "table.json").read_text())
+    rows = data["rows"]
+    md = (out / "table.md").read_text().splitlines()
+    assert len([ln for ln in md if ln.startswith("|")]) == len(rows) + 2
+    assert len((out / "table.csv").read_text().strip().splitlines()) == len(rows) + 1
+    lm = [r for r in rows if r["kind"] == "landmarks"]
+    assert len(lm) == 4 and all(0 < r["nme"] < 10 for r in lm)
+    # the same FP32 weights through torch and ORT give the same NME
+    by = {(r["ccr"], r["backend"]): r["nme"] for r in lm}
+    assert by[(1, "torch")] == pytest.approx(by[(1, "ort")], abs=1e-4)
+    assert json.loads((out / "machine.json").read_text())["logical_cores"] >= 1
+    assert "tradeoff" in (out / "command.txt").read_text()
+    assert "ORT FP32 vs torch eager FP32" in res.stdout
+
+
+@pytest.mark.parametrize("args", [["--ccr", "x"], ["--ccr", "0,5"], ["--backend", "torch,foo"],
+                                  ["--batch", "0"], ["--precision", "fp64"]])
+def test_bad_lists_one_line_error(bench, args):
+    res = CliRunner().invoke(bench_app, ["latency", "--model", str(bench["ckpt"]), *args])
+    assert res.exit_code == 2, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
