@@ -170,3 +170,32 @@ def test_dlib_miss_rate_on_ytf68_val_slice(shared_data):
 def test_gt_box_helper_matches_geometry():
     s = _sample(0, [50, 60, 90, 120])
     np.testing.assert_allclose(box_from_landmarks(s.landmarks), [50, 60, 90, 120])
+
+
+def test_evaluate_with_detector_counts_misses_and_matches_gt_boxes(tiny_onnx, fixtures_dir):
+    """A detector that returns the GT-landmark box for all faces but one: the miss is counted and the NME of
+    the rest equals the GT-box evaluation of the same faces."""
+    from chs.runtime.backends.ort import OrtRunner
+    from chs.runtime.datasets import load_dataset
+    from chs.runtime.detector_eval import evaluate_with_detector
+    from chs.runtime.evaluate import evaluate_runner
+    from chs.runtime.geometry import box_from_landmarks
+
+    samples = load_dataset(fixtures_dir / "pts")
+    missed = samples[0].image_path
+
+    class Oracle:
+        name = "oracle"
+
+        def detect(self, image):
+            s = next(s for s in samples if s.load_image().shape == image.shape
+                     and np.array_equal(s.load_image(), image))
+            if s.image_path == missed:
+                return np.zeros((0, 4)), np.zeros(0)
+            return box_from_landmarks(s.landmarks)[None], np.ones(1)
+
+    runner = OrtRunner(tiny_onnx)
+    res = evaluate_with_detector(runner, Oracle(), samples)
+    ref = evaluate_runner(runner, samples[1:])
+    assert res["n_images"] == len(samples) and res["misses"] == 1 and res["n"] == len(samples) - 1
+    assert res["nme_iod"] == pytest.approx(ref["nme_iod"], abs=1e-12)
