@@ -54,7 +54,7 @@ def accuracy_rows(model: str | os.PathLike, data: str | os.PathLike, backends: S
     check_request(model, backends, precisions, ccrs)
     samples = load_samples(data, max_samples)
     factory = factory or RunnerFactory(model, work_dir, precisions, calib, device, ort_providers, threads=threads,
-                                       log=log)
+                                       log=log, parity_data=str(data))
     with torch_threads(factory.threads):
         return _accuracy_rows(factory, model, data, samples, backends, precisions, ccrs, batch_size, peer, log)
 

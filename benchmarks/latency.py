@@ -133,12 +133,14 @@ def _stamp(model: str | os.PathLike, ccr: int, calib: str | None) -> dict:
 
 
 def ensure_exports(model: str | os.PathLike, ccr: int, work_dir: str | os.PathLike, precisions: Iterable[str],
-                   calib: str | None = None, log: Log = _quiet) -> dict[str, Path | str]:
+                   calib: str | None = None, log: Log = _quiet, parity_data: str | None = None
+                   ) -> dict[str, Path | str]:
     """ONNX files of one CCR count in ``work_dir/ccr{k}``: {key: path, or the reason it is missing}.
 
     Keys: fp32, fp16, int8-u8s8, int8-s8s8. Files are reused while the checkpoint and calibration source are
-    unchanged (``bench_source.json``); a failed FP16/INT8 step (e.g. its parity gate) falls back to an FP32
-    export and the failure is remembered, not retried."""
+    unchanged (``bench_source.json``); ``parity_data`` (annotated faces) makes the export's parity gate
+    measure ΔNME instead of bounding it on the demo face; a failed FP16/INT8 step (e.g. its parity gate)
+    falls back to an FP32 export and the failure is remembered, not retried."""
     from chs.export.pipeline import ExportOptions, run_export
 
     want = set(precisions)
@@ -164,7 +166,7 @@ def ensure_exports(model: str | os.PathLike, ccr: int, work_dir: str | os.PathLi
         what = "+".join(["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else []))
         log(f"exporting CCR {ccr} ({what}) into {out}")
         opts = ExportOptions(model=str(model), out=str(out), ccr=ccr, fp16=fp16, int8=int8, calib=calib,
-                             engine="never", time_int8=False)
+                             parity_data=parity_data, engine="never", time_int8=False)
         with contextlib.redirect_stdout(sys.stderr):  # exporters print; keep stdout for --json
             run_export(opts, log=log)
 
@@ -275,10 +277,12 @@ class RunnerFactory:
 
     def __init__(self, model: str | os.PathLike, work_dir: str | os.PathLike, precisions: Sequence[str],
                  calib: str | None = None, device: str = "auto", ort_providers: str = "auto",
-                 max_batch: int = 32, threads: int | None = None, log: Log = _quiet):
+                 max_batch: int = 32, threads: int | None = None, log: Log = _quiet,
+                 parity_data: str | None = None):
         self.model, self.work_dir, self.precisions = str(model), Path(work_dir), tuple(precisions)
         self.calib, self.device, self.ort_providers = calib, resolve_device(device), ort_providers
         self.max_batch, self.threads, self.log = max_batch, threads, log
+        self.parity_data = parity_data
         self._runners: dict[Combo, Any] = {}
         self._exports: dict[int, dict[str, Path | str]] = {}
 
@@ -296,7 +300,7 @@ class RunnerFactory:
         if ccr not in self._exports:
             precs = [p for p in self.precisions if p in ("fp16", "int8")]
             self._exports[ccr] = ensure_exports(self.model, ccr, self.work_dir, ["fp32", *precs], self.calib,
-                                                self.log)
+                                                self.log, self.parity_data)
         return self._exports[ccr]
 
     def _file(self, ccr: int, key: str) -> Path:

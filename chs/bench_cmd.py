@@ -259,7 +259,7 @@ def tradeoff(
     backends, precisions, ccrs, batches = _request(model, backend, precision, ccr, batch)
     info = machine_info(threads)
     factory = RunnerFactory(model, _work_dir(model, work_dir), precisions, calib, device, max_batch=max(batches),
-                            threads=threads, log=_log)
+                            threads=threads, log=_log, parity_data=data)
     acc = accuracy_rows(model, data, backends, precisions, ccrs, calib=calib, max_samples=max_samples,
                         factory=factory, log=_log)
     lat = latency_rows(model, backends, precisions, ccrs, batches, repeats=repeats, calib=calib, warmup=warmup,

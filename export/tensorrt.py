@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from chs.runtime.artifact import ModelMeta
+from chs.runtime.backends.trt import import_cudart
 from chs.runtime.contract import io_contract
 from chs.runtime.errors import ChsError
 
@@ -69,24 +70,9 @@ def tensorrt_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _import_cudart() -> Any | None:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-
-        return cudart
-    except ImportError:
-        pass
-    try:
-        from cuda import cudart  # older cuda-python
-
-        return cudart
-    except ImportError:
-        return None
-
-
 def gpu_info(cudart: Any | None = None) -> dict:
     """Name and compute capability of device 0: cuda-python first, then nvidia-smi, else "unknown"."""
-    cudart = cudart if cudart is not None else _import_cudart()
+    cudart = cudart if cudart is not None else import_cudart(required=False)
     if cudart is not None:
         try:
             err, prop = cudart.cudaGetDeviceProperties(0)

@@ -39,3 +39,23 @@ def tiny_onnx(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx"
     export_onnx(CHSNet(get_preset("tiny")), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ccr_onnx(tmp_path_factory) -> Path:
+    """``tiny`` exported once per session with non-zero CCR heads (fc is zero-initialised, which would make
+    the cascade an identity): what the precision and calibration tests convert and compare."""
+    torch = pytest.importorskip("torch")
+    from chs.export.onnx_export import export_onnx
+    from chs.model.chs import build_model
+    from chs.model.config import get_preset
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny")).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for stage in model.ccr:
+            stage.fc.weight.normal_(0.0, 0.02, generator=gen)
+    path = tmp_path_factory.mktemp("tiny_ccr") / "fp32.onnx"
+    export_onnx(model, path)
+    return path

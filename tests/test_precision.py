@@ -28,26 +28,9 @@ from chs.export.fp16 import fp16_range_scan, require_fp16_safe, to_fp16  # noqa:
 from chs.export.sensitive import float32_nodes, node_module  # noqa: E402
 
 
-def _export_tiny(path: Path) -> Path:
-    import torch
-
-    from chs.export.onnx_export import export_onnx
-    from chs.model.chs import build_model
-    from chs.model.config import get_preset
-
-    torch.manual_seed(0)
-    model = build_model(get_preset("tiny")).eval()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for stage in model.ccr:  # fc is zero-initialised: give the CCR offsets a say (~0.3 cells)
-            stage.fc.weight.normal_(0.0, 0.02, generator=gen)
-    export_onnx(model, path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def fp32_path(tmp_path_factory) -> Path:
-    return _export_tiny(tmp_path_factory.mktemp("precision") / "fp32.onnx")
+def fp32_path(tiny_ccr_onnx) -> Path:
+    return tiny_ccr_onnx
 
 
 @pytest.fixture(scope="module")

@@ -196,7 +196,9 @@ def _cuda(cudart: Any, ret: Any, what: str) -> Any:
     return rest[0] if len(rest) == 1 else (rest or None)
 
 
-def _import_cudart() -> Any:
+def import_cudart(required: bool = True) -> Any | None:
+    """cuda-python's runtime module (``cuda.bindings.runtime`` >= 12.6, else ``cuda.cudart``); when it is
+    missing: ChsError if ``required``, else None."""
     try:
         from cuda.bindings import runtime as cudart
 
@@ -208,6 +210,8 @@ def _import_cudart() -> Any:
 
         return cudart
     except ImportError:
+        if not required:
+            return None
         raise ChsError("the TensorRT runner needs cuda-python: pip install 'cuda-python>=12'") from None
 
 
@@ -340,7 +344,7 @@ class TensorRTRunner:
         if trt is None:
             import tensorrt as trt  # lazy: never at module import
         self._trt = trt
-        self._cudart = cudart if cudart is not None else _import_cudart()
+        self._cudart = cudart if cudart is not None else import_cudart()
         self.device = int(device)
         _cuda(self._cudart, self._cudart.cudaSetDevice(self.device), "cudaSetDevice")
         self._logger = trt.Logger(trt.Logger.WARNING)
