@@ -15,7 +15,7 @@ import numpy as np
 
 from chs.runtime.backends.base import Runner
 from chs.runtime.datasets import FaceSample
-from chs.runtime.detector import IDENTITY_MAP, BoxMap, FaceDetector, landmark_boxes
+from chs.runtime.detector import IDENTITY_MAP, BoxMap, FaceDetector
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import predict_samples
 from chs.runtime.geometry import box_from_landmarks
@@ -34,7 +34,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _detections(detector: FaceDetector, samples: Sequence[FaceSample]):
-    """(GT box, raw detector boxes) per readable sample; unreadable images are skipped with a warning."""
+    """(sample, image, GT box, raw detector boxes) per readable sample; unreadable images are skipped with a
+    warning naming the file."""
     for s in samples:
         try:
             img = s.load_image()
@@ -42,7 +43,7 @@ def _detections(detector: FaceDetector, samples: Sequence[FaceSample]):
             warnings.warn(f"skipping {s.image_path}: {e}", stacklevel=3)
             continue
         boxes, _ = detector.detect(img)
-        yield box_from_landmarks(s.landmarks), np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        yield s, img, box_from_landmarks(s.landmarks), np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
 def detector_miss_rate(detector: FaceDetector, samples: Sequence[FaceSample], iou_threshold: float = 0.3) -> dict:
@@ -59,7 +60,7 @@ def detector_miss_rate(detector: FaceDetector, samples: Sequence[FaceSample], io
     n = misses = misses_raw = no_det = n_det = 0
     best_ious: list[float] = []
     t0 = time.perf_counter()
-    for gt, raw in _detections(detector, samples):
+    for _, _, gt, raw in _detections(detector, samples):
         n += 1
         n_det += len(raw)
         if len(raw) == 0:
@@ -90,7 +91,7 @@ def fit_box_map(detector: FaceDetector, samples: Sequence[FaceSample], min_iou: 
     gt size / det size: the least-squares solution in the crop's own (scale-free) frame.
     """
     rows = []
-    for gt, raw in _detections(detector, samples):
+    for _, _, gt, raw in _detections(detector, samples):
         if len(raw) == 0:
             continue
         ious = box_iou(raw, gt)[:, 0]
@@ -106,7 +107,7 @@ def fit_box_map(detector: FaceDetector, samples: Sequence[FaceSample], min_iou: 
     r = np.asarray(rows)
     fitted = BoxMap(*(round(float(v), 4) for v in r[:, :4].mean(axis=0)))
     mapped_iou = []
-    for gt, raw in _detections(detector, samples):
+    for _, _, gt, raw in _detections(detector, samples):
         if len(raw):
             ious = box_iou(raw, gt)[:, 0]
             k = int(ious.argmax())
@@ -127,19 +128,15 @@ def evaluate_with_detector(runner: Runner, detector: FaceDetector, samples: Sequ
     Each face uses the mapped detection that overlaps its GT-landmark box most; faces with no detection of
     IoU >= ``iou_threshold`` are misses, counted and left out of the NME (as a deployment would lose them).
     """
+    box_map = getattr(detector, "box_map", IDENTITY_MAP)
     images, boxes, gts = [], [], []
     n = 0
-    for s in samples:
-        try:
-            img = s.load_image()
-        except ChsError as e:
-            warnings.warn(f"skipping {s.image_path}: {e}", stacklevel=2)
-            continue
+    for s, img, gt, raw in _detections(detector, samples):
         n += 1
-        found, _ = landmark_boxes(detector, img)
-        if len(found) == 0:
+        if len(raw) == 0:
             continue
-        ious = box_iou(found, box_from_landmarks(s.landmarks))[:, 0]
+        found = box_map.apply(raw)
+        ious = box_iou(found, gt)[:, 0]
         if ious.max() < iou_threshold:
             continue
         images.append(img)
