@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from chs.errors_cli import one_line_errors
+from chs.runtime.errors import ChsError
 
 app = typer.Typer(help="CHS face alignment: train, evaluate, export, align, benchmark.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -83,20 +84,33 @@ def evaluate(
     batch_size: int = 32,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     plot: Annotated[str | None, typer.Option(help="Write the CED curve to this PNG.")] = None,
+    boxes: Annotated[str, typer.Option(help="gt (boxes from the ground-truth landmarks) or detector.")] = "gt",
 ) -> None:
-    """NME / FR / AUC of a model on a dataset (ground-truth-landmark boxes)."""
+    """NME / FR / AUC of a model on a dataset (ground-truth-landmark boxes, or the face detector's)."""
     from chs.loading import open_runner
     from chs.runtime.datasets import load_dataset
     from chs.runtime.evaluate import evaluate_runner
 
+    if boxes not in ("gt", "detector"):
+        raise ChsError(f"--boxes must be gt or detector, got '{boxes}'")
     runner = open_runner(model, ccr=ccr, backend="auto")
+    if boxes == "detector":
+        from chs.runtime.detector import default_detector
+        from chs.runtime.detector_eval import evaluate_with_detector
+
+        res = evaluate_with_detector(runner, default_detector(), load_dataset(data), batch_size=batch_size)
+        if as_json:
+            _print_json(res)
+        else:
+            typer.echo(f"n={res['n']} of {res['n_images']} (misses {res['misses']})  NME(IOD) "
+                       f"{res['nme_iod'] * 100:.2f}%  FR@10 {res['fr_10'] * 100:.2f}%")
+        return
     res = evaluate_runner(runner, load_dataset(data), batch_size)
-    pred = res.pop("_pred")
+    res.pop("_pred")
     if plot:
         from chs.benchmarks.plots import plot_ced
 
         plot_ced({f"{Path(model).name} (ccr {res['ccr']})": res["per_sample_nme"]}, plot)
-    del pred
     res.pop("per_sample_nme", None)
     if as_json:
         _print_json(res)
