@@ -59,3 +59,17 @@ def tiny_ccr_onnx(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_ccr") / "fp32.onnx"
     export_onnx(model, path)
     return path
+
+
+@pytest.fixture()
+def foreign_onnx(tmp_path) -> Path:
+    """A valid ONNX model that is not a CHS export (an Identity without chs metadata)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 64])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 64, 64])
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "identity", [x], [y])
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path

@@ -173,18 +173,7 @@ def test_detector_path(tiny_onnx):
 
 
 # ------------------------------------------------------------------------------------------ bad inputs
-def _foreign_onnx(path: Path) -> Path:
-    import onnx
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 64])
-    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 64, 64])
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "identity", [x], [y])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    return path
-
-
-def test_bad_inputs_are_one_line(tiny_onnx, tmp_path, monkeypatch):
+def test_bad_inputs_are_one_line(tiny_onnx, tmp_path, monkeypatch, foreign_onnx):
     good = _write(tmp_path / "g.png", _image())
     bf = _boxes_file(tmp_path / "b.json", {"g.png": [[30, 20, 90, 95]]})
     m = ["--model", tiny_onnx]
@@ -206,7 +195,7 @@ def test_bad_inputs_are_one_line(tiny_onnx, tmp_path, monkeypatch):
     _one_error_line(_run(good, *m, "--boxes", tmp_path / "broken.json"), "not valid JSON")
     _one_error_line(_run(good, *m, "--boxes", _boxes_file(tmp_path / "b3.json", {"g.png": [[1, 2, 3]]})),
                     "not a list of")
-    _one_error_line(_run(good, "--model", _foreign_onnx(tmp_path / "id.onnx"), "--boxes", bf), "no CHS metadata")
+    _one_error_line(_run(good, "--model", foreign_onnx, "--boxes", bf), "no CHS metadata")
     data = Path(tiny_onnx).read_bytes()
     (tmp_path / "cut.onnx").write_bytes(data[:1000])
     _one_error_line(_run(good, "--model", tmp_path / "cut.onnx", "--boxes", bf), "cannot load ONNX model")

@@ -206,20 +206,9 @@ def test_default_model(tiny_onnx):
             LandmarkRuntime.load("default")
 
 
-def _foreign_onnx(path: Path) -> Path:
-    import onnx
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 64])
-    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 64, 64])
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "identity", [x], [y])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    return path
-
-
-def test_model_errors(tiny_onnx, tmp_path):
+def test_model_errors(tiny_onnx, tmp_path, foreign_onnx):
     with pytest.raises(ChsError, match="no CHS metadata"):
-        LandmarkRuntime.load(_foreign_onnx(tmp_path / "identity.onnx"))
+        LandmarkRuntime.load(foreign_onnx)
     data = Path(tiny_onnx).read_bytes()
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 3])
     with pytest.raises(ChsError, match="cannot load ONNX model"):
