@@ -33,19 +33,16 @@ class FeatureExtractor(nn.Module):
 
 
 class AWingStem(nn.Module):
-    """The AWing baseline's stem: CoordConv, HPM 64->128, pool, HPM 128->128, HPM 128->256."""
+    """The AWing baseline's stem: the same CoordConv + HPM 64->128 + pool + HPM 128->128 as two feature
+    branches, then HPM 128->256 into the hourglasses."""
 
     def __init__(self, cfg: ChsConfig):
         super().__init__()
-        self.stem = CoordConv(3, cfg.stem_channels, 7, stride=2)
-        self.bn = nn.BatchNorm2d(cfg.stem_channels)
-        self.conv2 = ConvBlock(cfg.stem_channels, cfg.fe_channels)
-        self.conv3 = ConvBlock(cfg.fe_channels, cfg.fe_channels)
+        self.features = FeatureExtractor(cfg.replace(num_branches=2))
         self.conv4 = ConvBlock(cfg.fe_channels, cfg.hg_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.avg_pool2d(self.conv2(F.relu(self.bn(self.stem(x)))), 2, 2)
-        return self.conv4(self.conv3(x))
+        return self.conv4(self.features(x)[-1])
 
 
 class CHSNet(nn.Module):
