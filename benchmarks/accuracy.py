@@ -89,21 +89,22 @@ def _accuracy_rows(factory: RunnerFactory, model: str | os.PathLike, data: str |
     return rows
 
 
-def peer_accuracy_row(samples: Sequence, data: str) -> dict:
-    """dlib's 68-point predictor on the same faces (ground-truth-landmark boxes), when installed."""
-    from chs.runtime.evaluate import load_images
-    from chs.runtime.geometry import box_from_landmarks
+def peer_accuracy_row(samples: Sequence, data: str, iou_threshold: float = 0.3) -> dict:
+    """dlib's 68-point predictor on the same faces, fed by its own detector (dlib HOG, raw boxes: the boxes the
+    predictor was trained on), when installed. Faces the detector misses are counted and left out of the
+    NME, as for ``chs-eval --boxes detector``; compare with that row, not with the GT-box rows."""
+    from chs.runtime.detector import IDENTITY_MAP, DlibHogDetector
+    from chs.runtime.detector_eval import match_detections
     from chs.runtime.metrics import summarize
 
     row = {"kind": "peer", "ccr": None, "backend": "dlib-68", "precision": "", "data": data, "status": "ok",
-           "reason": "", "runner": "dlib-68", "gmacs": None}
+           "reason": "", "runner": "dlib-68", "gmacs": None, "boxes": "dlib-hog"}
     predictor, why = dlib_peer()
     if predictor is None:
         return row | {"status": "skipped", "reason": why}
     if samples and samples[0].landmarks.shape[0] != 68:
         return row | {"status": "skipped", "reason": "dlib peer predicts 68 points; this dataset is not 68-point"}
-    kept, images, _ = load_images(samples)
-    pred = np.stack([dlib_predict(predictor, img, box_from_landmarks(s.landmarks))
-                     for s, img in zip(kept, images, strict=True)])
-    res = summarize(pred, np.stack([s.landmarks for s in kept]), "68")
-    return row | {k: res.get(k) for k in METRICS}
+    n, images, boxes, gts = match_detections(DlibHogDetector(box_map=IDENTITY_MAP), samples, iou_threshold)
+    pred = np.stack([dlib_predict(predictor, img, box) for img, box in zip(images, boxes, strict=True)])
+    res = summarize(pred, np.stack(gts), "68")
+    return row | {k: res.get(k) for k in METRICS} | {"n_images": n, "misses": n - len(images)}

@@ -573,11 +573,23 @@ def dlib_peer() -> tuple[Any, str]:
         import dlib
     except ImportError:
         return None, "dlib peer skipped: dlib is not installed"
-    try:
-        import face_recognition_models
-    except ImportError:
+    model = dlib_68_model_path()
+    if model is None:
         return None, "dlib peer skipped: face_recognition_models (the 68-point predictor) is not installed"
-    return dlib.shape_predictor(face_recognition_models.pose_predictor_model_location()), ""
+    return dlib.shape_predictor(str(model)), ""
+
+
+def dlib_68_model_path() -> Path | None:
+    """The 68-point model file inside the installed face_recognition_models package, found without importing
+    it (its __init__ needs pkg_resources, which recent setuptools no longer ships)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "models" / "shape_predictor_68_face_landmarks.dat"
+        if path.is_file():
+            return path
+    return None
 
 
 def dlib_predict(predictor: Any, image: np.ndarray, box: np.ndarray) -> np.ndarray:

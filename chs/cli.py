@@ -50,6 +50,8 @@ def train(
     workers: int = 0,
     max_samples: int = 0,
     resume: Annotated[str | None, typer.Option(help="Checkpoint folder to resume from (e.g. RUN/last).")] = None,
+    init: Annotated[str | None, typer.Option(help="Warm start: copy matching weights from this checkpoint.")] = None,
+    ema: Annotated[float, typer.Option(help="EMA decay of weights and BN statistics; 0 = off.")] = 0.0,
 ) -> None:
     """Train a CHS model (multi-task: heatmaps + cascaded coordinate regression)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -61,7 +63,7 @@ def train(
     cfg = get_preset(preset, **overrides)
     opts = TrainOptions(data=data, out=out, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
                         optimizer=optimizer, schedule=schedule, sigma=sigma, seed=seed, device=device, amp=amp,
-                        threads=threads, workers=workers, max_samples=max_samples)
+                        threads=threads, workers=workers, max_samples=max_samples, init=init, ema=ema)
     with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),
                   transient=True) as bar:
@@ -120,6 +122,9 @@ def evaluate(
     if "nme_iod_per_stage" in res:
         stages = "  ".join(f"k={i}: {v * 100:.2f}%" for i, v in enumerate(res["nme_iod_per_stage"]))
         typer.echo(f"NME(IOD) per CCR stage: {stages}")
+    for name, sub in res.get("subsets", {}).items():
+        typer.echo(f"  {name:<12} n={sub['n']:<5} NME(IOD) {sub['nme_iod'] * 100:.2f}%  "
+                   f"FR@10 {sub['fr_10'] * 100:.2f}%")
 
 
 from chs.align_cmd import align  # noqa: E402

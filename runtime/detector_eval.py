@@ -118,15 +118,12 @@ def fit_box_map(detector: FaceDetector, samples: Sequence[FaceSample], min_iou: 
     return fitted, stats
 
 
-__all__ = ["box_iou", "detector_miss_rate", "fit_box_map"]
+def match_detections(detector: FaceDetector, samples: Sequence[FaceSample],
+                     iou_threshold: float = 0.3) -> tuple[int, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(readable images, and per found face: image, mapped detector box, GT landmarks).
 
-
-def evaluate_with_detector(runner: Runner, detector: FaceDetector, samples: Sequence[FaceSample],
-                           iou_threshold: float = 0.3, batch_size: int = 32) -> dict:
-    """Landmark metrics when the crop comes from the detector instead of the GT landmarks.
-
-    Each face uses the mapped detection that overlaps its GT-landmark box most; faces with no detection of
-    IoU >= ``iou_threshold`` are misses, counted and left out of the NME (as a deployment would lose them).
+    Each face keeps the mapped detection that overlaps its GT-landmark box most; faces with no detection of
+    IoU >= ``iou_threshold`` are misses and are left out, as a deployment would lose them.
     """
     box_map = getattr(detector, "box_map", IDENTITY_MAP)
     images, boxes, gts = [], [], []
@@ -146,8 +143,19 @@ def evaluate_with_detector(runner: Runner, detector: FaceDetector, samples: Sequ
         raise ChsError("none of the samples' images could be read")
     if not images:
         raise ChsError("the detector found none of the faces")
+    return n, images, boxes, gts
+
+
+def evaluate_with_detector(runner: Runner, detector: FaceDetector, samples: Sequence[FaceSample],
+                           iou_threshold: float = 0.3, batch_size: int = 32) -> dict:
+    """Landmark metrics when the crop comes from the detector instead of the GT landmarks (misses counted
+    and left out of the NME; see :func:`match_detections`)."""
+    n, images, boxes, gts = match_detections(detector, samples, iou_threshold)
     pred = predict_samples(runner, images, boxes, batch_size)
     result = summarize(pred["landmarks"], np.stack(gts), runner.meta.scheme)
     result.update(n_images=n, misses=n - len(images), miss_rate=(n - len(images)) / n,
                   detector=getattr(detector, "name", type(detector).__name__), boxes="detector")
     return result
+
+
+__all__ = ["box_iou", "detector_miss_rate", "evaluate_with_detector", "fit_box_map", "match_detections"]

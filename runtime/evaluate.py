@@ -16,7 +16,7 @@ from chs.runtime.backends.base import Runner
 from chs.runtime.datasets import FaceSample
 from chs.runtime.errors import ChsError
 from chs.runtime.geometry import box_from_landmarks, crop_face, invert_affine, transform_points
-from chs.runtime.metrics import nme, summarize
+from chs.runtime.metrics import WFLW_SUBSETS, nme, subset_summary, summarize
 
 
 def sample_box(sample: FaceSample, meta: ModelMeta) -> np.ndarray:
@@ -90,5 +90,8 @@ def evaluate_runner(runner: Runner, samples: Sequence[FaceSample], batch_size: i
             float(summarize(s, gt, runner.meta.scheme)["nme_iod"]) for s in pred["stages"]]
     primary = "box" if result["n"] and runner.meta.scheme == "19" else "iod"
     result["per_sample_nme"] = nme(pred["landmarks"], gt, runner.meta.scheme, primary)
+    attrs = [s.attributes for s in kept]
+    if any(name in a for a in attrs for name in WFLW_SUBSETS):  # WFLW-style flags: the per-subset breakdown
+        result["subsets"] = subset_summary(pred["landmarks"], gt, runner.meta.scheme, attrs)
     result["_pred"] = pred["landmarks"]
     return result

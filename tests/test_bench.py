@@ -148,3 +148,16 @@ def test_bad_lists_one_line_error(bench, args):
     assert res.exit_code == 2, (res.stdout, res.stderr)
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+
+
+def test_dlib_peer_row_on_real_faces():
+    """dlib's 68-point predictor with its own HOG boxes on the four real fixture faces (when installed)."""
+    from chs.benchmarks.accuracy import load_samples, peer_accuracy_row
+    from chs.benchmarks.latency import dlib_68_model_path
+
+    if dlib_68_model_path() is None:
+        pytest.skip("dlib peer needs dlib and face_recognition_models (pip install face-recognition-models)")
+    row = peer_accuracy_row(load_samples(FIXTURE_PTS), "fixtures")
+    assert row["status"] == "ok" and row["boxes"] == "dlib-hog"
+    assert row["n_images"] == 4 and row["n"] == 4 - row["misses"] and row["misses"] == 2  # HOG misses 2 of 4
+    assert 0.005 < row["nme_iod"] < 0.08  # a real fit on large, frontal faces; a wrong box convention is > 0.1

@@ -86,3 +86,99 @@ def test_chs_eval_json_on_a_checkpoint(faces, tmp_path):
     pruned = subprocess.run([sys.executable, "-m", "chs", "eval", str(tmp_path / "run" / "last"), "--data",
                              str(faces), "--json", "--ccr", "0"], capture_output=True, text=True, timeout=300)
     assert json.loads(pruned.stdout)["nme_iod"] == pytest.approx(res["nme_iod_per_stage"][0])
+
+
+def test_ema_resume_gives_the_same_weights(faces, tmp_path):
+    """With --ema the served weights are the average; resuming restores raw weights, EMA and its count."""
+    cfg = get_preset("tiny")
+    Trainer(cfg, _opts(faces, tmp_path / "straight", ema=0.9)).fit()
+    Trainer(cfg, _opts(faces, tmp_path / "split", ema=0.9)).fit(stop_after=1)
+    Trainer(cfg, _opts(faces, tmp_path / "split", ema=0.9), resume=str(tmp_path / "split" / "last")).fit()
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a = load_file(str(tmp_path / "straight" / "last" / name))
+        b = load_file(str(tmp_path / "split" / "last" / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=f"{name}:{k}")
+    served = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    extra = load_file(str(tmp_path / "straight" / "last" / "optimizer.safetensors"))
+    assert int(extra["ema_n_averaged"]) == 4  # 2 epochs x 2 steps
+    k = "hourglass.heads.0.weight" if "hourglass.heads.0.weight" in served else next(iter(served))
+    np.testing.assert_array_equal(served[k], extra[f"ema.{k}"])
+    assert any(not np.allclose(served[k], extra[f"raw.{k}"]) for k in served if "running" not in k)
+
+
+def test_init_warm_starts_added_ccr_stages(faces, tmp_path):
+    """--init from a model trained without CCR: shared weights are copied and the new stages start as the
+    identity (zero-initialised regressor), so the warm-started model predicts what its source predicts."""
+    import torch
+
+    from chs.model.checkpoint import load_checkpoint
+
+    Trainer(get_preset("tiny", ccr_stages=0), _opts(faces, tmp_path / "noccr", epochs=1)).fit()
+    src = tmp_path / "noccr" / "last"
+    logs = []
+    trainer = Trainer(get_preset("tiny"), _opts(faces, tmp_path / "ft", init=str(src)), log=logs.append)
+    source = load_checkpoint(src)
+    model = trainer.module.model.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        want, got = source(x)["landmarks"][-1], model(x)["landmarks"]
+    assert len(got) == 3
+    for stage in got:
+        torch.testing.assert_close(stage, want, rtol=0, atol=1e-6)
+    n_src = len(source.state_dict())
+    assert any(f"initialised {n_src} tensors" in m for m in logs)
+
+
+def test_init_refuses_a_model_of_another_shape(faces, tmp_path):
+    from chs.runtime.errors import ChsError
+
+    Trainer(get_preset("tiny", ccr_stages=0), _opts(faces, tmp_path / "noccr", epochs=1)).fit()
+    with pytest.raises(ChsError, match="differ in shape"):
+        Trainer(get_preset("tiny", hg_features=8), _opts(faces, tmp_path / "ft", init=str(tmp_path / "noccr" / "last")))
+    with pytest.raises(ChsError, match="not a chs checkpoint"):
+        Trainer(get_preset("tiny"), _opts(faces, tmp_path / "ft2", init=str(tmp_path / "nowhere")))
+
+
+def test_chs_eval_prints_wflw_subsets(fixtures_dir, tmp_path):
+    """A WFLW annotation file (98 points + flags) gets the per-subset breakdown; each subset's NME is the
+    mean of its faces' NMEs."""
+    import torch
+
+    from chs.model.checkpoint import load_checkpoint, save_checkpoint
+    from chs.model.chs import build_model
+    from chs.model.runner import TorchRunner
+    from chs.runtime.datasets import load_dataset
+    from chs.runtime.evaluate import evaluate_runner
+
+    coco = load_dataset(fixtures_dir / "coco-style" / "wflw" / "test_wflw.json")
+    assert len(coco) == 4
+    images = tmp_path / "images"
+    images.mkdir()
+    # pose, expression, illumination, makeup, occlusion, blur
+    flags = [[1, 0, 0, 0, 1, 0], [1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]]
+    lines = []
+    for s, f in zip(coco, flags, strict=True):
+        shutil.copy(s.image_path, images / s.image_path.name)
+        x0, y0 = s.landmarks.min(0)
+        x1, y1 = s.landmarks.max(0)
+        lines.append(" ".join(f"{v:.6f}" for v in s.landmarks.reshape(-1)) + f" {x0:.0f} {y0:.0f} {x1:.0f} {y1:.0f} "
+                     + " ".join(map(str, f)) + f" {s.image_path.name}")
+    ann = tmp_path / "annotations" / "list_98pt_rect_attr_test.txt"
+    ann.parent.mkdir()
+    ann.write_text("\n".join(lines) + "\n")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_model(get_preset("tiny", scheme="98", num_points=98)), tmp_path / "ckpt")
+    res = evaluate_runner(TorchRunner(load_checkpoint(ckpt)), load_dataset(ann))
+    per_face = res["per_sample_nme"]
+    assert set(res["subsets"]) == {"pose", "expression", "occlusion"}
+    assert res["subsets"]["pose"]["n"] == 4 and res["subsets"]["pose"]["nme_iod"] == pytest.approx(res["nme_iod"])
+    assert res["subsets"]["occlusion"]["nme_iod"] == pytest.approx(per_face[0])
+    assert res["subsets"]["expression"]["n"] == 2
+    assert res["subsets"]["expression"]["nme_iod"] == pytest.approx(per_face[1:3].mean())
+    proc = subprocess.run([sys.executable, "-m", "chs", "eval", str(ckpt), "--data", str(ann)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    line = [t for t in proc.stdout.splitlines() if t.strip().startswith("expression")]
+    assert len(line) == 1 and "n=2" in line[0] and f"{res['subsets']['expression']['nme_iod'] * 100:.2f}%" in line[0]

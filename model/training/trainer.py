@@ -52,6 +52,8 @@ class TrainOptions:
     workers: int = 0
     max_samples: int = 0  # use only the first N training samples (0 = all)
     augment: bool = True
+    init: str | None = None  # warm start: checkpoint whose matching weights initialise the model
+    ema: float = 0.0  # decay of an exponential moving average of weights and BN statistics (0 = off)
     extra: dict = field(default_factory=dict)
 
 
@@ -76,6 +78,17 @@ class TrainModule(nn.Module):
         hm = sum(adaptive_wing_loss(h.float(), maps, weight) for h in out["heatmaps"]) / len(out["heatmaps"])
         losses = [hm] + [log_wing_loss(lm.float(), target) for lm in out["landmarks"][1:]]
         return self.weights(losses), [float(v.detach()) for v in losses]
+
+
+def _ema_model(model: CHSNet, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """torch's EMA of weights and buffers (BN running statistics are averaged too, which steadies them)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    if not 0.0 < decay < 1.0:
+        raise ChsError(f"--ema must be in (0, 1), got {decay}")
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.module.cfg = model.cfg
+    return ema
 
 
 def _optimizer(opts: TrainOptions, params) -> torch.optim.Optimizer:
@@ -121,6 +134,9 @@ class Trainer:
             torch.set_num_threads(opts.threads)
         torch.manual_seed(opts.seed)
         self.module = TrainModule(build_model(cfg)).to(opts.device)
+        if opts.init and not resume:
+            self._init_from(Path(opts.init))
+        self.ema = _ema_model(self.module.model, opts.ema) if opts.ema else None
         self.opt = _optimizer(opts, self.module.parameters())
         self.start_epoch, self.best, self.history = 0, math.inf, []
         if resume:
@@ -141,14 +157,40 @@ class Trainer:
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(self.module)
 
+    def _init_from(self, path: Path) -> None:
+        """Copy every weight whose name and shape match; new parts (e.g. added CCR stages) keep their init."""
+        from chs.model.checkpoint import load_checkpoint
+
+        source = load_checkpoint(path)
+        if source.cfg.scheme != self.cfg.scheme:
+            raise ChsError(f"--init {path}: scheme '{source.cfg.scheme}' differs from '{self.cfg.scheme}'")
+        src = source.state_dict()
+        own = self.module.model.state_dict()
+        clash = sorted(k for k in src if k in own and src[k].shape != own[k].shape)
+        if clash:
+            raise ChsError(f"--init {path}: {len(clash)} weight(s) differ in shape, first '{clash[0]}' "
+                           f"{tuple(src[clash[0]].shape)} vs {tuple(own[clash[0]].shape)}")
+        matched = {k: v for k, v in src.items() if k in own}
+        if not matched:
+            raise ChsError(f"--init {path}: no weight matches this model")
+        self.module.model.load_state_dict(matched, strict=False)
+        fresh = len(own) - len(matched)
+        self.log(f"initialised {len(matched)} tensors from {path}; {fresh} new")
+
     def _resume(self, path: Path) -> None:
         from safetensors.torch import load_file
 
         meta = json.loads((path / CONFIG).read_text())
-        state = load_file(str(path / WEIGHTS))
-        self.module.model.load_state_dict(state)
         extra = load_file(str(path / "optimizer.safetensors"))
+        raw = {k[4:]: v for k, v in extra.items() if k.startswith("raw.")}  # saved when EMA is on
+        self.module.model.load_state_dict(raw or load_file(str(path / WEIGHTS)))
         self.module.weights.log_sigma.data.copy_(extra["task.log_sigma"])
+        if self.ema is not None:
+            ema_state = {k[4:]: v for k, v in extra.items() if k.startswith("ema.")}
+            if not ema_state or not raw:
+                raise ChsError(f"--resume {path}: checkpoint has no EMA weights but --ema is set")
+            self.ema.module.load_state_dict(ema_state)
+            self.ema.n_averaged.fill_(int(extra["ema_n_averaged"]))
         _restore_optimizer(self.opt, extra, meta["info"]["optimizer"])
         info = meta["info"]
         self.start_epoch, self.best, self.history = info["epoch"] + 1, info["best"], info["history"]
@@ -168,8 +210,9 @@ class Trainer:
         if self.val is None:
             return None
         kept, images = self.val
-        runner = TorchRunner(self.module.model, self.opts.device)
-        self.module.model.train(False)
+        model = self.served_model
+        runner = TorchRunner(model, self.opts.device)
+        model.train(False)
         pred = predict_samples(runner, images, [sample_box(s, runner.meta) for s in kept], 64)
         self.module.model.train(True)
         gt = np.stack([s.landmarks for s in kept])
@@ -178,12 +221,21 @@ class Trainer:
         res["nme_iod_per_stage"] = per_stage
         return res
 
+    @property
+    def served_model(self) -> CHSNet:
+        """The weights that are validated and saved as model.safetensors: the EMA copy when enabled."""
+        return self.ema.module if self.ema is not None else self.module.model
+
     def _save(self, name: str, epoch: int, val: dict | None) -> None:
         tensors, opt_info = _optimizer_tensors(self.opt)
         tensors["task.log_sigma"] = self.module.weights.log_sigma.detach()
+        if self.ema is not None:  # the raw weights go with the optimizer state, to resume from
+            tensors.update({f"raw.{k}": v for k, v in self.module.model.state_dict().items()})
+            tensors.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
+            tensors["ema_n_averaged"] = self.ema.n_averaged.detach().clone()
         info = {"epoch": epoch, "best": self.best, "history": self.history, "val": val,
                 "optimizer": opt_info, "options": asdict(self.opts)}
-        save_checkpoint(self.module.model, Path(self.opts.out) / name, info, tensors)
+        save_checkpoint(self.served_model, Path(self.opts.out) / name, info, tensors)
 
     def fit(self, progress=None, stop_after: int | None = None) -> dict:
         """Train to ``opts.epochs`` (or stop after epoch index ``stop_after - 1``, as an interruption would)."""
@@ -214,6 +266,8 @@ class Trainer:
                 else:
                     loss.backward()
                     self.opt.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.module.model)
                 seen += len(x)
                 total += float(loss.detach()) * len(x)
                 parts_sum = parts if parts_sum is None else [a + b for a, b in zip(parts_sum, parts, strict=True)]
