@@ -115,20 +115,26 @@ def write_plots(rows: Sequence[dict], out_dir: str | Path, title: str = "") -> l
 
     pts = plot_points(rows)
     peer = [r for r in rows if r.get("kind") == "peer" and r.get("status") == "ok" and r.get("nme") is not None]
+    precs = sorted({p["precision"] for p in pts})
+    label_prec = "fp32" if "fp32" in precs else (precs[0] if precs else None)
+    runners = sorted({p["runner"] for p in pts if p.get("runner")})
+    batch = next((p["batch"] for p in pts if p.get("batch")), None)
     paths = []
-    for fname, xkey, xlabel in (("nme_vs_latency.png", "p50_ms", "p50 latency (ms / face)"),
+    for fname, xkey, xlabel in (("nme_vs_latency.png", "p50_ms",
+                                 f"p50 latency (ms / face; {', '.join(runners)}, batch {batch})"),
                                 ("nme_vs_gmacs.png", "gmacs", "GMACs per face")):
         fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
-        for prec in sorted({p["precision"] for p in pts}):
+        for prec in precs:
             sel = sorted((p for p in pts if p["precision"] == prec), key=lambda p: p["ccr"])
             ax.plot([p[xkey] for p in sel], [p["nme"] * 100 for p in sel], marker=MARKERS.get(prec, "o"),
                     linestyle="-", label=prec.upper())
-            for p in sel:
-                label = f"{p['ccr']} CCR {prec}" + (f" ({p['runner']})" if xkey == "p50_ms" else "")
-                ax.annotate(label, (p[xkey], p["nme"] * 100), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            if prec == label_prec:  # one label per CCR count; the legend tells the precisions apart
+                for p in sel:
+                    ax.annotate(f"{p['ccr']} CCR", (p[xkey], p["nme"] * 100), textcoords="offset points",
+                                xytext=(-6, -14), fontsize=8)
         if xkey == "p50_ms":
             for p in peer:
-                ax.scatter([p["p50_ms"]], [p["nme"] * 100], marker="x", color="k", label="dlib 68-point")
+                ax.scatter([p["p50_ms"]], [p["nme"] * 100], marker="x", color="k", label="dlib 68-point (own detector boxes)")
         xs = [p[xkey] for p in pts if p.get(xkey)]
         if xs and max(xs) / min(xs) > 20:
             ax.set_xscale("log")

@@ -277,3 +277,23 @@ def tradeoff(
     if ratios:
         typer.echo(format_ratios(ratios))
     typer.echo(f"wrote {', '.join(sorted(files))} to {out}")
+
+
+@bench_app.command()
+@one_line_errors
+def profile(
+    models: Annotated[list[str], typer.Argument(help="ONNX files, e.g. model_fp32.onnx model_int8_u8s8.onnx.")],
+    batch: Annotated[int, typer.Option(help="Batch size of the zero input.")] = 1,
+    runs: Annotated[int, typer.Option(help="Profiled calls per model.")] = 30,
+    threads: Threads = None,
+    top: Annotated[int, typer.Option(help="Op types shown per model.")] = 10,
+    as_json: AsJson = False,
+) -> None:
+    """ONNX Runtime CPU kernel time per operator type: what an FP16 or INT8 file adds beside the convolutions."""
+    from chs.benchmarks.profile import format_profiles, op_profile
+
+    profiles = [op_profile(m, batch, runs, threads=threads) for m in models]
+    if as_json:
+        sys.stdout.write(json.dumps(profiles, indent=2) + "\n")
+    else:
+        typer.echo(format_profiles(profiles, top))

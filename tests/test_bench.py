@@ -161,3 +161,21 @@ def test_dlib_peer_row_on_real_faces():
     assert row["status"] == "ok" and row["boxes"] == "dlib-hog"
     assert row["n_images"] == 4 and row["n"] == 4 - row["misses"] and row["misses"] == 2  # HOG misses 2 of 4
     assert 0.005 < row["nme_iod"] < 0.08  # a real fit on large, frontal faces; a wrong box convention is > 0.1
+
+
+def test_op_profile_counts_the_graph(tiny_onnx, foreign_onnx):
+    """Per-op-type kernel times from ONNX Runtime's profiler: shares add up, and the RoiAlign count is one
+    node per CCR stage (tiny has 2)."""
+    from chs.benchmarks.profile import format_profiles, op_profile
+
+    prof = op_profile(tiny_onnx, batch=2, runs=3, threads=1)
+    ops = {o["op"]: o for o in prof["ops"]}
+    assert ops["RoiAlign"]["nodes"] == 2
+    assert "Conv" in ops or "FusedConv" in ops
+    assert sum(o["share"] for o in prof["ops"]) == pytest.approx(1.0)
+    assert prof["kernel_ms"] == pytest.approx(sum(o["ms"] for o in prof["ops"]))
+    assert [o["ms"] for o in prof["ops"]] == sorted((o["ms"] for o in prof["ops"]), reverse=True)
+    assert prof["batch"] == 2 and prof["ms_per_call"] > 0
+    assert "| RoiAlign |" in format_profiles([prof], top=50)
+    res = CliRunner().invoke(bench_app, ["profile", str(foreign_onnx)])
+    assert res.exit_code == 2 and "no CHS metadata" in res.output
