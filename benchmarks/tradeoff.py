@@ -134,7 +134,8 @@ def write_plots(rows: Sequence[dict], out_dir: str | Path, title: str = "") -> l
                                 xytext=(-6, -14), fontsize=8)
         if xkey == "p50_ms":
             for p in peer:
-                ax.scatter([p["p50_ms"]], [p["nme"] * 100], marker="x", color="k", label="dlib 68-point (own detector boxes)")
+                ax.scatter([p["p50_ms"]], [p["nme"] * 100], marker="x", color="k",
+                           label="dlib 68-point (own detector boxes)")
         xs = [p[xkey] for p in pts if p.get(xkey)]
         if xs and max(xs) / min(xs) > 20:
             ax.set_xscale("log")

@@ -139,6 +139,8 @@ def test_init_refuses_a_model_of_another_shape(faces, tmp_path):
         Trainer(get_preset("tiny", hg_features=8), _opts(faces, tmp_path / "ft", init=str(tmp_path / "noccr" / "last")))
     with pytest.raises(ChsError, match="not a chs checkpoint"):
         Trainer(get_preset("tiny"), _opts(faces, tmp_path / "ft2", init=str(tmp_path / "nowhere")))
+    with pytest.raises(ChsError, match=r"--ema must be in \(0, 1\)"):
+        Trainer(get_preset("tiny"), _opts(faces, tmp_path / "ft3", ema=1.0))
 
 
 def test_chs_eval_prints_wflw_subsets(fixtures_dir, tmp_path):
