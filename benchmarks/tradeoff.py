@@ -13,6 +13,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from chs.runtime.errors import ChsError
+
 COLUMNS = ("kind", "ccr", "gmacs", "backend", "runner", "mode", "precision", "batch", "p50_ms", "p90_ms", "p99_ms",
            "faces_per_s", "floor_ms", "efficiency", "noisy", "nme", "nme_iod", "fr_10", "auc_10", "dnme_pt",
            "status", "reason")
@@ -177,3 +179,54 @@ def write_tradeoff(rows: Sequence[dict], out_dir: str | Path, machine: dict | No
         files["command.txt"] = out / "command.txt"
         files["command.txt"].write_text(command + "\n")
     return files
+
+
+def _timing_key(r: dict) -> tuple:
+    return (r.get("kind"), r.get("ccr"), r.get("backend"), r.get("precision") or "", r.get("batch"),
+            r.get("mode") or "")
+
+
+def load_previous_rows(path: str | Path) -> list[dict]:
+    """Rows of an earlier ``chs-bench tradeoff`` (table.json) or ``chs-bench latency --out`` (latency.json)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "table.json" if (p / "table.json").is_file() else p / "latency.json"
+    try:
+        payload = json.loads(p.read_text())
+        rows = payload["rows"] if isinstance(payload, dict) else payload
+        if not isinstance(rows, list):
+            raise TypeError
+    except FileNotFoundError:
+        raise ChsError(f"--compare: {p} not found") from None
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        raise ChsError(f"--compare: {p} is not a chs-bench table.json or latency.json") from None
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def compare_runs(rows: Sequence[dict], previous: Sequence[dict], threshold: float = 0.10) -> dict:
+    """p50 of every timed row against the same row (same CCR, backend, precision, batch, mode) of an earlier
+    run: the run-to-run check that one run's two passes cannot give (slow drifts of a shared machine)."""
+    before = {_timing_key(r): r for r in previous if r.get("p50_ms")}
+    out = []
+    for r in rows:
+        old = before.get(_timing_key(r))
+        if not r.get("p50_ms") or old is None:
+            continue
+        change = r["p50_ms"] / old["p50_ms"] - 1
+        out.append({"ccr": r.get("ccr"), "backend": r.get("runner") or r.get("backend"),
+                    "precision": r.get("precision") or "", "batch": r.get("batch"), "p50_ms": r["p50_ms"],
+                    "previous_p50_ms": old["p50_ms"], "change": change, "within": abs(change) <= threshold})
+    return {"threshold": threshold, "compared": len(out), "within": sum(c["within"] for c in out), "rows": out}
+
+
+def format_comparison(cmp: dict, source: str) -> str:
+    """Markdown: how many rows agree with the earlier run, and the ones that do not."""
+    pct = f"{cmp['threshold'] * 100:.0f} %"
+    lines = [f"Run-to-run against {source}: {cmp['within']} of {cmp['compared']} timed rows within {pct} at p50."]
+    off = [c for c in cmp["rows"] if not c["within"]]
+    if off:
+        lines += ["", "| CCR | backend | precision | batch | p50 ms/face | earlier | change |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {_cell(c['ccr'])} | {c['backend']} | {c['precision'] or '-'} | {_cell(c['batch'])} | "
+                  f"{c['p50_ms']:.3f} | {c['previous_p50_ms']:.3f} | {c['change'] * 100:+.0f} % |" for c in off]
+    return "\n".join(lines) + "\n"

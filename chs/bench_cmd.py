@@ -248,15 +248,25 @@ def tradeoff(
     threads: Threads = None,
     max_samples: Annotated[int | None, typer.Option(help="Evaluate this many faces, spread over the split.")] = None,
     detector: Annotated[bool, typer.Option(help="Also time the face detector on the demo image.")] = True,
+    compare: Annotated[str | None, typer.Option(help="An earlier run's table.json (or its folder): report "
+                                                     "run-to-run p50 agreement.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Latency and accuracy in one table (Markdown/CSV/JSON) and the NME-vs-cost plots (cf. paper Fig. 14)."""
     from chs.benchmarks.accuracy import accuracy_rows
     from chs.benchmarks.latency import RunnerFactory, format_ratios, latency_rows, speed_ratios
     from chs.benchmarks.machine import machine_info, machine_line
-    from chs.benchmarks.tradeoff import format_markdown, join_rows, write_tradeoff
+    from chs.benchmarks.tradeoff import (
+        compare_runs,
+        format_comparison,
+        format_markdown,
+        join_rows,
+        load_previous_rows,
+        write_tradeoff,
+    )
 
     backends, precisions, ccrs, batches = _request(model, backend, precision, ccr, batch)
+    previous = load_previous_rows(compare) if compare else None  # bad path: fail before the long run
     info = machine_info(threads)
     factory = RunnerFactory(model, _work_dir(model, work_dir), precisions, calib, device, max_batch=max(batches),
                             threads=threads, log=_log, parity_data=data)
@@ -267,8 +277,14 @@ def tradeoff(
     rows = join_rows(lat, acc)
     ratios = speed_ratios(lat, acc)
     line = machine_line(info)
+    extra: dict = {"accuracy": acc, "data": data}
+    if previous is not None:
+        extra["compare"] = compare_runs(rows, previous) | {"source": compare}
     files = write_tradeoff(rows, out, machine=info, machine_text=line, command=_command_line(ctx), ratios=ratios,
-                           extra={"accuracy": acc, "data": data})
+                           extra=extra)
+    if previous is not None:
+        with open(files["table.md"], "a") as f:
+            f.write("\n" + format_comparison(extra["compare"], compare))
     if as_json:
         sys.stdout.write(json.dumps({"machine": info, "rows": rows, "ratios": ratios,
                                      "files": {k: str(v) for k, v in files.items()}}, indent=2, default=str) + "\n")
@@ -276,6 +292,8 @@ def tradeoff(
     typer.echo(format_markdown(rows, line).rstrip())
     if ratios:
         typer.echo(format_ratios(ratios))
+    if previous is not None:
+        typer.echo(format_comparison(extra["compare"], compare).rstrip())
     typer.echo(f"wrote {', '.join(sorted(files))} to {out}")
 
 

@@ -179,3 +179,31 @@ def test_op_profile_counts_the_graph(tiny_onnx, foreign_onnx):
     assert "| RoiAlign |" in format_profiles([prof], top=50)
     res = CliRunner().invoke(bench_app, ["profile", str(foreign_onnx)])
     assert res.exit_code == 2 and "no CHS metadata" in res.output
+
+
+def test_compare_runs_reports_run_to_run_agreement(tmp_path):
+    from chs.benchmarks.tradeoff import compare_runs, format_comparison, load_previous_rows
+    from chs.runtime.errors import ChsError
+
+    def row(ccr, backend, p50, batch=1, precision="fp32"):
+        return {"kind": "landmarks", "ccr": ccr, "backend": backend, "runner": f"{backend}-cpu",
+                "precision": precision, "batch": batch, "p50_ms": p50}
+
+    before = [row(0, "ort", 5.0), row(1, "ort", 8.0), row(2, "ort", 10.0), row(0, "torch", 20.0, precision="")]
+    now = [row(0, "ort", 5.4), row(1, "ort", 10.0), row(2, "ort", 9.5), row(0, "ort", 3.0, batch=8),
+           {"kind": "landmarks", "ccr": 0, "backend": "trt", "status": "skipped", "p50_ms": None}]
+    (tmp_path / "table.json").write_text(json.dumps({"rows": before}))
+    cmp = compare_runs(now, load_previous_rows(tmp_path))
+    assert cmp["compared"] == 3 and cmp["within"] == 2  # +8 %, +25 %, -5 %; batch 8 had no earlier row
+    assert [round(c["change"], 3) for c in cmp["rows"]] == [0.08, 0.25, -0.05]
+    text = format_comparison(cmp, "run1")
+    assert text.startswith("Run-to-run against run1: 2 of 3 timed rows within 10 % at p50.")
+    assert "| 1 | ort-cpu | fp32 | 1 | 10.000 | 8.000 | +25 % |" in text
+    with pytest.raises(ChsError, match="not found"):
+        load_previous_rows(tmp_path / "nothing.json")
+    (tmp_path / "bad.json").write_text("{ not json")
+    with pytest.raises(ChsError, match="not a chs-bench table.json"):
+        load_previous_rows(tmp_path / "bad.json")
+    res = CliRunner().invoke(bench_app, ["tradeoff", "--data", str(FIXTURE_PTS), "--out", str(tmp_path / "o"),
+                                         "--compare", str(tmp_path / "nothing.json")])
+    assert res.exit_code == 2 and "not found" in res.output and not (tmp_path / "o").exists()
