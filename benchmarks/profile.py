@@ -24,6 +24,7 @@ def op_profile(model: str | os.PathLike, batch: int = 1, runs: int = 30, warmup:
     """{"model", "batch", "ms_per_call", "ops": [{"op", "ms", "share", "nodes"}, ...]} sorted by time."""
     import onnxruntime as ort
 
+    from chs.runtime.artifact import INPUT_NAME
     from chs.runtime.backends.ort import OrtRunner
 
     path = Path(model)
@@ -38,12 +39,11 @@ def op_profile(model: str | os.PathLike, batch: int = 1, runs: int = 30, warmup:
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "ort")
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
         for _ in range(warmup):
-            sess.run(None, {name: x})
+            sess.run(None, {INPUT_NAME: x})
         # the profile records every call; keep only the last ``runs`` (after this session's warm-up)
         for _ in range(runs):
-            sess.run(None, {name: x})
+            sess.run(None, {INPUT_NAME: x})
         events = json.loads(Path(sess.end_profiling()).read_text())
     calls = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     timed = calls[-runs:]

@@ -50,6 +50,8 @@ Device = Annotated[str, typer.Option(help="auto, cpu or cuda (torch rows; ONNX R
 WorkDir = Annotated[str | None, typer.Option(help="Where exported ONNX files are kept and reused "
                                                   "(default ~/.cache/chs/bench/<model>).")]
 Repeats = Annotated[int, typer.Option(help="Timed calls per row and pass (two passes).")]
+Warmup = Annotated[int, typer.Option(help="Untimed calls before the first pass.")]
+MaxSeconds = Annotated[float, typer.Option(help="Time cap per row and pass.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 Threads = Annotated[int | None, typer.Option(help="Intra-op threads for torch and ONNX Runtime (default: theirs).")]
 
@@ -143,8 +145,8 @@ def latency(
     batch: Batches = "1,8",
     calib: Calib = None,
     repeats: Repeats = 20,
-    warmup: Annotated[int, typer.Option(help="Untimed calls before the first pass.")] = 2,
-    max_seconds: Annotated[float, typer.Option(help="Time cap per row and pass.")] = 30.0,
+    warmup: Warmup = 2,
+    max_seconds: MaxSeconds = 30.0,
     device: Device = "auto",
     work_dir: WorkDir = None,
     threads: Threads = None,
@@ -241,8 +243,8 @@ def tradeoff(
     batch: Batches = "1,8",
     calib: Calib = None,
     repeats: Repeats = 20,
-    warmup: Annotated[int, typer.Option(help="Untimed calls before the first pass.")] = 2,
-    max_seconds: Annotated[float, typer.Option(help="Time cap per row and pass.")] = 30.0,
+    warmup: Warmup = 2,
+    max_seconds: MaxSeconds = 30.0,
     device: Device = "auto",
     work_dir: WorkDir = None,
     threads: Threads = None,

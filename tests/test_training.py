@@ -103,8 +103,8 @@ def test_ema_resume_gives_the_same_weights(faces, tmp_path):
     served = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
     extra = load_file(str(tmp_path / "straight" / "last" / "optimizer.safetensors"))
     assert int(extra["ema_n_averaged"]) == 4  # 2 epochs x 2 steps
-    k = "hourglass.heads.0.weight" if "hourglass.heads.0.weight" in served else next(iter(served))
-    np.testing.assert_array_equal(served[k], extra[f"ema.{k}"])
+    assert not any(k.startswith("ema.") for k in extra)  # the EMA is model.safetensors, stored once
+    assert served.keys() == {k[4:] for k in extra if k.startswith("raw.")}
     assert any(not np.allclose(served[k], extra[f"raw.{k}"]) for k in served if "running" not in k)
 
 

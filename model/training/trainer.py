@@ -182,14 +182,14 @@ class Trainer:
 
         meta = json.loads((path / CONFIG).read_text())
         extra = load_file(str(path / "optimizer.safetensors"))
-        raw = {k[4:]: v for k, v in extra.items() if k.startswith("raw.")}  # saved when EMA is on
-        self.module.model.load_state_dict(raw or load_file(str(path / WEIGHTS)))
+        served = load_file(str(path / WEIGHTS))  # the EMA weights when the run used --ema
+        raw = {k[4:]: v for k, v in extra.items() if k.startswith("raw.")}  # saved only when EMA is on
+        self.module.model.load_state_dict(raw or served)
         self.module.weights.log_sigma.data.copy_(extra["task.log_sigma"])
         if self.ema is not None:
-            ema_state = {k[4:]: v for k, v in extra.items() if k.startswith("ema.")}
-            if not ema_state or not raw:
+            if not raw:
                 raise ChsError(f"--resume {path}: checkpoint has no EMA weights but --ema is set")
-            self.ema.module.load_state_dict(ema_state)
+            self.ema.module.load_state_dict(served)
             self.ema.n_averaged.fill_(int(extra["ema_n_averaged"]))
         _restore_optimizer(self.opt, extra, meta["info"]["optimizer"])
         info = meta["info"]
@@ -229,9 +229,8 @@ class Trainer:
     def _save(self, name: str, epoch: int, val: dict | None) -> None:
         tensors, opt_info = _optimizer_tensors(self.opt)
         tensors["task.log_sigma"] = self.module.weights.log_sigma.detach()
-        if self.ema is not None:  # the raw weights go with the optimizer state, to resume from
+        if self.ema is not None:  # model.safetensors holds the EMA; the raw weights go with the optimizer state
             tensors.update({f"raw.{k}": v for k, v in self.module.model.state_dict().items()})
-            tensors.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
             tensors["ema_n_averaged"] = self.ema.n_averaged.detach().clone()
         info = {"epoch": epoch, "best": self.best, "history": self.history, "val": val,
                 "optimizer": opt_info, "options": asdict(self.opts)}
