@@ -45,13 +45,15 @@ def train(
     backward: Annotated[str | None, typer.Option(help="Backward connection: ccr, task or full.")] = None,
     seed: int = 0,
     device: str = "cpu",
-    amp: Annotated[str, typer.Option(help="none, bf16 or fp16 (CUDA only).")] = "none",
+    amp: Annotated[str, typer.Option(help="none, bf16 (CUDA or CPU) or fp16 (CUDA only).")] = "none",
+    channels_last: Annotated[bool, typer.Option(help="NHWC activations (faster convolutions on CPU).")] = False,
     threads: int = 0,
     workers: int = 0,
     max_samples: int = 0,
     resume: Annotated[str | None, typer.Option(help="Checkpoint folder to resume from (e.g. RUN/last).")] = None,
     init: Annotated[str | None, typer.Option(help="Warm start: copy matching weights from this checkpoint.")] = None,
     ema: Annotated[float, typer.Option(help="EMA decay of weights and BN statistics; 0 = off.")] = 0.0,
+    init_lr_scale: Annotated[float, typer.Option(help="lr multiplier for the weights --init copied.")] = 1.0,
 ) -> None:
     """Train a CHS model (multi-task: heatmaps + cascaded coordinate regression)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -63,7 +65,8 @@ def train(
     cfg = get_preset(preset, **overrides)
     opts = TrainOptions(data=data, out=out, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
                         optimizer=optimizer, schedule=schedule, sigma=sigma, seed=seed, device=device, amp=amp,
-                        threads=threads, workers=workers, max_samples=max_samples, init=init, ema=ema)
+                        channels_last=channels_last, threads=threads, workers=workers, max_samples=max_samples,
+                        init=init, ema=ema, init_lr_scale=init_lr_scale)
     with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),
                   transient=True) as bar:

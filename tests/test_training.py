@@ -131,6 +131,38 @@ def test_init_warm_starts_added_ccr_stages(faces, tmp_path):
     assert any(f"initialised {n_src} tensors" in m for m in logs)
 
 
+def test_init_lr_scale_slows_only_the_copied_weights(faces, tmp_path):
+    """--init-lr-scale: copied weights move by the scaled lr, the new CCR stages by the full one (compared
+    with the same run unscaled; plain SGD, so a step is lr x gradient); resume rebuilds the two groups."""
+    import torch
+
+    Trainer(get_preset("tiny", ccr_stages=0), _opts(faces, tmp_path / "noccr", epochs=1)).fit()
+    src = str(tmp_path / "noccr" / "last")
+
+    def moved(scale: float, out: str) -> tuple[float, float, Trainer]:
+        kw = dict(init=src, init_lr_scale=scale, optimizer="sgd", lr=1e-2, momentum=0.0, weight_decay=0.0)
+        trainer = Trainer(get_preset("tiny"), _opts(faces, tmp_path / out, **kw))
+        before = {k: v.detach().clone() for k, v in trainer.module.model.named_parameters()}
+        trainer.fit(stop_after=1)
+        d = {k: float((v.detach() - before[k]).abs().max()) for k, v in trainer.module.model.named_parameters()}
+        return (max(v for k, v in d.items() if not k.startswith("ccr.")),
+                max(v for k, v in d.items() if k.startswith("ccr.")), trainer)
+
+    old_s, new_s, trainer = moved(1e-3, "scaled")
+    old_f, new_f, _ = moved(1.0, "full")
+    assert [g["lr_scale"] for g in trainer.opt.param_groups] == [1e-3, 1.0]
+    n_ccr = sum(1 for k, _ in trainer.module.model.named_parameters() if k.startswith("ccr."))
+    assert len(trainer.opt.param_groups[1]["params"]) == n_ccr + 1  # + the task weights
+    assert 0 < old_s < 3e-3 * old_f
+    assert 0.5 < new_s / new_f < 2.0
+    kw = dict(init=src, init_lr_scale=1e-3, optimizer="sgd", lr=1e-2, momentum=0.0, weight_decay=0.0)
+    resumed = Trainer(get_preset("tiny"), _opts(faces, tmp_path / "scaled", **kw),
+                      resume=str(tmp_path / "scaled" / "last"))
+    assert [len(g["params"]) for g in resumed.opt.param_groups] == [len(g["params"]) for g in trainer.opt.param_groups]
+    resumed.fit()
+    assert all(torch.isfinite(p).all() for p in resumed.module.parameters())
+
+
 def test_init_refuses_a_model_of_another_shape(faces, tmp_path):
     from chs.runtime.errors import ChsError
 
@@ -184,3 +216,37 @@ def test_chs_eval_prints_wflw_subsets(fixtures_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     line = [t for t in proc.stdout.splitlines() if t.strip().startswith("expression")]
     assert len(line) == 1 and "n=2" in line[0] and f"{res['subsets']['expression']['nme_iod'] * 100:.2f}%" in line[0]
+
+
+def test_channels_last_training_matches_nchw(faces, tmp_path):
+    """--channels-last changes the memory layout only: the same run gives the same weights (SGD: Adam's
+    normalised steps would turn rounding-level gradient differences into lr-sized ones)."""
+    cfg = get_preset("tiny")
+    Trainer(cfg, _opts(faces, tmp_path / "nchw", epochs=1, optimizer="sgd", lr=1e-2)).fit()
+    Trainer(cfg, _opts(faces, tmp_path / "nhwc", epochs=1, optimizer="sgd", lr=1e-2, channels_last=True)).fit()
+    a = load_file(str(tmp_path / "nchw" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "nhwc" / "last" / "model.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_bf16_autocast_on_cpu_decodes_in_float32():
+    """bf16 counts integers exactly only to 256: a 32x32 heatmap's peak and neighbours are indexed in float32."""
+    import torch
+
+    from chs.model.chs import build_model
+    from chs.model.decode import decode_heatmaps
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny", input_size=128, ccr_stages=0)).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.rand(2, 3, 128, 128))
+    hm = out["heatmaps"][-1][:, :68].float()
+    assert out["heatmaps"][-1].dtype == torch.bfloat16
+    assert int(hm.flatten(2).argmax(2).max()) > 256  # peaks past bf16's exact integers
+    np.testing.assert_allclose(out["landmarks"][0].numpy(), decode_heatmaps(hm)[0].numpy(), atol=1e-6)
+
+
+def test_amp_fp16_on_cpu_is_refused(faces, tmp_path):
+    with pytest.raises(Exception, match="fp16 needs CUDA"):
+        Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", amp="fp16", epochs=1)).fit()

@@ -47,13 +47,15 @@ class TrainOptions:
     sigma: float = 1.0
     seed: int = 0
     device: str = "cpu"
-    amp: str = "none"  # "bf16" / "fp16" autocast on CUDA
+    amp: str = "none"  # "bf16" autocast (CUDA or CPU) / "fp16" autocast (CUDA)
+    channels_last: bool = False  # NHWC activations: oneDNN's faster convolution layout on CPU
     threads: int = 0  # torch CPU threads; 0 = all cores
     workers: int = 0
     max_samples: int = 0  # use only the first N training samples (0 = all)
     augment: bool = True
     init: str | None = None  # warm start: checkpoint whose matching weights initialise the model
     ema: float = 0.0  # decay of an exponential moving average of weights and BN statistics (0 = off)
+    init_lr_scale: float = 1.0  # lr multiplier for the weights --init copied (new parts train at the full lr)
     extra: dict = field(default_factory=dict)
 
 
@@ -89,6 +91,18 @@ def _ema_model(model: CHSNet, decay: float) -> torch.optim.swa_utils.AveragedMod
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     ema.module.cfg = model.cfg
     return ema
+
+
+def _autocast(opts: TrainOptions) -> torch.autocast | None:
+    """Mixed precision: bf16 on CUDA or on CPUs with bf16 units (AMX/AVX-512 BF16), fp16 on CUDA only."""
+    if opts.amp == "none":
+        return None
+    cuda = opts.device.startswith("cuda")
+    if opts.amp == "bf16":
+        return torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16)
+    if opts.amp == "fp16" and cuda:
+        return torch.autocast("cuda", dtype=torch.float16)
+    raise ChsError(f"--amp {opts.amp} is not supported on {opts.device} (none, bf16; fp16 needs CUDA)")
 
 
 def _optimizer(opts: TrainOptions, params) -> torch.optim.Optimizer:
@@ -136,8 +150,10 @@ class Trainer:
         self.module = TrainModule(build_model(cfg)).to(opts.device)
         if opts.init and not resume:
             self._init_from(Path(opts.init))
+        if opts.channels_last:
+            self.module.to(memory_format=torch.channels_last)
         self.ema = _ema_model(self.module.model, opts.ema) if opts.ema else None
-        self.opt = _optimizer(opts, self.module.parameters())
+        self.opt = _optimizer(opts, self._param_groups())
         self.start_epoch, self.best, self.history = 0, math.inf, []
         if resume:
             self._resume(Path(resume))
@@ -156,6 +172,29 @@ class Trainer:
         self.net = self.module
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(self.module)
+
+    def _param_groups(self) -> list[dict]:
+        """One group, or with --init-lr-scale two: the warm-started weights (slowed) and the new parts.
+
+        A warm-started network restarted at the new parts' lr is knocked out of its minimum and spends the
+        run re-converging; slowing only its weights keeps it there while the new CCR stages learn.
+        """
+        scale = self.opts.init_lr_scale
+        if not scale > 0:
+            raise ChsError(f"--init-lr-scale must be > 0, got {scale}")
+        if scale == 1.0 or not self.opts.init:
+            return [{"params": list(self.module.parameters()), "lr_scale": 1.0}]
+        from safetensors import safe_open
+
+        weights = Path(self.opts.init) / WEIGHTS
+        if not weights.is_file():
+            raise ChsError(f"--init {self.opts.init}: no {WEIGHTS} (needed for --init-lr-scale)")
+        with safe_open(str(weights), framework="pt") as f:
+            copied = set(f.keys())
+        old, new = [], []
+        for name, p in self.module.named_parameters():
+            (old if name.startswith("model.") and name[6:] in copied else new).append(p)
+        return [{"params": old, "lr_scale": scale}, {"params": new, "lr_scale": 1.0}]
 
     def _init_from(self, path: Path) -> None:
         """Copy every weight whose name and shape match; new parts (e.g. added CCR stages) keep their init."""
@@ -239,8 +278,7 @@ class Trainer:
     def fit(self, progress=None, stop_after: int | None = None) -> dict:
         """Train to ``opts.epochs`` (or stop after epoch index ``stop_after - 1``, as an interruption would)."""
         opts = self.opts
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if opts.amp == "bf16" else torch.float16)
-                    if opts.amp in ("bf16", "fp16") and opts.device.startswith("cuda") else None)
+        autocast = _autocast(opts)
         scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" and autocast else None
         self.module.train()
         for epoch in range(self.start_epoch, min(opts.epochs, stop_after or opts.epochs)):
@@ -249,9 +287,11 @@ class Trainer:
             for step, (x, maps, weight, target) in enumerate(loader):
                 lr = lr_at(opts, epoch + step / max(len(loader), 1))
                 for g in self.opt.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
                 dev = opts.device
                 x, maps, weight, target = x.to(dev), maps.to(dev), weight.to(dev), target.to(dev)
+                if opts.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 if autocast is not None:
                     with autocast:
                         loss, parts = self.net(x, maps, weight, target)
