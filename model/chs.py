@@ -80,7 +80,7 @@ class CHSNet(nn.Module):
             hg_in = self.to_hg(self.select(feats))
         heatmaps, ll = self.hourglass(hg_in)
         last = heatmaps[-1][:, :n_pts]
-        coords, scores = decode_heatmaps(last.float())  # float32 indices: bf16 cannot count past 256
+        coords, scores = decode_heatmaps(last)
         landmarks = [coords]
         mode = self.cfg.backward
         for t, stage in enumerate(self.ccr):

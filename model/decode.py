@@ -15,7 +15,12 @@ MIN_CURVATURE = 0.05
 
 
 def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, n, H, W) -> landmarks (N, n, 2) in heatmap cells (x, y; centres on integers), scores (N, n)."""
+    """(N, n, H, W) -> landmarks (N, n, 2) in heatmap cells (x, y; centres on integers), scores (N, n).
+
+    Always computed in float32 (a no-op when tracing the FP32 export): under bf16 autocast the cell indices
+    would be rounded past 256, i.e. on any heatmap larger than 16x16.
+    """
+    heatmaps = heatmaps.float()
     n, k, h, w = heatmaps.shape
     flat = heatmaps.reshape(n, k, h * w)
     idx = flat.argmax(dim=2)

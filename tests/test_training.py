@@ -248,5 +248,7 @@ def test_bf16_autocast_on_cpu_decodes_in_float32():
 
 
 def test_amp_fp16_on_cpu_is_refused(faces, tmp_path):
-    with pytest.raises(Exception, match="fp16 needs CUDA"):
+    from chs.runtime.errors import ChsError
+
+    with pytest.raises(ChsError, match="fp16 needs CUDA"):
         Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", amp="fp16", epochs=1)).fit()
