@@ -54,6 +54,8 @@ def train(
     init: Annotated[str | None, typer.Option(help="Warm start: copy matching weights from this checkpoint.")] = None,
     ema: Annotated[float, typer.Option(help="EMA decay of weights and BN statistics; 0 = off.")] = 0.0,
     init_lr_scale: Annotated[float, typer.Option(help="lr multiplier for the weights --init copied.")] = 1.0,
+    flip: Annotated[float, typer.Option(help="Probability of a mirrored training crop (0: labels not "
+                                        "mirror-symmetric; see chs-eval's bias_iod).")] = 0.5,
 ) -> None:
     """Train a CHS model (multi-task: heatmaps + cascaded coordinate regression)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -66,7 +68,7 @@ def train(
     opts = TrainOptions(data=data, out=out, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
                         optimizer=optimizer, schedule=schedule, sigma=sigma, seed=seed, device=device, amp=amp,
                         channels_last=channels_last, threads=threads, workers=workers, max_samples=max_samples,
-                        init=init, ema=ema, init_lr_scale=init_lr_scale)
+                        init=init, ema=ema, init_lr_scale=init_lr_scale, flip=flip)
     with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),
                   transient=True) as bar:
@@ -121,7 +123,8 @@ def evaluate(
         _print_json(res)
         return
     typer.echo(f"n={res['n']}  NME(IOD) {res['nme_iod'] * 100:.2f}%  NME(IPD) {res['nme_ipd'] * 100:.2f}%  "
-               f"FR@10 {res['fr_10'] * 100:.2f}%  AUC@10 {res['auc_10']:.4f}")
+               f"FR@10 {res['fr_10'] * 100:.2f}%  AUC@10 {res['auc_10']:.4f}  "
+               f"mean offset x {res['offset_x'] * 100:+.2f}% y {res['offset_y'] * 100:+.2f}%")
     if "nme_iod_per_stage" in res:
         stages = "  ".join(f"k={i}: {v * 100:.2f}%" for i, v in enumerate(res["nme_iod_per_stage"]))
         typer.echo(f"NME(IOD) per CCR stage: {stages}")

@@ -116,6 +116,26 @@ def nme(pred, gt, scheme: str | int | LandmarkScheme, kind: str = "iod", boxes=N
     return err.sum(axis=1) / valid.sum(axis=1) / norm
 
 
+def mean_offset(pred, gt, scheme: str | int | LandmarkScheme, kind: str = "iod", boxes=None) -> np.ndarray:
+    """Mean signed error (x, y) over samples and annotated points, each sample's divided by its normaliser.
+
+    NME cannot tell scatter from a systematic shift; this can. A shift that persists on the training set
+    means the model cannot represent the labels' convention (e.g. labels that are not mirror-symmetric,
+    trained with flip augmentation).
+    """
+    sch = get_scheme(scheme)
+    p = _as_batch(pred, sch, "predictions")
+    g = _as_batch(gt, sch, "ground truth")
+    if p.shape != g.shape:
+        raise ChsError(f"{len(p)} predictions but {len(g)} ground-truth samples")
+    if not np.isfinite(p).all():
+        raise ChsError("predictions contain NaN or infinity")
+    norm = normalizing_distance(g, sch, kind, boxes)
+    d = (p - g) / norm[:, None, None]
+    valid = np.isfinite(g).all(axis=-1)
+    return d[valid].mean(axis=0)
+
+
 def _errors(errors) -> np.ndarray:
     e = np.asarray(errors, dtype=np.float64).reshape(-1)
     if e.size == 0:
@@ -167,7 +187,8 @@ def summarize(
     boxes=None,
     auc_threshold: float | Sequence[float] | None = None,
 ) -> dict:
-    """The usual report: mean NME under each normaliser, FR and AUC at 8 % and 10 % (plus 7 % for AFLW-19).
+    """The usual report: mean NME under each normaliser, FR and AUC at 8 % and 10 % (plus 7 % for AFLW-19),
+    and the mean signed error (``offset_x``, ``offset_y``, in the customary normaliser).
 
     FR / AUC (and "nme") use the scheme's customary normaliser: the box for AFLW-19, the inter-ocular
     distance otherwise. Normalisers other than that one become NaN when they cannot be computed for some
@@ -188,6 +209,8 @@ def summarize(
     out: dict = {"n": int(main.size), "nme": float(main.mean())}
     for kind, e in per_kind.items():
         out[f"nme_{kind}"] = float(e.mean()) if e is not None else float("nan")
+    bx, by = mean_offset(pred, gt, sch, primary, boxes)
+    out["offset_x"], out["offset_y"] = float(bx), float(by)
     thresholds = [0.08, 0.10]
     if sch.name == "19":
         thresholds.insert(0, 0.07)

@@ -8,6 +8,7 @@ from chs.runtime.metrics import (
     auc,
     ced,
     failure_rate,
+    mean_offset,
     nme,
     normalizing_distance,
     subset_summary,
@@ -123,8 +124,28 @@ def test_summarize_keys_and_values():
     assert out["fr_10"] == 0.25 and out["fr_8"] == 0.5
     assert out["auc_10"] == pytest.approx((0.08 + 0.05 + 0.01) / 4 / 0.10)
     assert all(isinstance(v, float) for k, v in out.items() if k != "n")
+    # every sample shifted by +(0.6, 0.8) * offset px, IOD 10: mean offset (0.6, 0.8) * mean(offsets) / 10
+    assert out["offset_x"] == pytest.approx(0.6 * offsets.mean() / 10)
+    assert out["offset_y"] == pytest.approx(0.8 * offsets.mean() / 10)
     extra = summarize(pred, gt, "68", auc_threshold=0.07)
     assert extra["auc_7"] == pytest.approx((0.05 + 0.02) / 4 / 0.07)
+
+
+def test_mean_offset_separates_shift_from_scatter():
+    gt = np.stack([face68(10.0), face68(20.0)])
+    rng = np.random.default_rng(1)
+    scatter = rng.normal(size=(1, 68, 2))
+    scatter -= scatter.mean(axis=1, keepdims=True)  # zero-mean per axis: contributes no offset
+    pred = gt + scatter + np.array([1.0, -2.0])  # each face shifted by (+1, -2) px
+    # per sample normalised by its own IOD: x (1/10 + 1/20) / 2, y (-2/10 - 2/20) / 2
+    np.testing.assert_allclose(mean_offset(pred, gt, "68"), [0.075, -0.15], atol=1e-12)
+    gt_missing = gt.copy()
+    gt_missing[0, 0] = np.nan  # unannotated points are left out, not NaN-poisoning the mean
+    assert np.isfinite(mean_offset(pred, gt_missing, "68")).all()
+    with pytest.raises(ChsError, match="NaN"):
+        mean_offset(np.full_like(pred, np.nan), gt, "68")
+    with pytest.raises(ChsError, match="zero"):
+        mean_offset(pred, np.zeros_like(gt), "68")
 
 
 def test_summarize_aflw_uses_box_and_reports_7():

@@ -145,7 +145,7 @@ def test_fp16_landmarks_match_fp32(fp32_path, fp16_path, crops):
 
 
 def test_fp16_on_the_bundled_trained_model(fixtures_dir, tmp_path):
-    """The shipped ytf68 model (val NME 4.63 %): real peaks, so no argmax flips to allow for."""
+    """The shipped ytf68 model (val NME 3.92 %): real peaks, so no argmax flips to allow for."""
     import chs.runtime
 
     model = Path(chs.runtime.__file__).resolve().parent / "assets" / "default" / "model.onnx"
@@ -157,7 +157,7 @@ def test_fp16_on_the_bundled_trained_model(fixtures_dir, tmp_path):
     x, _ = crop_batch([s.load_image() for s in samples], [sample_box(s, ref_runner.meta) for s in samples],
                       ref_runner.meta)
     ref, got = ref_runner.infer(x), OrtRunner(tmp_path / "fp16.onnx", providers="cpu").infer(x)
-    # measured: max 0.01 px (128 px crops), scores 5e-4
+    # measured: max 0.02 px (128 px crops), scores 2e-3
     assert np.abs(got["landmarks"] - ref["landmarks"]).max() < 0.1
     assert np.abs(got["scores"] - ref["scores"]).max() < 5e-3
 

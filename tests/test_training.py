@@ -252,3 +252,36 @@ def test_amp_fp16_on_cpu_is_refused(faces, tmp_path):
 
     with pytest.raises(ChsError, match="fp16 needs CUDA"):
         Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", amp="fp16", epochs=1)).fit()
+
+
+def test_flip_probability_mirrors_crop_and_labels_together(faces):
+    """--flip 1 mirrors every crop and its (re-ordered) labels; --flip 0 never mirrors. ytf68 trains with 0:
+    its labels sit about 1 px to the right of the mirror-symmetric position, which a flipped copy undoes."""
+    from chs.model.training.augment import AugmentConfig, augment_crop
+    from chs.runtime.datasets import load_dataset
+    from chs.runtime.geometry import CropRule, box_from_landmarks, crop_affine, transform_points
+    from chs.runtime.schemes import get_scheme
+
+    s = load_dataset(faces)[0]
+    img, pts, box = s.load_image(), s.landmarks, box_from_landmarks(s.landmarks)
+    rule, scheme = CropRule(), get_scheme("68")
+    still = dict(scale=0.0, rotation=0.0, translation=0.0, occlusion=0.0, photometric=0.0)
+    plain, p0 = augment_crop(img, pts, box, 64, rule, scheme, None)
+    for seed in range(4):
+        c1, p1 = augment_crop(img, pts, box, 64, rule, scheme, np.random.default_rng(seed),
+                              AugmentConfig(flip=1.0, **still))
+        np.testing.assert_allclose(c1.astype(float), plain[:, ::-1].astype(float), atol=1)
+        mirrored = p1[list(scheme.flip_perm)]
+        np.testing.assert_allclose(63 - mirrored[:, 0], p0[:, 0], atol=1e-9)
+        np.testing.assert_allclose(mirrored[:, 1], p0[:, 1], atol=1e-9)
+        _, q = augment_crop(img, pts, box, 64, rule, scheme, np.random.default_rng(seed),
+                            AugmentConfig(flip=0.0, **still))
+        np.testing.assert_allclose(q, transform_points(pts, crop_affine(box, 64, rule)), atol=1e-9)
+
+
+def test_flip_probability_is_checked(faces, tmp_path):
+    from chs.runtime.errors import ChsError
+
+    with pytest.raises(ChsError, match="flip must be a probability"):
+        Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", flip=1.5))
+    assert Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run0", flip=0.0)).train_set.augment.flip == 0.0

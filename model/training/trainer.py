@@ -53,6 +53,7 @@ class TrainOptions:
     workers: int = 0
     max_samples: int = 0  # use only the first N training samples (0 = all)
     augment: bool = True
+    flip: float = 0.5  # probability of a mirrored crop; 0 where the labels are not mirror-symmetric
     init: str | None = None  # warm start: checkpoint whose matching weights initialise the model
     ema: float = 0.0  # decay of an exponential moving average of weights and BN statistics (0 = off)
     init_lr_scale: float = 1.0  # lr multiplier for the weights --init copied (new parts train at the full lr)
@@ -160,7 +161,7 @@ class Trainer:
         samples = load_dataset(opts.data)
         if opts.max_samples:
             samples = samples[: opts.max_samples]
-        self.train_set = FaceTrainSet(samples, cfg, opts.sigma, opts.seed, AugmentConfig() if opts.augment else None)
+        self.train_set = FaceTrainSet(samples, cfg, opts.sigma, opts.seed, self._augment_config())
         if self.train_set.skipped:
             self.log(f"skipped {len(self.train_set.skipped)} unreadable image(s) in {opts.data}")
         if len(self.train_set) == 0:
@@ -172,6 +173,13 @@ class Trainer:
         self.net = self.module
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(self.module)
+
+    def _augment_config(self) -> AugmentConfig | None:
+        if not self.opts.augment:
+            return None
+        if not 0.0 <= self.opts.flip <= 1.0:
+            raise ChsError(f"flip must be a probability in [0, 1], got {self.opts.flip}")
+        return AugmentConfig(flip=self.opts.flip)
 
     def _param_groups(self) -> list[dict]:
         """One group, or with --init-lr-scale two: the warm-started weights (slowed) and the new parts.
