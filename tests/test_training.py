@@ -74,7 +74,7 @@ def test_torchrun_two_cpu_processes(faces, tmp_path):
 
 
 def test_chs_eval_json_on_a_checkpoint(faces, tmp_path):
-    Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", epochs=1)).fit()
+    Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", epochs=1, val=str(faces))).fit()
     proc = subprocess.run([sys.executable, "-m", "chs", "eval", str(tmp_path / "run" / "last"), "--data", str(faces),
                            "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -83,6 +83,11 @@ def test_chs_eval_json_on_a_checkpoint(faces, tmp_path):
     for key in ("nme_iod", "nme_ipd", "nme_box", "fr_10", "auc_10"):
         assert 0 <= res[key] < 10
     assert res["nme_iod_per_stage"][-1] == pytest.approx(res["nme_iod"])
+    # the epoch log's validation of the same weights: same NME and mean signed error
+    (rec,) = json.loads((tmp_path / "run" / "last" / "config.json").read_text())["info"]["history"]
+    assert rec["val_nme_iod"] == pytest.approx(res["nme_iod"], abs=1e-6)
+    assert rec["val_offset"] == pytest.approx([res["offset_x"], res["offset_y"]], abs=1e-6)
+    assert abs(res["offset_x"]) > 0  # an untrained model is far off: the offset is reported, not zeroed
     pruned = subprocess.run([sys.executable, "-m", "chs", "eval", str(tmp_path / "run" / "last"), "--data",
                              str(faces), "--json", "--ccr", "0"], capture_output=True, text=True, timeout=300)
     assert json.loads(pruned.stdout)["nme_iod"] == pytest.approx(res["nme_iod_per_stage"][0])

@@ -326,7 +326,9 @@ class Trainer:
                    "parts": [p / max(len(loader), 1) for p in (parts_sum or [])],
                    "images_per_s": seen * self.world / train_s, "epoch_s": time.time() - t0,
                    "val_nme_iod": None if val is None else val["nme_iod"],
-                   "val_nme_iod_per_stage": None if val is None else val["nme_iod_per_stage"]}
+                   "val_nme_iod_per_stage": None if val is None else val["nme_iod_per_stage"],
+                   # mean signed error (IOD units): a steady shift means the labels' convention is not learnt
+                   "val_offset": None if val is None else [val["offset_x"], val["offset_y"]]}
             self.history.append(rec)
             if self.rank == 0:
                 improved = val is not None and val["nme_iod"] < self.best
