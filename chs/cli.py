@@ -55,7 +55,7 @@ def train(
     ema: Annotated[float, typer.Option(help="EMA decay of weights and BN statistics; 0 = off.")] = 0.0,
     init_lr_scale: Annotated[float, typer.Option(help="lr multiplier for the weights --init copied.")] = 1.0,
     flip: Annotated[float, typer.Option(help="Probability of a mirrored training crop (0: labels not "
-                                        "mirror-symmetric; see chs-eval's bias_iod).")] = 0.5,
+                                        "mirror-symmetric; see chs-eval's offset_x).")] = 0.5,
 ) -> None:
     """Train a CHS model (multi-task: heatmaps + cascaded coordinate regression)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
