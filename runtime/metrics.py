@@ -93,12 +93,9 @@ def normalizing_distance(
     return d
 
 
-def nme(pred, gt, scheme: str | int | LandmarkScheme, kind: str = "iod", boxes=None) -> np.ndarray:
-    """Per-sample normalised mean error [N]: mean over points of ||pred - gt|| / normaliser.
-
-    Points whose ground truth is NaN (not annotated) are left out of the mean; a NaN prediction is a bug
-    upstream and raises rather than silently improving the score.
-    """
+def _signed_errors(pred, gt, scheme: str | int | LandmarkScheme, kind: str, boxes
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked inputs of the error metrics: (pred - gt [N, n, 2], normaliser [N], annotated mask [N, n])."""
     sch = get_scheme(scheme)
     p = _as_batch(pred, sch, "predictions")
     g = _as_batch(gt, sch, "ground truth")
@@ -109,10 +106,20 @@ def nme(pred, gt, scheme: str | int | LandmarkScheme, kind: str = "iod", boxes=N
         raise ChsError(f"prediction for sample {bad_pred[0]} contains NaN or infinity")
     norm = normalizing_distance(g, sch, kind, boxes)
     valid = np.isfinite(g).all(axis=-1)  # [N, n]
+    return p - g, norm, valid
+
+
+def nme(pred, gt, scheme: str | int | LandmarkScheme, kind: str = "iod", boxes=None) -> np.ndarray:
+    """Per-sample normalised mean error [N]: mean over points of ||pred - gt|| / normaliser.
+
+    Points whose ground truth is NaN (not annotated) are left out of the mean; a NaN prediction is a bug
+    upstream and raises rather than silently improving the score.
+    """
+    d, norm, valid = _signed_errors(pred, gt, scheme, kind, boxes)
     empty = np.flatnonzero(~valid.any(axis=1))
     if len(empty):
         raise ChsError(f"sample {empty[0]} has no annotated ground-truth points")
-    err = np.linalg.norm(np.where(valid[..., None], p - g, 0.0), axis=-1)
+    err = np.linalg.norm(np.where(valid[..., None], d, 0.0), axis=-1)
     return err.sum(axis=1) / valid.sum(axis=1) / norm
 
 
@@ -123,17 +130,8 @@ def mean_offset(pred, gt, scheme: str | int | LandmarkScheme, kind: str = "iod",
     means the model cannot represent the labels' convention (e.g. labels that are not mirror-symmetric,
     trained with flip augmentation).
     """
-    sch = get_scheme(scheme)
-    p = _as_batch(pred, sch, "predictions")
-    g = _as_batch(gt, sch, "ground truth")
-    if p.shape != g.shape:
-        raise ChsError(f"{len(p)} predictions but {len(g)} ground-truth samples")
-    if not np.isfinite(p).all():
-        raise ChsError("predictions contain NaN or infinity")
-    norm = normalizing_distance(g, sch, kind, boxes)
-    d = (p - g) / norm[:, None, None]
-    valid = np.isfinite(g).all(axis=-1)
-    return d[valid].mean(axis=0)
+    d, norm, valid = _signed_errors(pred, gt, scheme, kind, boxes)
+    return (d / norm[:, None, None])[valid].mean(axis=0)
 
 
 def _errors(errors) -> np.ndarray:
