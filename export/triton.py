@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 from chs.runtime.artifact import INPUT_NAME, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta
-from chs.runtime.contract import CONTRACT_FILE, io_contract, validate_contract
+from chs.runtime.backends.trt_sidecar import EngineSidecar, read_sidecar, sidecar_path_for
+from chs.runtime.contract import CONTRACT_FILE, io_contract
 from chs.runtime.errors import ChsError
 
 _TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
@@ -27,14 +28,9 @@ def _triton_type(dtype: str) -> str:
     return _TRITON_TYPES[dtype]
 
 
-def _engine_sidecar(engine_path: Path) -> dict | None:
-    p = engine_path.with_name(engine_path.name + ".json")
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ChsError(f"engine sidecar {p} is not valid JSON") from None
+def _engine_sidecar(engine_path: Path) -> EngineSidecar | None:
+    """The engine's sidecar, read by the one sidecar reader; None when the engine has none."""
+    return read_sidecar(engine_path) if sidecar_path_for(engine_path).is_file() else None
 
 
 def _tensor_block(kind: str, tensors: list[tuple[str, str, list[int]]]) -> list[str]:
@@ -95,20 +91,16 @@ def write_triton_repository(
         platform, target, kind = "tensorrt_plan", "model.plan", instance_kind or "KIND_GPU"
         sidecar = _engine_sidecar(src)
         if sidecar is not None:
-            dtypes = {
-                t["name"]: t.get("dtype", "float32")
-                for t in sidecar.get("inputs", []) + sidecar.get("outputs", [])
-            }
+            dtypes = {t["name"]: t.get("dtype", "float32") for t in sidecar.inputs + sidecar.outputs}
             in_dtype = dtypes.get(INPUT_NAME, in_dtype)
             out_dtype = dtypes.get(OUTPUT_LANDMARKS, out_dtype)
-            prof_max = (sidecar.get("profile") or {}).get("max")
+            prof_max = sidecar.profile.get("max")
             if prof_max and max_batch > int(prof_max[0]):
                 raise ChsError(
                     f"max_batch {max_batch} exceeds the engine's profile maximum {prof_max[0]}: "
                     "lower it or rebuild the engine"
                 )
-            if sidecar.get("contract"):
-                contract = validate_contract(sidecar["contract"], f"contract in the sidecar of {src}")
+            contract = sidecar.contract
     else:
         platform, target, kind = "onnxruntime_onnx", "model.onnx", instance_kind or "KIND_AUTO"
     if kind not in _KINDS:

@@ -1,12 +1,14 @@
 """Recorded fakes of the TensorRT Python API and of cuda-python's runtime, for CPU-only tests.
 
-They mimic only the surface ``chs.export.tensorrt`` and ``chs.runtime.backends.trt`` use, record every call
-in order, and behave like TensorRT 11 where it matters: ``BuilderFlag`` has no FP16/INT8/BF16 (reading
-them raises AttributeError and is recorded). A "10.9.0" variant keeps those flags but records any access.
-A fake engine is JSON behind a magic header; a fake execution context reads its input from the fake
-device memory and writes ``landmarks`` = per-sample input mean and ``scores`` = mean + 1.
-
-These fakes say nothing about whether the real TensorRT accepts the same calls.
+They mimic only the surface ``chs.export.tensorrt`` and ``chs.runtime.backends.trt`` use, with the real
+parameter names, return values and enum values (``tests/test_trt_real_api.py`` holds them to the real
+``tensorrt_lean`` / ``cuda.bindings`` wheels where those have them, and to TensorRT's binding sources where
+only the full TensorRT has them). Where the real API refuses something it says so the same way:
+``set_tensor_address`` returns False for a misaligned pointer, ``create_timing_cache`` returns None for a
+corrupt cache, ``set_timing_cache`` False for another GPU's, configs start with TF32 on, and TensorRT 11's
+``NetworkDefinitionCreationFlag`` values differ from 10's. A fake engine is JSON behind a magic header that
+records how it was built; a fake execution context reads its input from the fake device memory and writes
+``landmarks`` = per-sample input mean and ``scores`` = mean + 1.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 import numpy as np
 
 ENGINE_MAGIC = b"FAKETRT1"
+CORRUPT_CACHE = b"CORRUPT"  # create_timing_cache returns None for these bytes
+OTHER_GPU_CACHE = b"OTHERGPU"  # set_timing_cache refuses these (another device or TensorRT version)
 REMOVED_IN_11 = (
     "FP16",
     "INT8",
@@ -58,6 +62,7 @@ class DataType(enum.IntEnum):
     INT32 = 3
     BOOL = 4
     UINT8 = 5
+    FP8 = 6
     BF16 = 7
     INT64 = 8
 
@@ -92,6 +97,7 @@ class MemoryPoolType(enum.IntEnum):
     DLA_LOCAL_DRAM = 2
     DLA_GLOBAL_DRAM = 3
     TACTIC_DRAM = 4
+    TACTIC_SHARED_MEMORY = 5
 
 
 class _FlagNamespace:
@@ -139,6 +145,7 @@ def make_fake_trt(
     strongly_typed_flag: bool = True,
     parse_errors: list[str] | None = None,
     fail_build: bool = False,
+    cache_out: bool = True,
 ) -> types.ModuleType:
     """A fresh fake ``tensorrt`` module with its own recorder (``mod.recorder``)."""
     rec = Recorder()
@@ -155,13 +162,16 @@ def make_fake_trt(
     mod.volume = lambda shape: math.prod(shape)
     major = int(version.split(".")[0])
 
-    flags = {"EXPLICIT_BATCH": 0} if major < 11 else {}
-    if strongly_typed_flag:
-        flags["STRONGLY_TYPED"] = 1
+    if major < 11:  # 10.x: EXPLICIT_BATCH = 0 (deprecated), STRONGLY_TYPED = 1
+        flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if strongly_typed_flag else {"EXPLICIT_BATCH": 0}
+    else:  # 11.x: STRONGLY_TYPED = 0 is deprecated and ignored (every network is strongly typed)
+        flags = {"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2}
+    flag_names = {v: k for k, v in flags.items()}
     mod.NetworkDefinitionCreationFlag = types.SimpleNamespace(**flags)
-    present = {"TF32": 1, "REFIT": 2, "VERSION_COMPATIBLE": 3, "ERROR_ON_TIMING_CACHE_MISS": 4}
+    # values as in the real 11.x wheel (TF32 = 6 in 10.x too); 10.x also has FP16 = 0, INT8 = 1
+    present = {"REFIT": 4, "TF32": 6, "VERSION_COMPATIBLE": 12, "ERROR_ON_TIMING_CACHE_MISS": 15}
     if major < 11:
-        present.update({"FP16": 10, "INT8": 11, "BF16": 12})
+        present.update({"FP16": 0, "INT8": 1})
     removed = () if major < 11 else REMOVED_IN_11
     mod.BuilderFlag = _FlagNamespace(rec, present, removed)
 
@@ -174,11 +184,18 @@ def make_fake_trt(
 
     def init_libnvinfer_plugins(logger: Logger, namespace: str) -> bool:
         rec("init_libnvinfer_plugins", namespace)
+        mod.plugin_logger = logger  # the real plugin library keeps a raw pointer to it
         return True
 
     class Network:
         def __init__(self, flags: int) -> None:
             self.flags = flags
+            set_bits = [flag_names.get(b, f"bit{b}") for b in range(8) if flags >> b & 1]
+            if major >= 11:  # STRONGLY_TYPED (0) cannot be requested as a bit: 1 << 0 is PREFER_JIT...
+                self.strongly_typed, self.flag_names = True, set_bits
+            else:
+                self.strongly_typed = "STRONGLY_TYPED" in set_bits
+                self.flag_names = set_bits
             self.inputs: list[_Tensor] = []
             self.outputs: list[_Tensor] = []
 
@@ -236,6 +253,13 @@ def make_fake_trt(
         def __init__(self, data: bytes) -> None:
             self.data = bytes(data)
 
+        def combine(self, input_cache: TimingCache, ignore_mismatch: bool) -> bool:
+            return True
+
+        def reset(self) -> bool:
+            self.data = b""
+            return True
+
         def serialize(self) -> _HostMemory:
             rec("timing_cache.serialize")
             return _HostMemory(self.data + b"|fake-timing-entries")
@@ -244,42 +268,54 @@ def make_fake_trt(
         def __init__(self) -> None:
             self.shapes: dict[str, tuple] = {}
 
-        def set_shape(self, name: str, min: tuple, opt: tuple, max: tuple) -> None:
-            rec("profile.set_shape", name, tuple(min), tuple(opt), tuple(max))
-            self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+        def set_shape(self, input: str, min: tuple, opt: tuple, max: tuple) -> None:  # noqa: A002
+            rec("profile.set_shape", input, tuple(min), tuple(opt), tuple(max))
+            self.shapes[input] = (tuple(min), tuple(opt), tuple(max))
 
     class Config:
         def __init__(self) -> None:
             object.__setattr__(self, "profiles", [])
             object.__setattr__(self, "cache", None)
+            object.__setattr__(self, "flag_set", {present["TF32"]})  # TF32 is on by default
 
         def __setattr__(self, name: str, value: Any) -> None:
             rec("config." + name, value)
             object.__setattr__(self, name, value)
 
-        def set_memory_pool_limit(self, pool: MemoryPoolType, size: int) -> None:
-            rec("set_memory_pool_limit", pool, size)
+        def set_memory_pool_limit(self, pool: MemoryPoolType, pool_size: int) -> None:
+            rec("set_memory_pool_limit", pool, pool_size)
 
         def set_flag(self, flag: int) -> None:
             rec("set_flag", flag)
+            self.flag_set.add(int(flag))
+
+        def clear_flag(self, flag: int) -> None:
+            rec("clear_flag", flag)
+            self.flag_set.discard(int(flag))
+
+        def get_flag(self, flag: int) -> bool:
+            return int(flag) in self.flag_set
 
         def add_optimization_profile(self, profile: Profile) -> int:
             rec("add_optimization_profile", profile)
             self.profiles.append(profile)
             return len(self.profiles) - 1
 
-        def create_timing_cache(self, data: bytes) -> TimingCache:
-            rec("create_timing_cache", bytes(data))
-            return TimingCache(data)
+        def create_timing_cache(self, serialized_timing_cache: bytes) -> TimingCache | None:
+            data = bytes(serialized_timing_cache)
+            rec("create_timing_cache", data)
+            return None if data.startswith(CORRUPT_CACHE) else TimingCache(data)
 
         def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
             rec("set_timing_cache", cache, ignore_mismatch)
+            if cache.data.startswith(OTHER_GPU_CACHE) and not ignore_mismatch:
+                return False
             object.__setattr__(self, "cache", cache)
             return True
 
         def get_timing_cache(self) -> TimingCache | None:
             rec("get_timing_cache")
-            return self.cache
+            return self.cache if cache_out else None
 
     class Builder:
         def __init__(self, logger: Logger) -> None:
@@ -310,6 +346,9 @@ def make_fake_trt(
             tensors = [(t, "INPUT") for t in network.inputs] + [(t, "OUTPUT") for t in network.outputs]
             spec = {
                 "version": version,
+                "strongly_typed": network.strongly_typed,
+                "network_flags": network.flag_names,
+                "tf32": config.get_flag(present["TF32"]),
                 "tensors": [
                     {"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name, "mode": m}
                     for t, m in tensors
@@ -324,9 +363,9 @@ def make_fake_trt(
         def __init__(self, logger: Logger) -> None:
             rec("Runtime")
 
-        def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
-            rec("deserialize_cuda_engine", len(data))
-            data = bytes(data)
+        def deserialize_cuda_engine(self, serialized_engine: bytes) -> Engine | None:
+            rec("deserialize_cuda_engine", len(serialized_engine))
+            data = bytes(serialized_engine)
             if not data.startswith(ENGINE_MAGIC):
                 return None
             try:
@@ -347,8 +386,8 @@ def make_fake_trt(
         def num_io_tensors(self) -> int:
             return len(self.names)
 
-        def get_tensor_name(self, i: int) -> str:
-            return self.names[i]
+        def get_tensor_name(self, index: int) -> str:
+            return self.names[index]
 
         def get_tensor_mode(self, name: str) -> TensorIOMode:
             return TensorIOMode[self.tensors[name]["mode"]]
@@ -384,9 +423,11 @@ def make_fake_trt(
             self.shapes[name] = tuple(shape)
             return True
 
-        def set_tensor_address(self, name: str, ptr: int) -> bool:
-            rec("set_tensor_address", name, ptr)
-            self.addresses[name] = int(ptr)
+        def set_tensor_address(self, name: str, memory: int) -> bool:
+            rec("set_tensor_address", name, memory)
+            if name not in self.engine.tensors or not memory or int(memory) % 256:
+                return False  # the real one refuses null and misaligned addresses (and keeps the old one)
+            self.addresses[name] = int(memory)
             return True
 
         def get_tensor_shape(self, name: str) -> tuple[int, ...]:
@@ -464,6 +505,7 @@ class FakeCudart:
         cudaSuccess = 0
         cudaErrorInvalidValue = 1
         cudaErrorMemoryAllocation = 2
+        cudaErrorInsufficientDriver = 35
 
     class cudaMemcpyKind(enum.IntEnum):
         cudaMemcpyHostToHost = 0
@@ -479,8 +521,9 @@ class FakeCudart:
         def __int__(self) -> int:
             return self.handle
 
-    def __init__(self) -> None:
+    def __init__(self, capability: tuple[int, int] = (9, 0), runtime: int = 12090, driver: int = 12090) -> None:
         self.recorder = Recorder()
+        self.capability, self.runtime, self.driver = capability, runtime, driver
         self.mem: dict[int, bytearray] = {}
         self._next = 1 << 32
         self._next_stream = 0x5000
@@ -512,12 +555,24 @@ class FakeCudart:
         return ptr
 
     # -- the API surface
+    def _driver_ok(self) -> bool:
+        return self.driver // 1000 >= self.runtime // 1000
+
+    def cudaDriverGetVersion(self) -> tuple:
+        return self.cudaError_t.cudaSuccess, self.driver
+
+    def cudaRuntimeGetVersion(self) -> tuple:
+        return self.cudaError_t.cudaSuccess, self.runtime
+
     def cudaSetDevice(self, device: int) -> tuple:
         self.recorder("cudaSetDevice", device)
+        if not self._driver_ok():
+            return (self.cudaError_t.cudaErrorInsufficientDriver,)
         return (self.cudaError_t.cudaSuccess,)
 
     def cudaGetDeviceProperties(self, device: int) -> tuple:
-        props = types.SimpleNamespace(name=b"Fake GPU 80GB\x00\x00", major=9, minor=0)
+        major, minor = self.capability
+        props = types.SimpleNamespace(name=b"Fake GPU 80GB\x00\x00", major=major, minor=minor)
         return self.cudaError_t.cudaSuccess, props
 
     def cudaMalloc(self, size: int) -> tuple:
@@ -592,3 +647,66 @@ class FakeCudaArray:
             "strides": strides,
             "stream": stream,
         }
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("device", _DLDevice),
+        ("ndim", ctypes.c_int32),
+        ("dtype", _DLDataType),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("strides", ctypes.POINTER(ctypes.c_int64)),
+        ("byte_offset", ctypes.c_uint64),
+    ]
+
+
+class _DLManagedTensor(ctypes.Structure):
+    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
+
+
+_capsule_new = ctypes.pythonapi.PyCapsule_New
+_capsule_new.restype = ctypes.py_object
+_capsule_new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+
+
+class FakeCudaTensor:
+    """A torch-like CUDA tensor over fake device memory: ``__dlpack__(stream=...)`` (recording the stream it
+    was asked to order its work before) and torch's ``__cuda_array_interface__`` v2, which names no stream
+    and raises for a tensor that requires grad."""
+
+    def __init__(self, ptr: int, shape: tuple[int, ...], *, requires_grad: bool = False) -> None:
+        self.ptr, self.shape, self.requires_grad = int(ptr), tuple(shape), requires_grad
+        self.dlpack_streams: list[Any] = []
+        self._keep: list[Any] = []
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, 0)  # kDLCUDA, device 0
+
+    def __dlpack__(self, stream: Any = None) -> Any:
+        if self.requires_grad:
+            raise RuntimeError("Can't export tensors that require gradient, use tensor.detach()")
+        self.dlpack_streams.append(stream)
+        shape = (ctypes.c_int64 * len(self.shape))(*self.shape)
+        mt = _DLManagedTensor()
+        mt.dl_tensor.data = self.ptr
+        mt.dl_tensor.device = _DLDevice(2, 0)
+        mt.dl_tensor.ndim = len(self.shape)
+        mt.dl_tensor.dtype = _DLDataType(2, 32, 1)
+        mt.dl_tensor.shape = shape
+        self._keep += [shape, mt]
+        return _capsule_new(ctypes.addressof(mt), b"dltensor", None)
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        if self.requires_grad:
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad.")
+        return {"version": 2, "shape": self.shape, "typestr": "<f4", "data": (self.ptr, False), "strides": None}

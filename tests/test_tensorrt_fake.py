@@ -1,7 +1,7 @@
 """chs.export.tensorrt against the recorded fake TensorRT (no GPU, no tensorrt here).
 
-These tests pin down which TensorRT calls the builder makes; they cannot show that a real TensorRT
-accepts them.
+The fake refuses what the real API refuses (see its docstring); the tests check outcomes: what the built
+engine records about how it was built, which files end up on disk, what the sidecar says.
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ from pathlib import Path
 
 import onnx
 import pytest
-from fake_tensorrt import ENGINE_MAGIC, FakeCudart, make_fake_trt
+from fake_tensorrt import CORRUPT_CACHE, ENGINE_MAGIC, OTHER_GPU_CACHE, FakeCudart, make_fake_trt
 from onnx import TensorProto, helper
 
 import chs.export.tensorrt as trt_export
+import chs.runtime.backends.trt_env as trt_env
+import chs.runtime.backends.trt_sidecar as trt_sidecar
 from chs.export.tensorrt import (
+    BuildOptions,
     build_engine,
     build_engine_subprocess,
     interpret_child,
@@ -74,7 +77,7 @@ def test_tensorrt_available_reasons(monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda n, *a: object() if n == "tensorrt" else real(n, *a)
     )
-    monkeypatch.setattr(trt_export, "_gpu_present", lambda: (False, "no NVIDIA GPU found"))
+    monkeypatch.setattr(trt_export, "gpu_present", lambda: (False, "no NVIDIA GPU found"))
     ok, why = tensorrt_available()
     assert not ok and why.endswith(": no NVIDIA GPU found")
 
@@ -85,52 +88,119 @@ def test_without_tensorrt_build_says_why(onnx_file, tmp_path):
         build_engine(onnx_file, tmp_path / "m.engine", meta=META)
 
 
+def _engine_spec(engine: Path) -> dict:
+    """What the fake builder recorded inside the engine about how it was built."""
+    return json.loads(engine.read_bytes()[len(ENGINE_MAGIC) :])
+
+
 @pytest.mark.parametrize("version", ["11.0.0", "10.9.0"])
-def test_build_records_the_modern_path(onnx_file, tmp_path, version):
+def test_build_writes_engine_and_sidecar(onnx_file, tmp_path, version):
     trt = make_fake_trt(version)
     cache = tmp_path / "caches" / "timing.cache"
     engine = tmp_path / "out" / "model.engine"
     sidecar = build_engine(onnx_file, engine, trt=trt, meta=META, timing_cache=cache, cudart=FakeCudart())
-    rec = trt.recorder
-    names = rec.names()
-
-    # strongly typed network; no precision flags, calibrators or config attributes touched
-    assert rec.find("create_network") == [(1 << 1,)]
-    assert not [n for n in names if n.startswith("BuilderFlag.") or n.startswith("config.")]
-    assert "set_flag" not in names
-    # plugins before parsing; parse from the file
-    assert rec.index("init_libnvinfer_plugins") < rec.index("parse_from_file")
-    assert rec.find("parse_from_file") == [(str(onnx_file),)]
-    # one batch profile, workspace limit, timing cache created, set, saved
-    assert rec.find("profile.set_shape") == [("input", (1, 3, 8, 8), (8, 3, 8, 8), (32, 3, 8, 8))]
-    assert rec.find("set_memory_pool_limit") == [(trt.MemoryPoolType.WORKSPACE, 2048 << 20)]
-    assert rec.find("create_timing_cache") == [(b"",)]
-    assert rec.find("set_timing_cache")[0][1] is False
-    assert rec.index("set_timing_cache") < rec.index("build_serialized_network")
+    spec = _engine_spec(engine)
+    assert spec["strongly_typed"] is True and spec["profiles"]["input"] == [[1, 3, 8, 8], [8, 3, 8, 8], [32, 3, 8, 8]]
+    # no precision flags touched: the ONNX carries the precision
+    assert not [n for n in trt.recorder.names() if n.startswith("BuilderFlag.") and n != "BuilderFlag.TF32"]
+    assert trt.recorder.find("set_memory_pool_limit") == [(trt.MemoryPoolType.WORKSPACE, 2048 << 20)]
     assert cache.read_bytes() == b"|fake-timing-entries"
-    # engine and sidecar on disk
-    (serialized,) = rec.find("serialized")
-    assert engine.read_bytes() == serialized[0] and engine.read_bytes().startswith(ENGINE_MAGIC)
     assert sidecar_path_for(engine) == tmp_path / "out" / "model.engine.json"
     assert json.loads(sidecar_path_for(engine).read_text()) == sidecar
-    for key in ("tensorrt_version", "gpu", "precision", "inputs", "outputs", "profile", "contract", "meta"):
-        assert key in sidecar
-    assert sidecar["tensorrt_version"] == version
-    assert sidecar["gpu"] == {"name": "Fake GPU 80GB", "compute_capability": "9.0", "source": "cuda-python"}
-    assert sidecar["precision"] == "fp16" and sidecar["strongly_typed"] is True
-    assert sidecar["inputs"] == [{"name": "input", "shape": [-1, 3, 8, 8], "dtype": "float32"}]
-    assert sidecar["outputs"] == [{"name": "output", "shape": [-1, 3, 8, 8], "dtype": "float32"}]
-    assert sidecar["profile"]["max"] == [32, 3, 8, 8]
-    assert sidecar["contract"]["contract_version"] == 1
-    assert sidecar["contract"]["engine"]["tensorrt_version"] == version
-    assert sidecar["contract"]["normalization"]["mean"] == [0.5, 0.5, 0.5]
+    # the sidecar stores the metadata once (in the contract) and no precision of its own
+    assert set(sidecar) == {"sidecar_version", "contract", "onnx", "build"}
+    text = json.dumps({k: v for k, v in sidecar.items() if k != "contract"})
+    assert "precision" not in text and "scheme" not in text
+    contract, facts = sidecar["contract"], sidecar["contract"]["engine"]
+    assert contract["meta"]["precision"] == "fp16" and contract["meta"]["scheme"] == "wflw"
+    assert facts["tensorrt_version"] == version and facts["bytes"] == len(engine.read_bytes())
+    assert facts["gpu"] == {"name": "Fake GPU 80GB", "compute_capability": "9.0", "source": "cuda-python"}
+    assert facts["profile"]["max"] == [32, 3, 8, 8] and facts["tf32"] is False
+    assert contract["inputs"] == [{"name": "input", "shape": [-1, 3, 8, 8], "dtype": "float32"}]
+    assert sidecar["build"]["timing_cache_status"] == "new"
+    assert trt_sidecar.read_sidecar(engine).meta == META
 
     # a second build loads the saved cache
     trt2 = make_fake_trt(version)
-    build_engine(onnx_file, engine, trt=trt2, meta=META, timing_cache=cache, batch=(2, 4, 6), workspace_mb=64)
+    sc2 = build_engine(onnx_file, engine, trt=trt2, meta=META, timing_cache=cache, batch=(2, 4, 6), workspace_mb=64)
     assert trt2.recorder.find("create_timing_cache") == [(b"|fake-timing-entries",)]
-    assert trt2.recorder.find("profile.set_shape") == [("input", (2, 3, 8, 8), (4, 3, 8, 8), (6, 3, 8, 8))]
+    assert sc2["build"]["timing_cache_status"] == "loaded"
+    assert _engine_spec(engine)["profiles"]["input"] == [[2, 3, 8, 8], [4, 3, 8, 8], [6, 3, 8, 8]]
     assert trt2.recorder.find("set_memory_pool_limit")[0][1] == 64 << 20
+
+
+def test_network_flags_per_major_version(onnx_file, tmp_path):
+    """11.x: STRONGLY_TYPED = 0 is deprecated; passing 1 << 0 would ask for PREFER_JIT_PYTHON_PLUGINS."""
+    build_engine(onnx_file, tmp_path / "a.engine", trt=make_fake_trt("11.0.0"), meta=META)
+    spec = _engine_spec(tmp_path / "a.engine")
+    assert spec["strongly_typed"] is True and spec["network_flags"] == []
+    build_engine(onnx_file, tmp_path / "b.engine", trt=make_fake_trt("10.9.0"), meta=META)
+    spec = _engine_spec(tmp_path / "b.engine")
+    assert spec["strongly_typed"] is True and spec["network_flags"] == ["STRONGLY_TYPED"]
+
+
+def test_tf32_is_cleared_unless_asked_for(onnx_file, tmp_path):
+    sc = build_engine(onnx_file, tmp_path / "a.engine", trt=make_fake_trt(), meta=META)
+    assert _engine_spec(tmp_path / "a.engine")["tf32"] is False and sc["contract"]["engine"]["tf32"] is False
+    sc = build_engine(onnx_file, tmp_path / "b.engine", BuildOptions(tf32=True), trt=make_fake_trt(), meta=META)
+    assert _engine_spec(tmp_path / "b.engine")["tf32"] is True and sc["contract"]["engine"]["tf32"] is True
+
+
+@pytest.mark.parametrize("stale", [CORRUPT_CACHE + b"...", OTHER_GPU_CACHE + b"..."])
+def test_refused_timing_cache_is_replaced(onnx_file, tmp_path, stale):
+    """create_timing_cache -> None (corrupt) or set_timing_cache -> False (another GPU): build anyway."""
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(stale)
+    engine = tmp_path / "m.engine"
+    with pytest.warns(UserWarning, match="refused the timing cache"):
+        sc = build_engine(onnx_file, engine, trt=make_fake_trt(), meta=META, timing_cache=cache)
+    assert sc["build"]["timing_cache_status"] == "refused, rebuilt"
+    assert cache.read_bytes() == b"|fake-timing-entries"
+    assert trt_sidecar.read_sidecar(engine).engine["bytes"] == len(engine.read_bytes())
+
+
+def test_no_timing_cache_after_build_still_writes_both(onnx_file, tmp_path):
+    """get_timing_cache() may return None: the engine and its sidecar are written all the same."""
+    engine, cache = tmp_path / "m.engine", tmp_path / "timing.cache"
+    sc = build_engine(onnx_file, engine, trt=make_fake_trt(cache_out=False), meta=META, timing_cache=cache)
+    assert engine.is_file() and sidecar_path_for(engine).is_file() and not cache.exists()
+    assert sc["build"]["timing_cache_status"] == "new, not saved (TensorRT returned no timing cache)"
+    trt_sidecar.read_sidecar(engine).check_engine_bytes(engine, engine.read_bytes())
+
+
+def test_engine_and_sidecar_are_written_together_or_not_at_all(onnx_file, tmp_path, monkeypatch):
+    engine = tmp_path / "m.engine"
+    build_engine(onnx_file, engine, trt=make_fake_trt(), meta=META)
+    before = (engine.read_bytes(), sidecar_path_for(engine).read_text())
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(trt_sidecar.json, "dumps", broken)
+    with pytest.raises(OSError, match="disk full"):
+        build_engine(onnx_file, engine, trt=make_fake_trt(), meta=META, batch=(1, 2, 4))
+    monkeypatch.undo()
+    assert (engine.read_bytes(), sidecar_path_for(engine).read_text()) == before  # the old pair, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "model.onnx"]
+    fresh = tmp_path / "new" / "m.engine"
+    monkeypatch.setattr(trt_sidecar.json, "dumps", broken)
+    with pytest.raises(OSError):
+        build_engine(onnx_file, fresh, trt=make_fake_trt(), meta=META)
+    assert not fresh.exists() and not sidecar_path_for(fresh).exists()
+
+
+def test_one_logger_for_the_process(onnx_file, tmp_path):
+    """The plugin library keeps a raw pointer to the first logger: it must outlive every build."""
+    import gc
+    import weakref
+
+    trt = make_fake_trt()
+    build_engine(onnx_file, tmp_path / "a.engine", trt=trt, meta=META)
+    build_engine(onnx_file, tmp_path / "b.engine", trt=trt, meta=META)
+    assert len(trt.recorder.find("Logger")) == 1 and len(trt.recorder.find("init_libnvinfer_plugins")) == 1
+    ref = weakref.ref(trt.plugin_logger)
+    gc.collect()
+    assert ref() is not None and ref() is trt_env.shared_logger(trt)
 
 
 def test_removed_flags_really_raise_in_fake_11():
@@ -138,14 +208,10 @@ def test_removed_flags_really_raise_in_fake_11():
     for name in ("FP16", "INT8", "BF16"):
         with pytest.raises(AttributeError):
             getattr(trt.BuilderFlag, name)
-    assert make_fake_trt("10.9.0").BuilderFlag.FP16 == 10
+    assert make_fake_trt("10.9.0").BuilderFlag.FP16 == 0
 
 
-def test_no_strongly_typed_flag(onnx_file, tmp_path):
-    trt = make_fake_trt("11.0.0", strongly_typed_flag=False)
-    build_engine(onnx_file, tmp_path / "m.engine", trt=trt, meta=META)
-    assert trt.recorder.find("create_network") == [(0,)]
-    assert "create_timing_cache" not in trt.recorder.names()
+def test_no_strongly_typed_networks_before_10(onnx_file, tmp_path):
     old = make_fake_trt("8.6.1", strongly_typed_flag=False)
     with pytest.raises(ChsError, match="no strongly typed networks"):
         build_engine(onnx_file, tmp_path / "o.engine", trt=old, meta=META)
@@ -182,10 +248,13 @@ def test_build_failure_and_bad_arguments(onnx_file, tmp_path):
 def test_meta_comes_from_onnx_when_not_given(tmp_path):
     with_meta = _onnx(tmp_path / "a.onnx", meta=META)
     sc = build_engine(with_meta, tmp_path / "a.engine", trt=make_fake_trt())
-    assert sc["precision"] == "fp16" and sc["meta"]["scheme"] == "wflw"
+    assert sc["contract"]["precision"] == "fp16" and sc["contract"]["meta"]["scheme"] == "wflw"
     bare = _onnx(tmp_path / "b.onnx")
-    sc = build_engine(bare, tmp_path / "b.engine", trt=make_fake_trt())
-    assert sc["precision"] == "unknown" and sc["contract"] is None
+    with pytest.raises(ChsError, match="carries no CHS metadata"):  # the runner could not serve it
+        build_engine(bare, tmp_path / "b.engine", trt=make_fake_trt())
+    assert not (tmp_path / "b.engine").exists()
+    with pytest.raises(ChsError, match="unknown engine build option"):
+        build_engine(with_meta, tmp_path / "c.engine", trt=make_fake_trt(), batchsize=4)
 
 
 def _child_env() -> dict[str, str]:
@@ -207,10 +276,22 @@ def test_build_in_subprocess(onnx_file, tmp_path):
         timeout=120,
     )
     assert engine.is_file() and (tmp_path / "t.cache").is_file()
-    assert sc["profile"]["max"] == [4, 3, 8, 8] and sc["precision"] == "fp16"
+    assert sc["contract"]["engine"]["profile"]["max"] == [4, 3, 8, 8] and sc["contract"]["precision"] == "fp16"
+    # options left out keep BuildOptions' defaults: the child's argparse has none of its own
+    out = tmp_path / "defaults.engine"
+    r = subprocess.run(
+        [sys.executable, "-m", "chs.export.tensorrt", str(_onnx(tmp_path / "m2.onnx", meta=META)), str(out),
+         "--trt-factory", "fake_tensorrt:make_fake_trt"],
+        capture_output=True, text=True, env=_child_env(), timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    facts = json.loads(sidecar_path_for(out).read_text())["contract"]["engine"]
+    d = BuildOptions()
+    assert facts["profile"]["min"][0] == d.batch[0] and facts["profile"]["max"][0] == d.batch[2]
+    assert json.loads(sidecar_path_for(out).read_text())["build"]["workspace_mb"] == d.workspace_mb
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"nope")
-    with pytest.raises(ChsError, match="could not parse"):
+    with pytest.raises(ChsError, match="not a readable ONNX file"):  # the child's one error line
         build_engine_subprocess(
             garbage, engine, trt_factory="fake_tensorrt:make_fake_trt", env=_child_env(), timeout=120
         )

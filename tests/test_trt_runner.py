@@ -7,27 +7,25 @@ data flow host -> "device" -> engine -> "device" -> host. Real TensorRT behaviou
 from __future__ import annotations
 
 import ctypes
+import gc
 import hashlib
 import json
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from fake_tensorrt import FakeCudaArray, FakeCudart, landmark_engine_bytes, make_fake_trt
+from fake_tensorrt import FakeCudaArray, FakeCudart, FakeCudaTensor, landmark_engine_bytes, make_fake_trt
 from onnx import TensorProto, helper
 
 from chs.export.tensorrt import build_engine
 from chs.runtime.artifact import ModelMeta
 from chs.runtime.backends.base import Runner
-from chs.runtime.backends.trt import (
-    DeviceTensor,
-    TensorRTRunner,
-    parse_cuda_array,
-    parse_dlpack,
-    stream_handle,
-)
+from chs.runtime.backends.cuda_interop import DeviceTensor, parse_cuda_array, parse_dlpack, stream_handle
+from chs.runtime.backends.trt import TensorRTRunner
+from chs.runtime.backends.trt_sidecar import sidecar_record
 from chs.runtime.contract import io_contract
 from chs.runtime.errors import ChsError
 
@@ -35,7 +33,11 @@ S, N_PTS = 8, 5
 META = ModelMeta(scheme="test5", num_points=N_PTS, input_size=S, heatmap_stride=2, ccr=0)
 
 
-def _write_engine(tmp: Path, data: bytes, *, meta: ModelMeta = META, sidecar: dict | None = None) -> Path:
+def _write_engine(
+    tmp: Path, data: bytes, *, meta: ModelMeta = META, engine_facts: dict | None = None, sidecar: dict | None = None
+) -> Path:
+    """An engine file and its sidecar as chs.export.tensorrt writes them; ``engine_facts`` / ``sidecar``
+    override entries of the contract's engine block / of the sidecar itself."""
     engine = tmp / "model.engine"
     engine.write_bytes(data)
     inputs = [{"name": "input", "shape": [-1, 3, S, S], "dtype": "float32"}]
@@ -43,12 +45,15 @@ def _write_engine(tmp: Path, data: bytes, *, meta: ModelMeta = META, sidecar: di
         {"name": "landmarks", "shape": [-1, N_PTS, 2], "dtype": "float32"},
         {"name": "scores", "shape": [-1, N_PTS], "dtype": "float32"},
     ]
-    sc = {
-        "engine_bytes": len(data),
-        "engine_sha256": hashlib.sha256(data).hexdigest(),
-        "meta": meta.to_dict(),
-        "contract": io_contract(meta, inputs, outputs),
+    facts = {
+        "file": engine.name,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "tensorrt_version": "11.0.0",
+        "gpu": {"name": "Fake GPU 80GB", "compute_capability": "9.0"},
     }
+    facts.update(engine_facts or {})
+    sc = sidecar_record(io_contract(meta, inputs, outputs, facts))
     sc.update(sidecar or {})
     (tmp / "model.engine.json").write_text(json.dumps(sc))
     return engine
@@ -86,7 +91,6 @@ def test_infer_end_to_end(tmp_path, trt, cu):
     np.testing.assert_allclose(out["landmarks"], lm, rtol=1e-6)
     np.testing.assert_allclose(out["scores"], sc, rtol=1e-6)
     rec = trt.recorder
-    assert rec.index("init_libnvinfer_plugins") < rec.index("deserialize_cuda_engine")
     assert rec.find("set_input_shape") == [("input", (3, 3, S, S))]
     assert {a[0] for a in rec.find("set_tensor_address")} == {"input", "landmarks", "scores"}
     (stream,) = cu.streams
@@ -190,17 +194,17 @@ def test_truncated_or_foreign_engines(tmp_path, trt, cu):
     full = landmark_engine_bytes(S, N_PTS)
     with pytest.raises(ChsError, match="truncated"):  # sidecar hash no longer matches
         TensorRTRunner(
-            _write_engine(tmp_path, full[:20], sidecar={"engine_bytes": len(full)}), trt=trt, cudart=cu
+            _write_engine(tmp_path, full[:20], engine_facts={"bytes": len(full)}), trt=trt, cudart=cu
         )
     msg = "is truncated or was built by another TensorRT version"
-    no_hash = {"engine_bytes": None, "engine_sha256": None}
+    no_hash = {"bytes": None, "sha256": None, "tensorrt_version": "unknown"}
     with pytest.raises(ChsError, match=msg):  # deserialize_cuda_engine returns None
-        TensorRTRunner(_write_engine(tmp_path, full[:20], sidecar=no_hash), trt=trt, cudart=cu)
+        TensorRTRunner(_write_engine(tmp_path, full[:20], engine_facts=no_hash), trt=trt, cudart=cu)
     with pytest.raises(ChsError, match=msg):
-        TensorRTRunner(_write_engine(tmp_path, b"", sidecar=no_hash), trt=trt, cudart=cu)
+        TensorRTRunner(_write_engine(tmp_path, b"", engine_facts=no_hash), trt=trt, cudart=cu)
     foreign = landmark_engine_bytes(S, N_PTS, version="10.9.0")
-    with pytest.raises(ChsError, match=msg):
-        TensorRTRunner(_write_engine(tmp_path, foreign), trt=trt, cudart=cu)
+    with pytest.raises(ChsError, match=msg):  # a sidecar that does not know its version
+        TensorRTRunner(_write_engine(tmp_path, foreign, engine_facts=no_hash), trt=trt, cudart=cu)
 
 
 def test_sidecar_problems(tmp_path, trt, cu):
@@ -209,8 +213,11 @@ def test_sidecar_problems(tmp_path, trt, cu):
         TensorRTRunner(tmp_path / "other.engine", trt=trt, cudart=cu)
     with pytest.raises(ChsError, match="sidecar .* is missing"):
         TensorRTRunner(engine, tmp_path / "elsewhere.json", trt=trt, cudart=cu)
-    _write_engine(tmp_path, landmark_engine_bytes(S, N_PTS), sidecar={"meta": None, "contract": None})
+    _write_engine(tmp_path, landmark_engine_bytes(S, N_PTS), sidecar={"contract": None})
     with pytest.raises(ChsError, match="no model metadata"):
+        TensorRTRunner(engine, trt=trt, cudart=cu)
+    _write_engine(tmp_path, landmark_engine_bytes(S, N_PTS), sidecar={"sidecar_version": 1})
+    with pytest.raises(ChsError, match="sidecar_version 1; this chs reads 2: rebuild the engine"):
         TensorRTRunner(engine, trt=trt, cudart=cu)
     c = io_contract(META, [], [])
     c["contract_version"] = 2
