@@ -223,11 +223,12 @@ def make_fake_trt(
         def num_errors(self) -> int:
             return len(self.errors)
 
-        def get_error(self, i: int) -> _ParserError:
-            return self.errors[i]
+        def get_error(self, index: int) -> _ParserError:
+            return self.errors[index]
 
-        def parse_from_file(self, path: str) -> bool:
-            rec("parse_from_file", path)
+        def parse_from_file(self, model: str) -> bool:
+            rec("parse_from_file", model)
+            path = model
             if parse_errors:
                 self.errors = [_ParserError(m) for m in parse_errors]
                 return False

@@ -7,17 +7,15 @@ data flow host -> "device" -> engine -> "device" -> host. Real TensorRT behaviou
 from __future__ import annotations
 
 import ctypes
-import gc
 import hashlib
 import json
 import threading
-import weakref
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from fake_tensorrt import FakeCudaArray, FakeCudart, FakeCudaTensor, landmark_engine_bytes, make_fake_trt
+from fake_tensorrt import FakeCudaArray, FakeCudart, landmark_engine_bytes, make_fake_trt
 from onnx import TensorProto, helper
 
 from chs.export.tensorrt import build_engine
