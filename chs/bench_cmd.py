@@ -317,3 +317,17 @@ def profile(
         sys.stdout.write(json.dumps(profiles, indent=2) + "\n")
     else:
         typer.echo(format_profiles(profiles, top))
+
+
+@bench_app.command()
+@one_line_errors
+def gpu(
+    iters: Annotated[int | None, typer.Option(help="Timed runs per row (default: the check's own).")] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Also write the rows to this JSON file.")] = None,
+) -> None:
+    """One GPU check: torch eager / CUDA graph / FP16 / BF16, ORT CUDA and TensorRT rows with parity
+    against CPU FP32; says so and exits 0 where there is no CUDA device."""
+    from chs.benchmarks.gpu_check import run_gpu_check
+
+    given = {"iters": iters, "json_path": json_out}
+    raise typer.Exit(run_gpu_check(**{k: v for k, v in given.items() if v is not None}))
