@@ -242,3 +242,20 @@ def test_cudart_calls_accept_the_runners_arguments():
     assert "is built for CUDA 12" in out["message"] or "is built for CUDA 13" in out["message"]
     assert "no NVIDIA driver is installed" in out["message"]
     assert set(vars(FakeCudart)) >= {"cudaSetDevice", "cudaMemcpyAsync", "cudaDriverGetVersion"}
+
+
+def test_extras_pin_cuda_python_to_the_tensorrt_flavour():
+    """An unpinned cuda-python resolves to 13.x, which fails every call on a CUDA 12 driver (error 35)."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((TESTS.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "tensorrt" not in extras
+    for major in (12, 13):
+        reqs = {Requirement(r).name: Requirement(r).specifier for r in extras[f"tensorrt-cu{major}"]}
+        assert f"tensorrt-cu{major}" in reqs
+        assert reqs["cuda-python"].contains(f"{major}.9") and not reqs["cuda-python"].contains(f"{major + 1}.0")
+        assert not reqs["cuda-python"].contains(f"{major - 1}.9")
+    dev = {Requirement(r).name: Requirement(r).specifier for r in extras["dev"]}
+    assert "tensorrt-lean-cu12" in dev
+    assert dev["cuda-bindings"].contains("12.9") and not dev["cuda-bindings"].contains("13.0")
