@@ -1,5 +1,6 @@
 """What TensorRT needs once per process: one logger that outlives every TensorRT object, the plugin
-library registered with it, and the major version that decides the network flags.
+library registered with it, the major version that decides the network flags, and what GPU this is
+(:func:`gpu_present` asks no CUDA library; :func:`gpu_info` records name and compute capability).
 
 ``init_libnvinfer_plugins`` keeps a raw pointer to the logger it is given: a logger owned by a runner or
 a builder call would be garbage-collected while the plugin library still logs through it. So the logger
