@@ -10,6 +10,7 @@ stay float and read float tensors: a shared Q/DQ pair in front of a Conv is not 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import tempfile
@@ -23,7 +24,8 @@ from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from chs.runtime.artifact import ModelMeta
+from chs.model.sensitive import float32_nodes
+from chs.runtime.artifact import read_onnx_meta, write_onnx_meta
 from chs.runtime.errors import ChsError
 
 log = logging.getLogger(__name__)
@@ -129,10 +131,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
                   ranges: dict[str, tuple[float, float]], flavour: str = "s8s8",
                   exclude: set[str] | None = None) -> onnx.ModelProto:
     """Write the ``flavour`` ("s8s8" or "u8s8") Q/DQ model of ``fp32_path`` to ``out_path`` (None: don't
-    write); ``exclude`` = node names left in float (default: :func:`chs.export.sensitive.float32_nodes`)."""
-    from chs.export.onnx_export import set_metadata  # torch-side module: import only when quantizing
-    from chs.export.sensitive import float32_nodes
-
+    write); ``exclude`` = node names left in float (default: :func:`chs.model.sensitive.float32_nodes`)."""
     if flavour not in FLAVOURS:
         raise ChsError(f"unknown INT8 flavour '{flavour}' (s8s8 for TensorRT, u8s8 for ONNX Runtime CPU)")
     if not ranges:
@@ -141,7 +140,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
     if not src.is_file():
         raise ChsError(f"model not found: {src}")
     fp32 = onnx.load(str(src))
-    meta = ModelMeta.from_props({p.key: p.value for p in fp32.metadata_props}, source=f"ONNX model {src.name}")
+    meta = read_onnx_meta(fp32, source=f"ONNX model {src.name}")
     exclude = float32_nodes(fp32) if exclude is None else set(exclude)
 
     with tempfile.TemporaryDirectory(prefix="chs-int8-") as tmp:
@@ -162,8 +161,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
     changed = _float_inputs_for_excluded(q, exclude)
     quantizer.model.topological_sort()  # Q/DQ nodes and float clones were appended; ORT's save sorts too
     log.debug("%d inputs of float32 nodes now read float tensors", changed)
-    meta.precision = f"int8-{flavour}"
-    set_metadata(q, meta)
+    write_onnx_meta(q, dataclasses.replace(meta, precision=f"int8-{flavour}"))
     try:
         onnx.checker.check_model(q, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:

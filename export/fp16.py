@@ -9,6 +9,7 @@ overflow float16 (|x| > 65504 becomes inf), so the export can refuse instead of 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from pathlib import Path
 
@@ -17,14 +18,11 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
-from chs.export.onnx_export import set_metadata
-from chs.export.sensitive import float32_nodes
-from chs.runtime.artifact import INPUT_NAME, ModelMeta
+from chs.model.sensitive import ALWAYS_FLOAT32_OPS, float32_nodes
+from chs.runtime.artifact import INPUT_NAME, read_onnx_meta, write_onnx_meta
 from chs.runtime.errors import ChsError
 
 FP16_MAX = 65504.0
-# ops that stay float32 whatever the node list says (RoiAlign: TensorRT's plugin and the coordinate rule)
-ALWAYS_FLOAT32_OPS = ("RoiAlign",)
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 
@@ -51,8 +49,7 @@ def to_fp16(model: ModelLike, keep_float32: set[str] | None = None) -> onnx.Mode
 
     proto = _load(model)
     keep = float32_nodes(proto) if keep_float32 is None else set(keep_float32)
-    props = {p.key: p.value for p in proto.metadata_props}
-    meta = ModelMeta.from_props(props, source="FP32 model")
+    meta = read_onnx_meta(proto, source="FP32 model")
     _drop_initializer_value_info(proto)  # else the converter types float32-kept weights float16 and Casts them
     fp16 = convert_float_to_float16(
         proto, keep_io_types=True, op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(ALWAYS_FLOAT32_OPS)),
@@ -61,8 +58,7 @@ def to_fp16(model: ModelLike, keep_float32: set[str] | None = None) -> onnx.Mode
     _toposort(fp16.graph)  # the converter appends its input/output Casts at the end of the node list
     _drop_initializer_value_info(fp16)
     _drop_round_trip_casts(fp16)
-    meta.precision = "fp16"
-    set_metadata(fp16, meta)
+    write_onnx_meta(fp16, dataclasses.replace(meta, precision="fp16"))
     try:
         onnx.checker.check_model(fp16, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:

@@ -13,7 +13,7 @@ from torch import nn
 
 from chs.model.chs import CHSNet
 from chs.model.runner import model_meta
-from chs.runtime.artifact import INPUT_NAME, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta
+from chs.runtime.artifact import INPUT_NAME, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta, write_onnx_meta
 from chs.runtime.errors import ChsError
 
 
@@ -50,20 +50,11 @@ def export_onnx(model: CHSNet, path: str | Path, opset: int = 18, meta: ModelMet
         )
     proto = program.model_proto
     meta = meta or model_meta(model)
-    set_metadata(proto, meta)
+    write_onnx_meta(proto, meta)
     onnx.checker.check_model(proto, full_check=True)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
     return proto
-
-
-def set_metadata(proto: onnx.ModelProto, meta: ModelMeta) -> None:
-    props = {p.key: p.value for p in proto.metadata_props}
-    props.update(meta.to_props())
-    del proto.metadata_props[:]
-    for k, v in sorted(props.items()):
-        proto.metadata_props.add(key=k, value=v)
-    proto.producer_name = "chs-export"
 
 
 def count_ops(proto: onnx.ModelProto, op_type: str) -> int:

@@ -6,6 +6,7 @@ passed, so a failed export leaves no partial files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -82,8 +83,7 @@ def run_export(opts: ExportOptions, log=print) -> dict:
             raise ChsError(f"--engine always: {why}")
     model = load_checkpoint(resolve_model_path(opts.model), ccr=opts.ccr)
     k = model.cfg.ccr_stages
-    meta = model_meta(model)
-    meta.versions = _versions()
+    meta = dataclasses.replace(model_meta(model), versions=_versions())
     crops, gt, parity_source = parity_crops(meta, opts.parity_data)
     calib_crops = None
     if opts.int8:

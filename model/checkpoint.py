@@ -47,7 +47,7 @@ def save_checkpoint(model: CHSNet, directory: str | os.PathLike, info: dict | No
         if extra_tensors:
             save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()},
                       str(tmp / "optimizer.safetensors"))
-        meta = {"config": model.cfg.to_dict(), "trained_ccr_stages": model.cfg.ccr_stages, "info": info or {}}
+        meta = {"config": model.cfg.to_dict(), "info": info or {}}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
         tmp.chmod(0o755)  # mkdtemp makes the folder private; a checkpoint is meant to be shared
         for f in tmp.iterdir():

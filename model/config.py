@@ -6,6 +6,7 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 
+from chs.runtime.artifact import typed_preprocessing
 from chs.runtime.errors import ChsError
 from chs.runtime.geometry import CropRule
 from chs.runtime.preprocess import Normalization
@@ -13,9 +14,11 @@ from chs.runtime.preprocess import Normalization
 BACKWARD_MODES = ("ccr", "task", "full")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ChsConfig:
-    """Everything needed to rebuild a CHS network and to feed it the crops it was trained on."""
+    """Everything needed to rebuild a CHS network and to feed it the crops it was trained on.
+
+    Frozen: derive a changed copy with :meth:`replace` (validated)."""
 
     name: str = "custom"
     scheme: str = "98"
@@ -41,8 +44,11 @@ class ChsConfig:
     backward: str = "ccr"  # "ccr", "task" or "full" (paper section 3.2)
     baseline: bool = False  # the AWing 4-HG network alone (no selective features, no CCR)
     # preprocessing that must match at serving time
-    crop_rule: dict = field(default_factory=lambda: CropRule().to_dict())
-    normalization: dict = field(default_factory=lambda: Normalization().to_dict())
+    crop_rule: CropRule = field(default_factory=CropRule)
+    normalization: Normalization = field(default_factory=Normalization)
+
+    def __post_init__(self) -> None:
+        typed_preprocessing(self)
 
     @property
     def heatmap_size(self) -> int:
@@ -90,7 +96,7 @@ class ChsConfig:
         return dataclasses.replace(self, **changes).validate()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "crop_rule": self.crop_rule.to_dict(), "normalization": self.normalization.to_dict()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -18,7 +18,7 @@ def model_meta(model: CHSNet, precision: str = "fp32") -> ModelMeta:
     return ModelMeta(
         scheme=cfg.scheme, num_points=cfg.num_points, input_size=cfg.input_size,
         heatmap_stride=cfg.heatmap_stride, ccr=cfg.ccr_stages, precision=precision, preset=cfg.name,
-        crop_rule=dict(cfg.crop_rule), normalization=dict(cfg.normalization),
+        crop_rule=cfg.crop_rule, normalization=cfg.normalization,
         versions={"chs": __version__, "torch": torch.__version__},
     )
 

@@ -33,7 +33,7 @@ from chs.calibration.calibrate import calibrate  # noqa: E402
 from chs.calibration.data import load_calibration_crops  # noqa: E402
 from chs.calibration.quantize import quantize_int8  # noqa: E402
 from chs.calibration.reader import CropReader  # noqa: E402
-from chs.export.sensitive import float32_nodes  # noqa: E402
+from chs.model.sensitive import float32_nodes  # noqa: E402
 
 calib_module = sys.modules["chs.calibration.calibrate"]  # the package re-exports a function of that name
 

@@ -25,7 +25,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 
 from chs.export.fp16 import fp16_range_scan, require_fp16_safe, to_fp16  # noqa: E402
-from chs.export.sensitive import float32_nodes, node_module  # noqa: E402
+from chs.model.sensitive import float32_nodes, node_module  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ from chs.model.training.augment import AugmentConfig, augment_crop
 from chs.model.training.targets import awing_weight_map, boundary_heatmap, gaussian_heatmaps
 from chs.runtime.datasets import FaceSample
 from chs.runtime.evaluate import load_images
-from chs.runtime.geometry import CropRule, box_from_landmarks, crop_to_heatmap
-from chs.runtime.preprocess import Normalization
+from chs.runtime.geometry import box_from_landmarks, crop_to_heatmap
 from chs.runtime.schemes import get_scheme
 
 
@@ -23,12 +22,12 @@ class FaceTrainSet(Dataset):
                  augment: AugmentConfig | None = AugmentConfig()):
         kept, self.images, self.skipped = load_images(samples)
         self.landmarks = [s.landmarks for s in kept]
-        self.boxes = [s.box if (cfg.crop_rule.get("box_source") != "landmarks" and s.box is not None)
+        self.boxes = [s.box if (cfg.crop_rule.box_source != "landmarks" and s.box is not None)
                       else box_from_landmarks(s.landmarks) for s in kept]
         self.cfg, self.sigma, self.seed, self.augment = cfg, sigma, seed, augment
         self.scheme = get_scheme(cfg.scheme)
-        self.rule = CropRule.from_dict(cfg.crop_rule)
-        self.norm = Normalization.from_dict(cfg.normalization)
+        self.rule = cfg.crop_rule
+        self.norm = cfg.normalization
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
