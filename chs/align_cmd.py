@@ -20,14 +20,13 @@ import numpy as np
 import typer
 
 from chs.errors_cli import fail, one_line_errors
+from chs.runtime.assets import DEMO_BOX, DEMO_IMAGE
 from chs.runtime.datasets import IMAGE_EXTENSIONS
 from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, write_image
 from chs.runtime.errors import ChsError
 from chs.runtime.imageio import read_image
-from chs.runtime.landmarks import ASSETS, Face, LandmarkRuntime
+from chs.runtime.landmarks import Face, LandmarkRuntime
 
-DEMO_IMAGE = ASSETS / "demo" / "astronaut.png"
-DEMO_BOX = ASSETS / "demo" / "astronaut_box.json"
 DEMO_OUT = "chs-demo"
 
 

@@ -101,7 +101,7 @@ def _work_dir(model: str, work_dir: str | None) -> str:
     import hashlib
     from pathlib import Path
 
-    from chs.model.checkpoint import resolve_model_path
+    from chs.runtime.assets import resolve_model_path
 
     path = resolve_model_path(model).resolve()
     tag = hashlib.sha256(str(path).encode()).hexdigest()[:10]

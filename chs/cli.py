@@ -94,7 +94,7 @@ def evaluate(
     boxes: Annotated[str, typer.Option(help="gt (boxes from the ground-truth landmarks) or detector.")] = "gt",
 ) -> None:
     """NME / FR / AUC of a model on a dataset (ground-truth-landmark boxes, or the face detector's)."""
-    from chs.loading import open_runner
+    from chs.model.runner import open_runner
     from chs.runtime.datasets import load_dataset
     from chs.runtime.evaluate import evaluate_runner
 

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 from chs.runtime.artifact import ModelMeta
+from chs.runtime.assets import demo_face
 from chs.runtime.datasets import load_dataset
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import crop_batch, load_images, sample_box
 from chs.runtime.geometry import CropRule, crop_affine, transform_points, warp_crop
 from chs.runtime.metrics import nme
-
-ASSETS = Path(__file__).resolve().parent.parent / "runtime" / "assets"
 
 # gates of the export (issue acceptance): FP32 in crop pixels, the others in NME percentage points
 GATES = {"fp32": ("max_px", 0.01), "fp16": ("dnme_pt", 0.02), "int8": ("dnme_pt", 0.15)}
@@ -38,11 +34,7 @@ def parity_crops(meta: ModelMeta, data: str | None = None, max_images: int = 64,
         crops, affines = crop_batch(images, boxes, meta)
         gt = np.stack([transform_points(s.landmarks, m) for s, m in zip(kept, affines, strict=True)])
         return crops, gt, f"{len(kept)} annotated faces from {data}"
-    from chs.runtime.imageio import read_image
-
-    image = read_image(ASSETS / "demo" / "astronaut.png")
-    box = np.asarray(json.loads((ASSETS / "demo" / "astronaut_box.json").read_text())["astronaut.png"][0],
-                     dtype=np.float64)
+    image, box = demo_face()
     rng = np.random.default_rng(seed)
     rule: CropRule = meta.crop
     crops = []

@@ -18,21 +18,11 @@ from safetensors.torch import load_file, save_file
 
 from chs.model.chs import CHSNet, build_model
 from chs.model.config import ChsConfig
+from chs.runtime.assets import resolve_model_path
 from chs.runtime.errors import ChsError
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-
-
-def default_model_dir() -> Path:
-    """The model shipped inside the package (``chs-eval default``)."""
-    return Path(__file__).resolve().parent.parent / "runtime" / "assets" / "default"
-
-
-def resolve_model_path(model: str | os.PathLike) -> Path:
-    if str(model) == "default":
-        return default_model_dir()
-    return Path(model)
 
 
 def save_checkpoint(model: CHSNet, directory: str | os.PathLike, info: dict | None = None,

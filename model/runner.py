@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,6 +12,8 @@ import torch
 from chs import __version__
 from chs.model.chs import CHSNet
 from chs.runtime.artifact import ModelMeta
+from chs.runtime.backends.base import Runner
+from chs.runtime.backends.opener import open_model
 from chs.runtime.geometry import heatmap_to_crop
 
 
@@ -42,3 +46,16 @@ class TorchRunner:
         stages = np.stack([heatmap_to_crop(s.float().cpu().numpy(), stride) for s in out["landmarks"]])
         return {"landmarks": stages[-1].astype(np.float32), "scores": out["scores"].float().cpu().numpy(),
                 "stages": stages.astype(np.float32)}
+
+
+def open_checkpoint(path: Path, ccr: int | None = None, device: str = "cpu") -> TorchRunner:
+    """A checkpoint folder as a runner (the checkpoint opener :func:`open_model` is given by this layer)."""
+    from chs.model.checkpoint import load_checkpoint
+
+    return TorchRunner(load_checkpoint(path, ccr=ccr), device)
+
+
+def open_runner(model: str | os.PathLike, ccr: int | None = None, backend: str = "auto", device: str = "cpu",
+                **kw) -> Runner:
+    """:func:`chs.runtime.backends.opener.open_model` able to serve checkpoints ('default' = the checkpoint)."""
+    return open_model(model, backend, ccr=ccr, device=device, checkpoint=open_checkpoint, **kw)

@@ -15,20 +15,19 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from chs.runtime.assets import DEFAULT_MODEL
 from chs.runtime.backends.base import Runner
+from chs.runtime.backends.opener import open_model
 from chs.runtime.detector import FaceDetector, landmark_boxes
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import crop_batch, to_image_coords
 from chs.runtime.geometry import check_box
 from chs.runtime.imageio import read_image
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-DEFAULT_MODEL = ASSETS / "default" / "model.onnx"
 ImageLike = str | os.PathLike | np.ndarray
 
 
@@ -194,38 +193,6 @@ class LandmarkRuntime:
             lms.append(to_image_coords(lm, affines))
             scs.append(np.asarray(res["scores"], dtype=np.float32).reshape(len(x), n))
         return np.concatenate(lms), np.concatenate(scs)
-
-
-def open_model(model: str | os.PathLike, backend: str = "auto", providers: str = "auto") -> Runner:
-    """A torch-free runner for an exported model file (or ``"default"``, the bundled one)."""
-    if backend not in ("auto", "ort", "onnxruntime", "tensorrt", "trt"):
-        raise ChsError(f"unknown backend '{backend}' (auto, ort, tensorrt)")
-    if str(model) == "default":
-        if not DEFAULT_MODEL.is_file():
-            raise ChsError(f"the bundled default model is not installed ({DEFAULT_MODEL}); pass a model file")
-        model = DEFAULT_MODEL
-    path = Path(model)
-    if not path.exists():
-        raise ChsError(f"model not found: {path}")
-    suffix = path.suffix.lower()
-    if path.is_dir() or path.name == "config.json":
-        raise ChsError(f"{path} is a training checkpoint: export it with chs-export (the runtime serves .onnx "
-                       "and .engine files), or wrap chs.loading.open_runner(...) in LandmarkRuntime")
-    if suffix == ".onnx" and backend in ("auto", "ort", "onnxruntime"):
-        from chs.runtime.backends.ort import OrtRunner
-
-        return OrtRunner(path, providers=providers)
-    if suffix in (".engine", ".plan") and backend in ("auto", "tensorrt", "trt"):
-        from chs.runtime.backends.trt import TensorRTRunner
-
-        try:
-            return TensorRTRunner(path)
-        except ImportError:  # the sidecar and file checks passed; the tensorrt package itself is missing
-            raise ChsError("TensorRT is not installed: pip install tensorrt (NVIDIA GPUs only), "
-                           "or serve the .onnx model") from None
-    if suffix in (".onnx", ".engine", ".plan"):
-        raise ChsError(f"backend '{backend}' cannot run a {suffix} file")
-    raise ChsError(f"unknown model file '{path.name}' (expected 'default', an .onnx, .engine or .plan file)")
 
 
 __all__ = ["DEFAULT_MODEL", "Face", "LandmarkRuntime", "as_rgb_image", "check_boxes", "open_model"]

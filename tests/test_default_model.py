@@ -1,7 +1,7 @@
 """The shipped default model: golden landmarks on the bundled demo face, and its model-card numbers on
 ytf68/val (skipped without the shared data; CI has it).
 
-Regenerate the golden file after packaging a new default (``python -m chs.package_default RUN/best``)::
+Regenerate the golden file after packaging a new default (``python scripts/package_default.py RUN/best``)::
 
     python tests/test_default_model.py --write
 """
@@ -56,7 +56,7 @@ def test_model_card_nme_on_ytf68_val(shared_data, ccr):
     val = shared_data / "ytf68" / "val"
     if not val.is_dir():
         pytest.skip("ytf68/val not in the shared data")
-    from chs.loading import open_runner
+    from chs.model.runner import open_runner
     from chs.runtime.datasets import load_dataset
     from chs.runtime.evaluate import evaluate_runner
 

@@ -1,4 +1,5 @@
-"""Package a trained checkpoint as the bundled default model (``python -m chs.package_default RUN/best``).
+"""Release script: package a trained checkpoint as the bundled default model
+(``python scripts/package_default.py RUN/best``).
 
 Writes ``runtime/assets/default/``: ``model.safetensors`` + ``config.json`` (for chs-eval / chs-export)
 and ``model.onnx`` (FP32, all trained CCR stages, for the torch-free runtime), the ONNX passing the same
@@ -14,11 +15,12 @@ import tempfile
 from pathlib import Path
 
 from chs.export.pipeline import ExportOptions, run_export
-from chs.model.checkpoint import CONFIG, default_model_dir, load_checkpoint, save_checkpoint
+from chs.model.checkpoint import CONFIG, load_checkpoint, save_checkpoint
+from chs.runtime.assets import DEFAULT_DIR
 
 
 def package_default(checkpoint: str | Path, dest: Path | None = None) -> Path:
-    dest = dest or default_model_dir()
+    dest = dest or DEFAULT_DIR
     src = Path(checkpoint)
     info = json.loads((src / CONFIG).read_text()).get("info", {})
     keep = {k: info[k] for k in ("epoch", "val", "options", "history") if k in info}
