@@ -23,12 +23,11 @@ class DeployWrapper(nn.Module):
     def __init__(self, model: CHSNet):
         super().__init__()
         self.model = model
-        self.stride = float(model.cfg.heatmap_stride)
+        self.codec = model.cfg.codec
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(x)
-        lm = (out["landmarks"][-1] + 0.5) * self.stride - 0.5
-        return lm, out["scores"]
+        return self.codec.to_crop(out["landmarks"][-1]), out["scores"]
 
 
 def export_onnx(model: CHSNet, path: str | Path, opset: int = 18, meta: ModelMeta | None = None) -> onnx.ModelProto:

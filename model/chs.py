@@ -8,7 +8,6 @@ from torch import nn
 
 from chs.model.ccr import CCRStage
 from chs.model.config import ChsConfig
-from chs.model.decode import decode_heatmaps
 from chs.model.hourglass import StackedHourglass
 from chs.model.layers import ConvBlock, CoordConv
 from chs.model.selective import SelectiveFeature
@@ -56,6 +55,7 @@ class CHSNet(nn.Module):
     def __init__(self, cfg: ChsConfig):
         super().__init__()
         self.cfg = cfg.validate()
+        self.codec = cfg.codec
         if cfg.baseline:
             self.awing_stem = AWingStem(cfg)
         else:
@@ -80,7 +80,7 @@ class CHSNet(nn.Module):
             hg_in = self.to_hg(self.select(feats))
         heatmaps, ll = self.hourglass(hg_in)
         last = heatmaps[-1][:, :n_pts]
-        coords, scores = decode_heatmaps(last)
+        coords, scores = self.codec.decode(last)
         landmarks = [coords]
         mode = self.cfg.backward
         for t, stage in enumerate(self.ccr):

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 
+from chs.model.codec import HeatmapCodec
 from chs.runtime.artifact import typed_preprocessing
 from chs.runtime.errors import ChsError
 from chs.runtime.geometry import CropRule
@@ -51,12 +52,17 @@ class ChsConfig:
         typed_preprocessing(self)
 
     @property
+    def codec(self) -> HeatmapCodec:
+        """The heatmap geometry (targets, decode, cells <-> crop pixels) at the default target sigma."""
+        return HeatmapCodec(self.input_size)
+
+    @property
     def heatmap_size(self) -> int:
-        return self.input_size // 4
+        return self.codec.size
 
     @property
     def heatmap_stride(self) -> int:
-        return 4
+        return self.codec.stride
 
     @property
     def heatmap_channels(self) -> int:
@@ -66,9 +72,11 @@ class ChsConfig:
         """Raise ChsError with one line naming the first bad field."""
         if self.num_points < 1:
             raise ChsError(f"config '{self.name}': num_points must be >= 1, got {self.num_points}")
-        if self.input_size < 16 or self.input_size % 4:
-            raise ChsError(f"config '{self.name}': input_size must be a multiple of 4 and >= 16, got {self.input_size}")
-        hm = self.input_size // 4
+        stride = self.heatmap_stride
+        if self.input_size < 16 or self.input_size % stride:
+            raise ChsError(f"config '{self.name}': input_size must be a multiple of {stride} and >= 16, "
+                           f"got {self.input_size}")
+        hm = self.heatmap_size
         if hm % (2**self.hg_depth):
             raise ChsError(
                 f"config '{self.name}': heatmap size {hm} is not divisible by 2**hg_depth ({2**self.hg_depth})"

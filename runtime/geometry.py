@@ -114,13 +114,3 @@ def crop_face(image: np.ndarray, box, size: int, rule: CropRule = CropRule()) ->
     """Crop one face for inference. Returns (crop, image->crop affine); invert the affine for landmarks."""
     m = crop_affine(check_box(box, image.shape), size, rule)
     return warp_crop(image, m, size), m
-
-
-def crop_to_heatmap(points: np.ndarray, stride: int) -> np.ndarray:
-    """Crop pixel coordinates -> heatmap cell coordinates (cell centres on integers)."""
-    return (np.asarray(points) + 0.5) / stride - 0.5
-
-
-def heatmap_to_crop(points: np.ndarray, stride: int) -> np.ndarray:
-    """Heatmap cell coordinates -> crop pixel coordinates."""
-    return (np.asarray(points) + 0.5) * stride - 0.5

@@ -240,7 +240,7 @@ def test_bf16_autocast_on_cpu_decodes_in_float32():
     import torch
 
     from chs.model.chs import build_model
-    from chs.model.decode import decode_heatmaps
+    from chs.model.codec import decode_heatmaps
 
     torch.manual_seed(0)
     model = build_model(get_preset("tiny", input_size=128, ccr_stages=0)).eval()

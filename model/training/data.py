@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from chs.model.config import ChsConfig
 from chs.model.training.augment import AugmentConfig, augment_crop
-from chs.model.training.targets import awing_weight_map, boundary_heatmap, gaussian_heatmaps
+from chs.model.training.targets import awing_weight_map, boundary_heatmap
 from chs.runtime.datasets import FaceSample
 from chs.runtime.evaluate import load_images
-from chs.runtime.geometry import box_from_landmarks, crop_to_heatmap
+from chs.runtime.geometry import box_from_landmarks
 from chs.runtime.schemes import get_scheme
 
 
@@ -24,7 +26,8 @@ class FaceTrainSet(Dataset):
         self.landmarks = [s.landmarks for s in kept]
         self.boxes = [s.box if (cfg.crop_rule.box_source != "landmarks" and s.box is not None)
                       else box_from_landmarks(s.landmarks) for s in kept]
-        self.cfg, self.sigma, self.seed, self.augment = cfg, sigma, seed, augment
+        self.cfg, self.seed, self.augment = cfg, seed, augment
+        self.codec = dataclasses.replace(cfg.codec, sigma=sigma)
         self.scheme = get_scheme(cfg.scheme)
         self.rule = cfg.crop_rule
         self.norm = cfg.normalization
@@ -41,11 +44,12 @@ class FaceTrainSet(Dataset):
         cfg = self.cfg
         crop, pts = augment_crop(self.images[i], self.landmarks[i], self.boxes[i], cfg.input_size, self.rule,
                                  self.scheme, rng, self.augment or AugmentConfig())
-        hm_pts = crop_to_heatmap(pts, cfg.heatmap_stride)
-        size = cfg.heatmap_size
-        maps = gaussian_heatmaps(hm_pts, size, self.sigma)
+        codec = self.codec
+        hm_pts = codec.to_cells(np.asarray(pts))
+        maps = codec.encode(pts)
         if cfg.boundary:
-            maps = np.concatenate([maps, boundary_heatmap(hm_pts, self.scheme.boundaries, size, self.sigma)[None]])
+            boundary = boundary_heatmap(hm_pts, self.scheme.boundaries, codec.size, codec.sigma)
+            maps = np.concatenate([maps, boundary[None]])
         x = self.norm(crop)[0]
         return (torch.from_numpy(x), torch.from_numpy(maps), torch.from_numpy(awing_weight_map(maps)),
                 torch.from_numpy(hm_pts.astype(np.float32)))

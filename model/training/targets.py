@@ -1,22 +1,10 @@
-"""Training targets: Gaussian landmark heatmaps, the boundary heatmap and AWing's weight map (numpy)."""
+"""Training targets besides the landmark Gaussians (:class:`chs.model.codec.HeatmapCodec` encodes those):
+the boundary heatmap and AWing's weight map (numpy)."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-
-
-def gaussian_heatmaps(points: np.ndarray, size: int, sigma: float) -> np.ndarray:
-    """(n, 2) heatmap-cell coordinates -> (n, size, size) float32 Gaussians with peak 1 (0 for NaN points)."""
-    pts = np.asarray(points, dtype=np.float32)
-    grid = np.arange(size, dtype=np.float32)
-    dx = grid[None, :] - pts[:, :1]  # (n, size)
-    dy = grid[None, :] - pts[:, 1:]
-    gx = np.exp(-0.5 * (dx / sigma) ** 2)
-    gy = np.exp(-0.5 * (dy / sigma) ** 2)
-    hm = gy[:, :, None] * gx[:, None, :]
-    hm[~np.isfinite(pts).all(axis=1)] = 0.0
-    return np.nan_to_num(hm).astype(np.float32)
 
 
 def boundary_heatmap(points: np.ndarray, lines: tuple[tuple[int, ...], ...], size: int, sigma: float) -> np.ndarray:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from chs.model.checkpoint import CONFIG, WEIGHTS, save_checkpoint
 from chs.model.chs import CHSNet, build_model
+from chs.model.codec import DEFAULT_SIGMA
 from chs.model.config import ChsConfig
 from chs.model.runner import TorchRunner
 from chs.model.training.augment import AugmentConfig
@@ -44,7 +45,7 @@ class TrainOptions:
     schedule: str = "paper"  # "paper" (x0.75 steps) or "cosine"
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    sigma: float = 1.0
+    sigma: float = DEFAULT_SIGMA
     seed: int = 0
     device: str = "cpu"
     amp: str = "none"  # "bf16" autocast (CUDA or CPU) / "fp16" autocast (CUDA)

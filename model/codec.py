@@ -1,0 +1,101 @@
+"""The heatmap codec: landmarks <-> Gaussian heatmaps, and heatmap cells <-> crop pixels.
+
+One object owns the heatmap geometry (input size, stride, sigma): training encodes its targets with it,
+the network decodes its last heatmaps with it, the export wrapper and the PyTorch runner map cells to
+crop pixels with it. Cell centres sit on integers, like pixel centres, so cell c covers crop pixels
+``[c * stride, (c + 1) * stride)`` and its centre is crop pixel ``(c + 0.5) * stride - 0.5``.
+
+Decoding: argmax, then a sub-pixel shift from a parabola fitted to the log-heatmap at the peak's
+neighbours (exact for a Gaussian peak; the shift is clamped to half a cell). Built only from ops that
+export to ONNX (ArgMax, Gather) and kept in float32 in every exported precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+HEATMAP_STRIDE = 4  # the hourglass works at 1/4 of the input resolution
+DEFAULT_SIGMA = 1.0  # Gaussian target width in heatmap cells
+Points = TypeVar("Points", np.ndarray, torch.Tensor)
+
+# A Gaussian peak of sigma s has log-curvature 1/s^2 (0.44 at s = 1.5). Flatter "peaks" get no sub-cell
+# shift: dividing by a near-zero curvature would turn rounding noise into half-cell jumps.
+MIN_CURVATURE = 0.05
+
+
+def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, n, H, W) -> landmarks (N, n, 2) in heatmap cells (x, y; centres on integers), scores (N, n).
+
+    Always computed in float32 (a no-op when tracing the FP32 export): under bf16 autocast the cell indices
+    would be rounded past 256, i.e. on any heatmap larger than 16x16.
+    """
+    heatmaps = heatmaps.float()
+    n, k, h, w = heatmaps.shape
+    flat = heatmaps.reshape(n, k, h * w)
+    idx = flat.argmax(dim=2)
+    score = torch.gather(flat, 2, idx[..., None])[..., 0]
+    px = (idx % w).to(heatmaps.dtype)
+    py = torch.div(idx, w, rounding_mode="floor").to(heatmaps.dtype)
+
+    def at(dx: int, dy: int) -> torch.Tensor:
+        xi = (px + dx).clamp(0, w - 1)
+        yi = (py + dy).clamp(0, h - 1)
+        j = (yi * w + xi).long()
+        v = torch.gather(flat, 2, j[..., None])[..., 0]
+        return torch.log(v.clamp(min=1e-3))
+
+    c = torch.log(score.clamp(min=1e-3))
+    shifts = []
+    for left, right in ((at(-1, 0), at(1, 0)), (at(0, -1), at(0, 1))):
+        curv = 2 * c - left - right
+        s = 0.5 * (right - left) / curv.clamp(min=MIN_CURVATURE)
+        shifts.append(torch.where(curv > MIN_CURVATURE, s, torch.zeros_like(s)).clamp(-0.5, 0.5))
+    coords = torch.stack([px + shifts[0], py + shifts[1]], dim=-1)
+    return coords, score
+
+
+def gaussian_heatmaps(points: np.ndarray, size: int, sigma: float) -> np.ndarray:
+    """(n, 2) heatmap-cell coordinates -> (n, size, size) float32 Gaussians with peak 1 (0 for NaN points)."""
+    pts = np.asarray(points, dtype=np.float32)
+    grid = np.arange(size, dtype=np.float32)
+    dx = grid[None, :] - pts[:, :1]  # (n, size)
+    dy = grid[None, :] - pts[:, 1:]
+    gx = np.exp(-0.5 * (dx / sigma) ** 2)
+    gy = np.exp(-0.5 * (dy / sigma) ** 2)
+    hm = gy[:, :, None] * gx[:, None, :]
+    hm[~np.isfinite(pts).all(axis=1)] = 0.0
+    return np.nan_to_num(hm).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class HeatmapCodec:
+    """Heatmap geometry of one model: ``input_size`` crop pixels, ``stride`` pixels per cell, target ``sigma``."""
+
+    input_size: int
+    stride: int = HEATMAP_STRIDE
+    sigma: float = DEFAULT_SIGMA
+
+    @property
+    def size(self) -> int:
+        """Heatmap side in cells."""
+        return self.input_size // self.stride
+
+    def to_cells(self, points: Points) -> Points:
+        """Crop pixel coordinates -> heatmap cell coordinates (numpy or torch)."""
+        return (points + 0.5) / float(self.stride) - 0.5
+
+    def to_crop(self, points: Points) -> Points:
+        """Heatmap cell coordinates -> crop pixel coordinates (numpy or torch)."""
+        return (points + 0.5) * float(self.stride) - 0.5
+
+    def encode(self, points: np.ndarray) -> np.ndarray:
+        """(n, 2) crop pixels -> (n, size, size) float32 Gaussian targets (all zero for a NaN point)."""
+        return gaussian_heatmaps(self.to_cells(np.asarray(points)), self.size, self.sigma)
+
+    def decode(self, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, n, H, W) -> landmarks (N, n, 2) in heatmap cells, peak scores (N, n); see :func:`decode_heatmaps`."""
+        return decode_heatmaps(heatmaps)
