@@ -9,20 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from chs.benchmarks.latency import (
-    Log,
-    RunnerFactory,
-    Skip,
-    _quiet,
-    check_request,
-    dlib_peer,
-    dlib_predict,
-    model_complexity,
-    torch_threads,
-)
+from chs.benchmarks.peers import dlib_peer, dlib_predict
+from chs.benchmarks.request import BenchRequest, Log, model_complexity, quiet
+from chs.benchmarks.runners import RunnerFactory, Skip
+from chs.benchmarks.timing import torch_threads
 from chs.runtime.errors import ChsError
 
 METRICS = ("n", "nme", "nme_iod", "nme_ipd", "fr_8", "fr_10", "auc_8", "auc_10")
@@ -41,51 +35,43 @@ def load_samples(data: str | os.PathLike, max_samples: int | None = None) -> lis
     return samples
 
 
-def accuracy_rows(model: str | os.PathLike, data: str | os.PathLike, backends: Sequence[str] = ("torch", "ort"),
-                  precisions: Sequence[str] = ("fp32",), ccrs: Sequence[int] = (0, 1, 2),
-                  work_dir: str | os.PathLike = "bench-work", calib: str | None = None, *, device: str = "auto",
-                  ort_providers: str = "auto", batch_size: int = 32, max_samples: int | None = None,
-                  peer: bool = True, threads: int | None = None, factory: RunnerFactory | None = None,
-                  log: Log = _quiet) -> list[dict]:
-    """One row per (ccr, backend, precision) with the metrics (fractions, not percent); torch on CUDA is
-    evaluated eagerly only (a CUDA graph replays the same kernels). Plus a dlib 68-point peer row (skipped,
-    with a reason, when not installed)."""
-
-    check_request(model, backends, precisions, ccrs)
-    samples = load_samples(data, max_samples)
-    factory = factory or RunnerFactory(model, work_dir, precisions, calib, device, ort_providers, threads=threads,
-                                       log=log, parity_data=str(data))
+def accuracy_rows(request: BenchRequest, *, factory: RunnerFactory | None = None, log: Log = quiet) -> list[dict]:
+    """One row per (ccr, backend, precision) with the metrics (fractions, not percent) on ``request.data``;
+    torch on CUDA is evaluated eagerly only (a CUDA graph replays the same kernels). Plus a dlib 68-point
+    peer row (skipped, with a reason, when not installed)."""
+    if not request.data:
+        raise ChsError("accuracy rows need an annotated dataset (--data)")
+    samples = load_samples(request.data, request.max_samples)
+    factory = factory or RunnerFactory(request, log=log)
     with torch_threads(factory.threads):
-        return _accuracy_rows(factory, model, data, samples, backends, precisions, ccrs, batch_size, peer, log)
+        return _accuracy_rows(request, factory, samples, log)
 
 
-def _accuracy_rows(factory: RunnerFactory, model: str | os.PathLike, data: str | os.PathLike, samples: list,
-                   backends: Sequence[str], precisions: Sequence[str], ccrs: Sequence[int], batch_size: int,
-                   peer: bool, log: Log) -> list[dict]:
+def _accuracy_rows(req: BenchRequest, factory: RunnerFactory, samples: list, log: Log) -> list[dict]:
     from chs.runtime.evaluate import evaluate_runner
 
     rows: list[dict] = []
-    for c in factory.combos(backends, precisions, ccrs):
+    for c in factory.combos():
         if c.mode == "cudagraph":
             continue
-        row = {"kind": "landmarks", "ccr": c.ccr, "backend": c.backend, "precision": c.precision,
-               "data": str(data), "status": "ok", "reason": "", "runner": None,
-               "gmacs": model_complexity(model, c.ccr)[1] / 1e9}
+        row: dict[str, Any] = {"kind": "landmarks", "ccr": c.ccr, "backend": c.backend, "precision": c.precision,
+                               "data": str(req.data), "status": "ok", "reason": "", "runner": None,
+                               "gmacs": model_complexity(req.model, c.ccr)[1] / 1e9}
         try:
             runner = factory.get(c)
         except Skip as e:
             rows.append(row | {"status": "skipped", "reason": str(e)})
             continue
         log(f"evaluating ccr {c.ccr} {runner.name} {c.precision} on {len(samples)} faces")
-        res = evaluate_runner(runner, samples, batch_size)
+        res = evaluate_runner(runner, samples, req.batch_size)
         row["runner"] = runner.name
         row.update({k: res.get(k) for k in METRICS})
         if "nme_iod_per_stage" in res:
             row["nme_iod_per_stage"] = res["nme_iod_per_stage"]
         row["skipped_images"] = len(res.get("skipped", []))
         rows.append(row)
-    if peer:
-        rows.append(peer_accuracy_row(samples, str(data)))
+    if req.peer:
+        rows.append(peer_accuracy_row(samples, str(req.data)))
     return rows
 
 

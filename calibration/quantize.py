@@ -26,17 +26,12 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from chs.model.sensitive import float32_nodes
 from chs.runtime.artifact import read_onnx_meta, write_onnx_meta
-from chs.runtime.errors import ChsError
+from chs.runtime.errors import ChsError, first_line
 
 log = logging.getLogger(__name__)
 
 FLAVOURS = {"s8s8": QuantType.QInt8, "u8s8": QuantType.QUInt8}  # activation type; weights are always QInt8
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:200]
 
 
 def _preprocessed(fp32_path: Path, tmp: Path) -> onnx.ModelProto:
@@ -47,7 +42,7 @@ def _preprocessed(fp32_path: Path, tmp: Path) -> onnx.ModelProto:
         quant_pre_process(str(fp32_path), str(out), skip_optimization=True, skip_symbolic_shape=True)
         return load_model_with_shape_infer(out)
     except Exception as e:  # pre-processing is an optional nicety: quantize the plain model instead
-        log.warning("quant_pre_process failed (%s); quantizing without it", _first_line(e))
+        log.warning("quant_pre_process failed (%s); quantizing without it", first_line(e))
         return load_model_with_shape_infer(fp32_path)
 
 
@@ -157,7 +152,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
     try:
         q = quantizer.quantize_model()
     except Exception as e:  # ORT raises bare ValueError/KeyError, e.g. for a tensor without a range
-        raise ChsError(f"INT8 quantization failed: {_first_line(e)}") from None
+        raise ChsError(f"INT8 quantization failed: {first_line(e)}") from None
     changed = _float_inputs_for_excluded(q, exclude)
     quantizer.model.topological_sort()  # Q/DQ nodes and float clones were appended; ORT's save sorts too
     log.debug("%d inputs of float32 nodes now read float tensors", changed)
@@ -165,7 +160,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
     try:
         onnx.checker.check_model(q, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ChsError(f"INT8 quantization produced an invalid ONNX: {_first_line(e)}") from None
+        raise ChsError(f"INT8 quantization produced an invalid ONNX: {first_line(e)}") from None
     if out_path is not None:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         onnx.save(q, str(out_path))

@@ -8,8 +8,15 @@ from typing import Annotated
 
 import typer
 
+from chs.benchmarks.request import BACKENDS, PRECISIONS, BenchRequest
 from chs.errors_cli import one_line_errors
 from chs.runtime.errors import ChsError
+
+D = BenchRequest.__dataclass_fields__  # option defaults live in BenchRequest only
+
+
+def _default(name: str):
+    return D[name].default
 
 bench_app = typer.Typer(help="Benchmarks: complexity (Table 9), latency, accuracy, trade-off.", no_args_is_help=True,
                         pretty_exceptions_enable=False, add_completion=False)
@@ -54,6 +61,8 @@ Warmup = Annotated[int, typer.Option(help="Untimed calls before the first pass."
 MaxSeconds = Annotated[float, typer.Option(help="Time cap per row and pass.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 Threads = Annotated[int | None, typer.Option(help="Intra-op threads for torch and ONNX Runtime (default: theirs).")]
+Detector = Annotated[bool, typer.Option(help="Also time the face detector on the demo image.")]
+MaxSamples = Annotated[int | None, typer.Option(help="Evaluate this many faces, spread over the split.")]
 
 
 def _list(text: str, option: str) -> list[str]:
@@ -84,15 +93,15 @@ def _choices(text: str, option: str, allowed: tuple[str, ...]) -> list[str]:
     return items
 
 
-def _request(model: str, backend: str, precision: str, ccr: str | None, batch: str = "1") -> tuple:
-    from chs.benchmarks.latency import BACKENDS, PRECISIONS, check_request, trained_ccr
-
-    backends = _choices(backend, "--backend", BACKENDS)
-    precisions = _choices(precision, "--precision", PRECISIONS)
-    batches = _ints(batch, "--batch", 1)
-    ccrs = _ints(ccr, "--ccr", 0) if ccr is not None else list(range(min(2, trained_ccr(model)) + 1))
-    check_request(model, backends, precisions, ccrs, batches)
-    return backends, precisions, ccrs, batches
+def _request(model: str, backend: str, precision: str, ccr: str | None, batch: str | None = None,
+             work_dir: str | None = None, **fields) -> BenchRequest:
+    """The comma-list options parsed into the one validated request of the command."""
+    return BenchRequest(
+        model, backends=_choices(backend, "--backend", BACKENDS),
+        precisions=_choices(precision, "--precision", PRECISIONS),
+        ccrs=_ints(ccr, "--ccr", 0) if ccr is not None else None,
+        batches=_ints(batch, "--batch", 1) if batch is not None else (1,),
+        work_dir=_work_dir(model, work_dir), **fields)
 
 
 def _work_dir(model: str, work_dir: str | None) -> str:
@@ -138,31 +147,31 @@ def _write_json(path, obj) -> None:
 @one_line_errors
 def latency(
     ctx: typer.Context,
-    model: Model = "default",
-    backend: Backends = "torch,ort",
-    precision: Precisions = "fp32",
+    model: Model = _default("model"),
+    backend: Backends = ",".join(_default("backends")),
+    precision: Precisions = ",".join(_default("precisions")),
     ccr: Ccrs = None,
-    batch: Batches = "1,8",
-    calib: Calib = None,
-    repeats: Repeats = 20,
-    warmup: Warmup = 2,
-    max_seconds: MaxSeconds = 30.0,
-    device: Device = "auto",
+    batch: Batches = ",".join(map(str, _default("batches"))),
+    calib: Calib = _default("calib"),
+    repeats: Repeats = _default("repeats"),
+    warmup: Warmup = _default("warmup"),
+    max_seconds: MaxSeconds = _default("max_seconds"),
+    device: Device = _default("device"),
     work_dir: WorkDir = None,
-    threads: Threads = None,
-    detector: Annotated[bool, typer.Option(help="Also time the face detector on the demo image.")] = True,
+    threads: Threads = _default("threads"),
+    detector: Detector = _default("detector"),
     as_json: AsJson = False,
     out: Annotated[str | None, typer.Option(help="Also write latency.json, machine.json, command.txt here.")] = None,
 ) -> None:
     """Per-face latency (p50/p90/p99, faces/s) of each CCR count x backend x precision x batch, with its floor."""
-    from chs.benchmarks.latency import format_latency, format_ratios, latency_rows, speed_ratios
+    from chs.benchmarks.latency import latency_rows
     from chs.benchmarks.machine import machine_info, machine_line
+    from chs.benchmarks.report import format_latency, format_ratios, speed_ratios
 
-    backends, precisions, ccrs, batches = _request(model, backend, precision, ccr, batch)
+    req = _request(model, backend, precision, ccr, batch, work_dir, calib=calib, repeats=repeats, warmup=warmup,
+                   max_seconds=max_seconds, device=device, detector=detector, threads=threads)
     info = machine_info(threads)
-    rows = latency_rows(model, backends, precisions, ccrs, batches, _work_dir(model, work_dir), repeats, calib,
-                        warmup=warmup, max_seconds=max_seconds, device=device, detector=detector, threads=threads,
-                        log=_log)
+    rows = latency_rows(req, log=_log)
     ratios = speed_ratios(rows)
     if out:
         from pathlib import Path
@@ -198,15 +207,15 @@ def _format_accuracy(rows: list[dict], machine: str) -> str:
 def accuracy(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated dataset split to evaluate on.")],
-    model: Model = "default",
-    backend: Backends = "torch,ort",
-    precision: Precisions = "fp32",
+    model: Model = _default("model"),
+    backend: Backends = ",".join(_default("backends")),
+    precision: Precisions = ",".join(_default("precisions")),
     ccr: Ccrs = None,
-    calib: Calib = None,
-    device: Device = "auto",
+    calib: Calib = _default("calib"),
+    device: Device = _default("device"),
     work_dir: WorkDir = None,
-    threads: Threads = None,
-    max_samples: Annotated[int | None, typer.Option(help="Evaluate this many faces, spread over the split.")] = None,
+    threads: Threads = _default("threads"),
+    max_samples: MaxSamples = _default("max_samples"),
     as_json: AsJson = False,
     out: Annotated[str | None, typer.Option(help="Also write accuracy.json, machine.json, command.txt here.")] = None,
 ) -> None:
@@ -214,10 +223,10 @@ def accuracy(
     from chs.benchmarks.accuracy import accuracy_rows
     from chs.benchmarks.machine import machine_info, machine_line
 
-    backends, precisions, ccrs, _ = _request(model, backend, precision, ccr)
+    req = _request(model, backend, precision, ccr, None, work_dir, calib=calib, device=device, threads=threads,
+                   data=data, max_samples=max_samples)
     info = machine_info(threads)
-    rows = accuracy_rows(model, data, backends, precisions, ccrs, _work_dir(model, work_dir), calib, device=device,
-                         max_samples=max_samples, threads=threads, log=_log)
+    rows = accuracy_rows(req, log=_log)
     if out:
         from pathlib import Path
 
@@ -236,28 +245,30 @@ def tradeoff(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated dataset split for NME / FR / AUC.")],
     out: Annotated[str, typer.Option(help="Folder for table.md/.csv/.json, the plots, machine.json, command.txt.")],
-    model: Model = "default",
-    backend: Backends = "torch,ort",
-    precision: Precisions = "fp32",
+    model: Model = _default("model"),
+    backend: Backends = ",".join(_default("backends")),
+    precision: Precisions = ",".join(_default("precisions")),
     ccr: Ccrs = None,
-    batch: Batches = "1,8",
-    calib: Calib = None,
-    repeats: Repeats = 20,
-    warmup: Warmup = 2,
-    max_seconds: MaxSeconds = 30.0,
-    device: Device = "auto",
+    batch: Batches = ",".join(map(str, _default("batches"))),
+    calib: Calib = _default("calib"),
+    repeats: Repeats = _default("repeats"),
+    warmup: Warmup = _default("warmup"),
+    max_seconds: MaxSeconds = _default("max_seconds"),
+    device: Device = _default("device"),
     work_dir: WorkDir = None,
-    threads: Threads = None,
-    max_samples: Annotated[int | None, typer.Option(help="Evaluate this many faces, spread over the split.")] = None,
-    detector: Annotated[bool, typer.Option(help="Also time the face detector on the demo image.")] = True,
+    threads: Threads = _default("threads"),
+    max_samples: MaxSamples = _default("max_samples"),
+    detector: Detector = _default("detector"),
     compare: Annotated[str | None, typer.Option(help="An earlier run's table.json (or its folder): report "
                                                      "run-to-run p50 agreement.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Latency and accuracy in one table (Markdown/CSV/JSON) and the NME-vs-cost plots (cf. paper Fig. 14)."""
     from chs.benchmarks.accuracy import accuracy_rows
-    from chs.benchmarks.latency import RunnerFactory, format_ratios, latency_rows, speed_ratios
+    from chs.benchmarks.latency import latency_rows
     from chs.benchmarks.machine import machine_info, machine_line
+    from chs.benchmarks.report import format_ratios, speed_ratios
+    from chs.benchmarks.runners import RunnerFactory
     from chs.benchmarks.tradeoff import (
         compare_runs,
         format_comparison,
@@ -267,15 +278,14 @@ def tradeoff(
         write_tradeoff,
     )
 
-    backends, precisions, ccrs, batches = _request(model, backend, precision, ccr, batch)
+    req = _request(model, backend, precision, ccr, batch, work_dir, calib=calib, repeats=repeats, warmup=warmup,
+                   max_seconds=max_seconds, device=device, detector=detector, threads=threads, data=data,
+                   max_samples=max_samples)
     previous = load_previous_rows(compare) if compare else None  # bad path: fail before the long run
     info = machine_info(threads)
-    factory = RunnerFactory(model, _work_dir(model, work_dir), precisions, calib, device, max_batch=max(batches),
-                            threads=threads, log=_log, parity_data=data)
-    acc = accuracy_rows(model, data, backends, precisions, ccrs, calib=calib, max_samples=max_samples,
-                        factory=factory, log=_log)
-    lat = latency_rows(model, backends, precisions, ccrs, batches, repeats=repeats, calib=calib, warmup=warmup,
-                       max_seconds=max_seconds, detector=detector, factory=factory, log=_log)
+    factory = RunnerFactory(req, log=_log)
+    acc = accuracy_rows(req, factory=factory, log=_log)
+    lat = latency_rows(req, factory=factory, log=_log)
     rows = join_rows(lat, acc)
     ratios = speed_ratios(lat, acc)
     line = machine_line(info)

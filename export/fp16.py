@@ -20,16 +20,11 @@ from onnx import TensorProto, numpy_helper
 
 from chs.model.sensitive import ALWAYS_FLOAT32_OPS, float32_nodes
 from chs.runtime.artifact import INPUT_NAME, read_onnx_meta, write_onnx_meta
-from chs.runtime.errors import ChsError
+from chs.runtime.errors import ChsError, first_line
 
 FP16_MAX = 65504.0
 
 ModelLike = str | os.PathLike | onnx.ModelProto
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:200]
 
 
 def _load(model: ModelLike) -> onnx.ModelProto:
@@ -62,7 +57,7 @@ def to_fp16(model: ModelLike, keep_float32: set[str] | None = None) -> onnx.Mode
     try:
         onnx.checker.check_model(fp16, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ChsError(f"FP16 conversion produced an invalid ONNX: {_first_line(e)}") from None
+        raise ChsError(f"FP16 conversion produced an invalid ONNX: {first_line(e)}") from None
     return fp16
 
 

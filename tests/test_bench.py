@@ -17,7 +17,9 @@ import torch
 from typer.testing import CliRunner
 
 from chs.bench_cmd import bench_app
-from chs.benchmarks.latency import detector_row, latency_rows, speed_ratios
+from chs.benchmarks.latency import latency_rows
+from chs.benchmarks.peers import detector_row
+from chs.benchmarks.report import speed_ratios
 from chs.benchmarks.tradeoff import format_markdown, join_rows, plot_points
 from chs.model.checkpoint import save_checkpoint
 from chs.model.chs import build_model
@@ -153,7 +155,7 @@ def test_bad_lists_one_line_error(bench, args):
 def test_dlib_peer_row_on_real_faces():
     """dlib's 68-point predictor with its own HOG boxes on the four real fixture faces (when installed)."""
     from chs.benchmarks.accuracy import load_samples, peer_accuracy_row
-    from chs.benchmarks.latency import dlib_68_model_path
+    from chs.benchmarks.peers import dlib_68_model_path
 
     if dlib_68_model_path() is None:
         pytest.skip("dlib peer needs dlib and face_recognition_models (pip install face-recognition-models)")

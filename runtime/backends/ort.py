@@ -9,7 +9,8 @@ import numpy as np
 import onnxruntime as ort
 
 from chs.runtime.artifact import INPUT_NAME, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta
-from chs.runtime.errors import ChsError
+from chs.runtime.backends.base import RunnerBase
+from chs.runtime.errors import ChsError, first_line
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -28,7 +29,7 @@ def pick_providers(requested: str = "auto") -> list[str]:
     return [name, "CPUExecutionProvider"] if name != "CPUExecutionProvider" else [name]
 
 
-class OrtRunner:
+class OrtRunner(RunnerBase):
     """Runs an exported CHS model; InferenceSession.run is thread-safe, so one runner serves many threads."""
 
     def __init__(self, path: str | os.PathLike, providers: str = "auto", threads: int = 0):
@@ -44,8 +45,7 @@ class OrtRunner:
         except ChsError:
             raise
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ChsError(f"cannot load ONNX model {p}: {first[:200]}") from None
+            raise ChsError(f"cannot load ONNX model {p}: {first_line(e)}") from None
         props = self.session.get_modelmeta().custom_metadata_map
         self.meta = ModelMeta.from_props(props, source=f"ONNX model {p.name}")
         names = {o.name for o in self.session.get_outputs()}
@@ -55,14 +55,11 @@ class OrtRunner:
         self.path = p
         self.name = "ort-" + self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        x = np.asarray(batch)
-        s = self.meta.input_size
-        if x.dtype != np.float32:
-            raise ChsError(f"input batch must be float32, got {x.dtype}")
-        if x.ndim != 4 or x.shape[1:] != (3, s, s):
-            raise ChsError(f"input batch must have shape (N, 3, {s}, {s}), got {tuple(x.shape)}")
-        if not np.isfinite(x).all():
-            raise ChsError("input batch contains NaN or infinity")
-        lm, sc = self.session.run([OUTPUT_LANDMARKS, OUTPUT_SCORES], {INPUT_NAME: np.ascontiguousarray(x)})
+    def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if self.session is None:
+            raise ChsError(f"runner {self.name} is closed")
+        lm, sc = self.session.run([OUTPUT_LANDMARKS, OUTPUT_SCORES], {INPUT_NAME: x})
         return {"landmarks": lm.astype(np.float32), "scores": sc.astype(np.float32)}
+
+    def close(self) -> None:
+        self.session = None

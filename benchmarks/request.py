@@ -1,0 +1,113 @@
+"""What a ``chs-bench latency / accuracy / tradeoff`` run is asked to do: one validated request object.
+
+Option defaults live here only (the CLI reads them from :class:`BenchRequest`); the request is checked once,
+when it is made, before any export or timing starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from chs.runtime.errors import ChsError
+
+BACKENDS = ("torch", "ort", "trt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+NOISE_THRESHOLD = 0.10
+Log = Callable[[str], None]
+
+
+def quiet(msg: str) -> None:
+    """A log function that drops its messages."""
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """Rows of (CCR count, backend, precision[, batch]) of one checkpoint, and how to time/evaluate them.
+
+    ``ccrs`` None: 0, 1, 2 as far as the checkpoint was trained. ``threads`` sets torch's and ONNX Runtime's
+    intra-op threads (None: their defaults). ``data`` is the annotated split for accuracy rows (and the
+    exports' parity gate)."""
+
+    model: str | os.PathLike = "default"
+    backends: Sequence[str] = ("torch", "ort")
+    precisions: Sequence[str] = ("fp32",)
+    ccrs: Sequence[int] | None = None
+    batches: Sequence[int] = (1, 8)
+    work_dir: str | os.PathLike = "bench-work"
+    repeats: int = 20
+    calib: str | None = None
+    warmup: int = 2
+    passes: int = 2
+    max_seconds: float = 30.0
+    device: str = "auto"
+    ort_providers: str = "auto"
+    peak_seconds: float = 2.0
+    detector: bool = True
+    peer: bool = True
+    noise_threshold: float = NOISE_THRESHOLD
+    threads: int | None = None
+    data: str | None = None
+    max_samples: int | None = None
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for b in self.backends:
+            if b not in BACKENDS:
+                raise ChsError(f"unknown backend '{b}' (choose from {', '.join(BACKENDS)})")
+        for p in self.precisions:
+            if p not in PRECISIONS:
+                raise ChsError(f"unknown precision '{p}' (choose from {', '.join(PRECISIONS)})")
+        for n in self.batches:
+            if n < 1:
+                raise ChsError(f"batch sizes must be >= 1, got {n}")
+        if self.passes < 1 or self.repeats < 1:
+            raise ChsError("--repeats and passes must be >= 1")
+        trained = trained_ccr(self.model)
+        ccrs = tuple(range(min(2, trained) + 1)) if self.ccrs is None else tuple(self.ccrs)
+        for k in ccrs:
+            if k < 0 or k > trained:
+                raise ChsError(f"--ccr {k} is not available: {self.model} was trained with {trained} CCR stage(s)")
+        object.__setattr__(self, "ccrs", ccrs)
+        for name in ("backends", "precisions", "batches"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+
+def trained_ccr(model: str | os.PathLike) -> int:
+    """CCR stages the checkpoint was trained with (one-line ChsError if it is not a checkpoint)."""
+    from chs.model.checkpoint import read_checkpoint_config
+    from chs.model.config import ChsConfig
+
+    return ChsConfig.from_dict(read_checkpoint_config(model)["config"]).ccr_stages
+
+
+def model_complexity(model: str | os.PathLike, ccr: int) -> tuple[int, int]:
+    """(params, MACs per face) of the checkpoint's architecture pruned to ``ccr`` stages, built on ``meta``."""
+    import torch
+
+    from chs.model.checkpoint import read_checkpoint_config
+    from chs.model.chs import build_model
+    from chs.model.complexity import count_complexity
+    from chs.model.config import ChsConfig
+
+    cfg = ChsConfig.from_dict(read_checkpoint_config(model)["config"]).replace(ccr_stages=ccr)
+    with torch.device("meta"):
+        net = build_model(cfg)
+    c = count_complexity(net, cfg.input_size)
+    return c.params, c.macs
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ChsError(f"--device must be auto, cpu or cuda, got '{device}'")
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise ChsError("--device cuda: torch sees no CUDA device")
+    return "cpu"
