@@ -10,13 +10,12 @@ import typer
 
 from chs.benchmarks.request import BACKENDS, PRECISIONS, BenchRequest
 from chs.errors_cli import one_line_errors
+from chs.options import default
 from chs.runtime.errors import ChsError
-
-D = BenchRequest.__dataclass_fields__  # option defaults live in BenchRequest only
 
 
 def _default(name: str):
-    return D[name].default
+    return default(BenchRequest, name)
 
 bench_app = typer.Typer(help="Benchmarks: complexity (Table 9), latency, accuracy, trade-off.", no_args_is_help=True,
                         pretty_exceptions_enable=False, add_completion=False)

@@ -11,7 +11,6 @@ import json
 import platform
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,40 +21,13 @@ import torch
 from chs import __version__
 from chs.export.golden import write_golden
 from chs.export.onnx_export import count_ops, export_onnx, simplify
+from chs.export.options import ExportOptions
 from chs.export.parity import compare, gate, parity_crops
 from chs.model.checkpoint import load_checkpoint, resolve_model_path
 from chs.model.runner import TorchRunner, model_meta
 from chs.runtime.backends.ort import OrtRunner
 from chs.runtime.errors import ChsError
 from chs.runtime.timing import percentiles, time_calls
-
-
-@dataclass
-class ExportOptions:
-    model: str
-    out: str
-    ccr: int | None = None
-    fp16: bool = False
-    int8: bool = False
-    calib: str | None = None
-    calib_method: str = "minmax"
-    calib_images: int = 256
-    parity_data: str | None = None
-    batch: tuple[int, int, int] = (1, 8, 32)
-    opset: int = 18
-    engine: str = "auto"  # auto | always | never
-    triton: str | None = None
-    time_int8: bool = True
-
-
-def parse_batch(text: str) -> tuple[int, int, int]:
-    try:
-        lo, opt, hi = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise ChsError(f"--batch must be MIN:OPT:MAX (e.g. 1:8:32), got '{text}'") from None
-    if not 1 <= lo <= opt <= hi:
-        raise ChsError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {text}")
-    return lo, opt, hi
 
 
 def _versions() -> dict:

@@ -13,14 +13,16 @@ export to ONNX (ArgMax, Gather) and kept in float32 in every exported precision.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where decoding runs, so configs and options stay torch-free
+    import torch
 
 HEATMAP_STRIDE = 4  # the hourglass works at 1/4 of the input resolution
 DEFAULT_SIGMA = 1.0  # Gaussian target width in heatmap cells
-Points = TypeVar("Points", np.ndarray, torch.Tensor)
+Points = Any  # numpy array or torch tensor: the frame formulas are the same arithmetic on both
 
 # A Gaussian peak of sigma s has log-curvature 1/s^2 (0.44 at s = 1.5). Flatter "peaks" get no sub-cell
 # shift: dividing by a near-zero curvature would turn rounding noise into half-cell jumps.
@@ -33,6 +35,8 @@ def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     Always computed in float32 (a no-op when tracing the FP32 export): under bf16 autocast the cell indices
     would be rounded past 256, i.e. on any heatmap larger than 16x16.
     """
+    import torch
+
     heatmaps = heatmaps.float()
     n, k, h, w = heatmaps.shape
     flat = heatmaps.reshape(n, k, h * w)

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +17,12 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from chs.model.checkpoint import CONFIG, WEIGHTS, save_checkpoint
 from chs.model.chs import CHSNet, build_model
-from chs.model.codec import DEFAULT_SIGMA
 from chs.model.config import ChsConfig
 from chs.model.runner import TorchRunner
 from chs.model.training.augment import AugmentConfig
 from chs.model.training.data import FaceTrainSet
 from chs.model.training.losses import AdaptiveTaskWeights, adaptive_wing_loss, log_wing_loss, task_alphas
+from chs.model.training.options import TrainOptions
 from chs.runtime.datasets import load_dataset
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import load_images, predict_samples, sample_box
@@ -31,34 +31,6 @@ from chs.runtime.metrics import summarize
 PAPER_EPOCHS = 340  # the paper's schedule, scaled to the configured epoch count
 PAPER_MILESTONES = (120, 200, 240, 245, 250, 255, 260, 265, 270, 275, 280, 285, 290, 295, 300, 305, 310, 315,
                     320, 325, 330)
-
-
-@dataclass
-class TrainOptions:
-    data: str
-    out: str
-    val: str | None = None
-    epochs: int = 30
-    batch_size: int = 10
-    lr: float = 1e-2
-    optimizer: str = "sgd"  # "sgd" (the paper) or "adam"
-    schedule: str = "paper"  # "paper" (x0.75 steps) or "cosine"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    sigma: float = DEFAULT_SIGMA
-    seed: int = 0
-    device: str = "cpu"
-    amp: str = "none"  # "bf16" autocast (CUDA or CPU) / "fp16" autocast (CUDA)
-    channels_last: bool = False  # NHWC activations: oneDNN's faster convolution layout on CPU
-    threads: int = 0  # torch CPU threads; 0 = all cores
-    workers: int = 0
-    max_samples: int = 0  # use only the first N training samples (0 = all)
-    augment: bool = True
-    flip: float = 0.5  # probability of a mirrored crop; 0 where the labels are not mirror-symmetric
-    init: str | None = None  # warm start: checkpoint whose matching weights initialise the model
-    ema: float = 0.0  # decay of an exponential moving average of weights and BN statistics (0 = off)
-    init_lr_scale: float = 1.0  # lr multiplier for the weights --init copied (new parts train at the full lr)
-    extra: dict = field(default_factory=dict)
 
 
 def lr_at(opts: TrainOptions, epoch: float) -> float:

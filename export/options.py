@@ -1,0 +1,35 @@
+"""``chs-export``'s options: their one home, with their defaults (the CLI reads them from here). Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chs.runtime.errors import ChsError
+
+
+@dataclass
+class ExportOptions:
+    model: str
+    out: str
+    ccr: int | None = None
+    fp16: bool = False
+    int8: bool = False
+    calib: str | None = None
+    calib_method: str = "minmax"
+    calib_images: int = 256
+    parity_data: str | None = None
+    batch: tuple[int, int, int] = (1, 8, 32)
+    opset: int = 18
+    engine: str = "auto"  # auto | always | never
+    triton: str | None = None
+    time_int8: bool = True
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    try:
+        lo, opt, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ChsError(f"--batch must be MIN:OPT:MAX (e.g. 1:8:32), got '{text}'") from None
+    if not 1 <= lo <= opt <= hi:
+        raise ChsError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {text}")
+    return lo, opt, hi
