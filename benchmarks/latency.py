@@ -6,8 +6,8 @@ how close a backend gets to the hardware. Device runners are synchronised after 
 ``synchronize()`` (unsynchronised GPU timings are a classic benchmarking mistake). The whole timing runs
 twice; rows whose two p50s differ by more than 10 % are flagged ``noisy`` (shared or virtualised cores).
 
-The pieces: :mod:`~chs.benchmarks.request` (what to run), :mod:`~chs.benchmarks.exports` (ONNX files),
-:mod:`~chs.benchmarks.runners` (one runner per combination), :mod:`~chs.benchmarks.timing`,
+The pieces: :mod:`~chs.benchmarks.request` (what to run), :mod:`~chs.benchmarks.runners` (ONNX files
+and one runner per combination), :mod:`~chs.benchmarks.timing`,
 :mod:`~chs.benchmarks.peers` (detector and dlib rows) and :mod:`~chs.benchmarks.report` (ratios, table).
 Combinations that cannot run here become rows with ``status: "skipped"`` and a ``reason``.
 """

@@ -10,12 +10,9 @@ import typer
 
 from chs.benchmarks.request import BACKENDS, PRECISIONS, BenchRequest
 from chs.errors_cli import one_line_errors
-from chs.options import default
 from chs.runtime.errors import ChsError
 
-
-def _default(name: str):
-    return default(BenchRequest, name)
+D = BenchRequest  # the option defaults: BenchRequest's field defaults
 
 bench_app = typer.Typer(help="Benchmarks: complexity (Table 9), latency, accuracy, trade-off.", no_args_is_help=True,
                         pretty_exceptions_enable=False, add_completion=False)
@@ -142,23 +139,37 @@ def _write_json(path, obj) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, default=str))
 
 
+def _emit(ctx: typer.Context, out: str | None, name: str, payload: dict, as_json: bool, text: str) -> None:
+    """``--out``: payload as ``name``, machine.json and command.txt; then JSON or the text table on stdout."""
+    if out:
+        from pathlib import Path
+
+        _write_json(Path(out) / name, payload)
+        _write_json(Path(out) / "machine.json", payload["machine"])
+        (Path(out) / "command.txt").write_text(_command_line(ctx) + "\n")
+    if as_json:
+        sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    else:
+        typer.echo(text)
+
+
 @bench_app.command()
 @one_line_errors
 def latency(
     ctx: typer.Context,
-    model: Model = _default("model"),
-    backend: Backends = ",".join(_default("backends")),
-    precision: Precisions = ",".join(_default("precisions")),
+    model: Model = D.model,
+    backend: Backends = ",".join(D.backends),
+    precision: Precisions = ",".join(D.precisions),
     ccr: Ccrs = None,
-    batch: Batches = ",".join(map(str, _default("batches"))),
-    calib: Calib = _default("calib"),
-    repeats: Repeats = _default("repeats"),
-    warmup: Warmup = _default("warmup"),
-    max_seconds: MaxSeconds = _default("max_seconds"),
-    device: Device = _default("device"),
+    batch: Batches = ",".join(map(str, D.batches)),
+    calib: Calib = D.calib,
+    repeats: Repeats = D.repeats,
+    warmup: Warmup = D.warmup,
+    max_seconds: MaxSeconds = D.max_seconds,
+    device: Device = D.device,
     work_dir: WorkDir = None,
-    threads: Threads = _default("threads"),
-    detector: Detector = _default("detector"),
+    threads: Threads = D.threads,
+    detector: Detector = D.detector,
     as_json: AsJson = False,
     out: Annotated[str | None, typer.Option(help="Also write latency.json, machine.json, command.txt here.")] = None,
 ) -> None:
@@ -172,18 +183,8 @@ def latency(
     info = machine_info(threads)
     rows = latency_rows(req, log=_log)
     ratios = speed_ratios(rows)
-    if out:
-        from pathlib import Path
-
-        _write_json(Path(out) / "latency.json", {"machine": info, "rows": rows, "ratios": ratios})
-        _write_json(Path(out) / "machine.json", info)
-        (Path(out) / "command.txt").write_text(_command_line(ctx) + "\n")
-    if as_json:
-        sys.stdout.write(json.dumps({"machine": info, "rows": rows, "ratios": ratios}, indent=2, default=str) + "\n")
-        return
-    typer.echo(format_latency(rows, machine_line(info)))
-    if ratios:
-        typer.echo(format_ratios(ratios))
+    text = format_latency(rows, machine_line(info)) + ("\n" + format_ratios(ratios) if ratios else "")
+    _emit(ctx, out, "latency.json", {"machine": info, "rows": rows, "ratios": ratios}, as_json, text)
 
 
 def _format_accuracy(rows: list[dict], machine: str) -> str:
@@ -206,15 +207,15 @@ def _format_accuracy(rows: list[dict], machine: str) -> str:
 def accuracy(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated dataset split to evaluate on.")],
-    model: Model = _default("model"),
-    backend: Backends = ",".join(_default("backends")),
-    precision: Precisions = ",".join(_default("precisions")),
+    model: Model = D.model,
+    backend: Backends = ",".join(D.backends),
+    precision: Precisions = ",".join(D.precisions),
     ccr: Ccrs = None,
-    calib: Calib = _default("calib"),
-    device: Device = _default("device"),
+    calib: Calib = D.calib,
+    device: Device = D.device,
     work_dir: WorkDir = None,
-    threads: Threads = _default("threads"),
-    max_samples: MaxSamples = _default("max_samples"),
+    threads: Threads = D.threads,
+    max_samples: MaxSamples = D.max_samples,
     as_json: AsJson = False,
     out: Annotated[str | None, typer.Option(help="Also write accuracy.json, machine.json, command.txt here.")] = None,
 ) -> None:
@@ -226,16 +227,8 @@ def accuracy(
                    data=data, max_samples=max_samples)
     info = machine_info(threads)
     rows = accuracy_rows(req, log=_log)
-    if out:
-        from pathlib import Path
-
-        _write_json(Path(out) / "accuracy.json", {"machine": info, "rows": rows})
-        _write_json(Path(out) / "machine.json", info)
-        (Path(out) / "command.txt").write_text(_command_line(ctx) + "\n")
-    if as_json:
-        sys.stdout.write(json.dumps({"machine": info, "rows": rows}, indent=2, default=str) + "\n")
-        return
-    typer.echo(_format_accuracy(rows, machine_line(info)))
+    text = _format_accuracy(rows, machine_line(info))
+    _emit(ctx, out, "accuracy.json", {"machine": info, "rows": rows}, as_json, text)
 
 
 @bench_app.command()
@@ -244,20 +237,20 @@ def tradeoff(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated dataset split for NME / FR / AUC.")],
     out: Annotated[str, typer.Option(help="Folder for table.md/.csv/.json, the plots, machine.json, command.txt.")],
-    model: Model = _default("model"),
-    backend: Backends = ",".join(_default("backends")),
-    precision: Precisions = ",".join(_default("precisions")),
+    model: Model = D.model,
+    backend: Backends = ",".join(D.backends),
+    precision: Precisions = ",".join(D.precisions),
     ccr: Ccrs = None,
-    batch: Batches = ",".join(map(str, _default("batches"))),
-    calib: Calib = _default("calib"),
-    repeats: Repeats = _default("repeats"),
-    warmup: Warmup = _default("warmup"),
-    max_seconds: MaxSeconds = _default("max_seconds"),
-    device: Device = _default("device"),
+    batch: Batches = ",".join(map(str, D.batches)),
+    calib: Calib = D.calib,
+    repeats: Repeats = D.repeats,
+    warmup: Warmup = D.warmup,
+    max_seconds: MaxSeconds = D.max_seconds,
+    device: Device = D.device,
     work_dir: WorkDir = None,
-    threads: Threads = _default("threads"),
-    max_samples: MaxSamples = _default("max_samples"),
-    detector: Detector = _default("detector"),
+    threads: Threads = D.threads,
+    max_samples: MaxSamples = D.max_samples,
+    detector: Detector = D.detector,
     compare: Annotated[str | None, typer.Option(help="An earlier run's table.json (or its folder): report "
                                                      "run-to-run p50 agreement.")] = None,
     as_json: AsJson = False,

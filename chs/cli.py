@@ -12,8 +12,9 @@ import typer
 
 from chs.errors_cli import one_line_errors
 from chs.model.training.options import TrainOptions
-from chs.options import default
 from chs.runtime.errors import ChsError
+
+T = TrainOptions  # the option defaults: TrainOptions' field defaults
 
 app = typer.Typer(help="CHS face alignment: train, evaluate, export, align, benchmark.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -31,40 +32,36 @@ def _print_json(obj) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- train
-def _t(name: str):
-    return default(TrainOptions, name)
-
-
 @one_line_errors
 def train(
     data: Annotated[str, typer.Option(help="Training set (pts folder, COCO json, WFLW txt, COFW mat, AFLW csv).")],
     out: Annotated[str, typer.Option(help="Run folder: epoch_NNN/, last/ and best/ checkpoints.")] = "runs/chs",
     preset: Annotated[str, typer.Option(help="Model preset: wflw, 300w, cofw, aflw, awing, ytf68, tiny.")] = "ytf68",
-    val: Annotated[str | None, typer.Option(help="Validation set; best/ is chosen on its NME.")] = _t("val"),
-    epochs: int = _t("epochs"),
-    batch_size: int = _t("batch_size"),
-    lr: float = _t("lr"),
-    optimizer: Annotated[str, typer.Option(help="sgd (the paper) or adam.")] = _t("optimizer"),
-    schedule: Annotated[str, typer.Option(help="paper (x0.75 steps, scaled) or cosine.")] = _t("schedule"),
-    sigma: Annotated[float, typer.Option(help="Gaussian heatmap sigma in heatmap cells.")] = _t("sigma"),
+    val: Annotated[str | None, typer.Option(help="Validation set; best/ is chosen on its NME.")] = T.val,
+    epochs: int = T.epochs,
+    batch_size: int = T.batch_size,
+    lr: float = T.lr,
+    optimizer: Annotated[str, typer.Option(help="sgd (the paper) or adam.")] = T.optimizer,
+    schedule: Annotated[str, typer.Option(help="paper (x0.75 steps, scaled) or cosine.")] = T.schedule,
+    sigma: Annotated[float, typer.Option(help="Gaussian heatmap sigma in heatmap cells.")] = T.sigma,
     ccr: Annotated[int | None, typer.Option(help="CCR stages to train (default: the preset's).")] = None,
     backward: Annotated[str | None, typer.Option(help="Backward connection: ccr, task or full.")] = None,
-    seed: int = _t("seed"),
-    device: str = _t("device"),
-    amp: Annotated[str, typer.Option(help="none, bf16 (CUDA or CPU) or fp16 (CUDA only).")] = _t("amp"),
-    channels_last: Annotated[bool, typer.Option(help="NHWC activations (faster convolutions on CPU).")] = _t(
-        "channels_last"),
-    threads: int = _t("threads"),
-    workers: int = _t("workers"),
-    max_samples: int = _t("max_samples"),
+    seed: int = T.seed,
+    device: str = T.device,
+    amp: Annotated[str, typer.Option(help="none, bf16 (CUDA or CPU) or fp16 (CUDA only).")] = T.amp,
+    channels_last: Annotated[bool, typer.Option(help="NHWC activations (faster convolutions on CPU).")] = (
+        T.channels_last),
+    threads: int = T.threads,
+    workers: int = T.workers,
+    max_samples: int = T.max_samples,
     resume: Annotated[str | None, typer.Option(help="Checkpoint folder to resume from (e.g. RUN/last).")] = None,
-    init: Annotated[str | None, typer.Option(help="Warm start: copy matching weights from this checkpoint.")] = _t(
-        "init"),
-    ema: Annotated[float, typer.Option(help="EMA decay of weights and BN statistics; 0 = off.")] = _t("ema"),
-    init_lr_scale: Annotated[float, typer.Option(help="lr multiplier for the weights --init copied.")] = _t(
-        "init_lr_scale"),
+    init: Annotated[str | None, typer.Option(help="Warm start: copy matching weights from this checkpoint.")] = (
+        T.init),
+    ema: Annotated[float, typer.Option(help="EMA decay of weights and BN statistics; 0 = off.")] = T.ema,
+    init_lr_scale: Annotated[float, typer.Option(help="lr multiplier for the weights --init copied.")] = (
+        T.init_lr_scale),
     flip: Annotated[float, typer.Option(help="Probability of a mirrored training crop (0: labels not "
-                                        "mirror-symmetric; see chs-eval's offset_x).")] = _t("flip"),
+                                        "mirror-symmetric; see chs-eval's offset_x).")] = T.flip,
 ) -> None:
     """Train a CHS model (multi-task: heatmaps + cascaded coordinate regression)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -122,7 +119,6 @@ def evaluate(
                        f"{res['nme_iod'] * 100:.2f}%  FR@10 {res['fr_10'] * 100:.2f}%")
         return
     res = evaluate_runner(runner, load_dataset(data), batch_size)
-    res.pop("_pred")
     if plot:
         from chs.benchmarks.plots import plot_ced
 

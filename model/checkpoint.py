@@ -23,6 +23,7 @@ from chs.runtime.errors import ChsError
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+TRAIN_STATE = "optimizer.safetensors"  # optimizer and training state, written only by chs-train
 
 
 def save_checkpoint(model: CHSNet, directory: str | os.PathLike, info: dict | None = None,
@@ -36,7 +37,7 @@ def save_checkpoint(model: CHSNet, directory: str | os.PathLike, info: dict | No
         save_file(state, str(tmp / WEIGHTS))
         if extra_tensors:
             save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()},
-                      str(tmp / "optimizer.safetensors"))
+                      str(tmp / TRAIN_STATE))
         meta = {"config": model.cfg.to_dict(), "info": info or {}}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
         tmp.chmod(0o755)  # mkdtemp makes the folder private; a checkpoint is meant to be shared
@@ -92,3 +93,13 @@ def load_checkpoint(directory: str | os.PathLike, ccr: int | None = None,
                        f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
     model.eval()
     return model
+
+
+def read_train_state(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the checkpoint's ``info``, its served weights, its training-state tensors) for ``--resume``."""
+    path = resolve_model_path(directory)
+    state = path / TRAIN_STATE
+    if not state.is_file():
+        raise ChsError(f"--resume {path}: no {TRAIN_STATE} (only chs-train's run folders can be resumed)")
+    info = read_checkpoint_config(path)["info"]
+    return info, load_file(str(path / WEIGHTS)), load_file(str(state))

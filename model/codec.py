@@ -62,19 +62,6 @@ def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return coords, score
 
 
-def gaussian_heatmaps(points: np.ndarray, size: int, sigma: float) -> np.ndarray:
-    """(n, 2) heatmap-cell coordinates -> (n, size, size) float32 Gaussians with peak 1 (0 for NaN points)."""
-    pts = np.asarray(points, dtype=np.float32)
-    grid = np.arange(size, dtype=np.float32)
-    dx = grid[None, :] - pts[:, :1]  # (n, size)
-    dy = grid[None, :] - pts[:, 1:]
-    gx = np.exp(-0.5 * (dx / sigma) ** 2)
-    gy = np.exp(-0.5 * (dy / sigma) ** 2)
-    hm = gy[:, :, None] * gx[:, None, :]
-    hm[~np.isfinite(pts).all(axis=1)] = 0.0
-    return np.nan_to_num(hm).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class HeatmapCodec:
     """Heatmap geometry of one model: ``input_size`` crop pixels, ``stride`` pixels per cell, target ``sigma``."""
@@ -97,8 +84,14 @@ class HeatmapCodec:
         return (points + 0.5) * float(self.stride) - 0.5
 
     def encode(self, points: np.ndarray) -> np.ndarray:
-        """(n, 2) crop pixels -> (n, size, size) float32 Gaussian targets (all zero for a NaN point)."""
-        return gaussian_heatmaps(self.to_cells(np.asarray(points)), self.size, self.sigma)
+        """(n, 2) crop pixels -> (n, size, size) float32 Gaussians of peak 1 (all zero for a NaN point)."""
+        pts = np.asarray(self.to_cells(np.asarray(points)), dtype=np.float32)
+        grid = np.arange(self.size, dtype=np.float32)
+        gx = np.exp(-0.5 * ((grid[None, :] - pts[:, :1]) / self.sigma) ** 2)  # (n, size)
+        gy = np.exp(-0.5 * ((grid[None, :] - pts[:, 1:]) / self.sigma) ** 2)
+        hm = gy[:, :, None] * gx[:, None, :]
+        hm[~np.isfinite(pts).all(axis=1)] = 0.0
+        return np.nan_to_num(hm).astype(np.float32)
 
     def decode(self, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, n, H, W) -> landmarks (N, n, 2) in heatmap cells, peak scores (N, n); see :func:`decode_heatmaps`."""

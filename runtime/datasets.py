@@ -21,10 +21,9 @@ import numpy as np
 
 from .errors import ChsError
 from .imageio import read_image
-from .schemes import SCHEMES
+from .schemes import SCHEMES, WFLW_ATTRIBUTES
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
 
 PathLike = str | os.PathLike
 

@@ -16,7 +16,8 @@ from chs.runtime.backends.base import Runner
 from chs.runtime.datasets import FaceSample
 from chs.runtime.errors import ChsError
 from chs.runtime.geometry import box_from_landmarks, crop_face, invert_affine, transform_points
-from chs.runtime.metrics import WFLW_SUBSETS, nme, subset_summary, summarize
+from chs.runtime.metrics import nme, primary_normaliser, subset_summary, summarize
+from chs.runtime.schemes import WFLW_ATTRIBUTES
 
 
 def sample_box(sample: FaceSample, meta: ModelMeta) -> np.ndarray:
@@ -70,6 +71,14 @@ def predict_samples(runner: Runner, images: Sequence[np.ndarray], boxes: Sequenc
     return {k: np.concatenate(v, axis=1 if k == "stages" else 0) for k, v in outs.items()}
 
 
+def stage_summary(pred: dict[str, np.ndarray], gt: np.ndarray, scheme: str) -> dict:
+    """:func:`summarize` of the served landmarks, plus ``nme_iod_per_stage`` when the runner gave stages."""
+    result = summarize(pred["landmarks"], gt, scheme)
+    if "stages" in pred:
+        result["nme_iod_per_stage"] = [float(summarize(s, gt, scheme)["nme_iod"]) for s in pred["stages"]]
+    return result
+
+
 def evaluate_runner(runner: Runner, samples: Sequence[FaceSample], batch_size: int = 32) -> dict:
     """Metrics of a runner on annotated samples (fractions, not percent), per CCR stage when available."""
     if not samples:
@@ -82,16 +91,12 @@ def evaluate_runner(runner: Runner, samples: Sequence[FaceSample], batch_size: i
         raise ChsError(f"dataset has {gt.shape[1]}-point landmarks but the model predicts {runner.meta.num_points}")
     boxes = [sample_box(s, runner.meta) for s in kept]
     pred = predict_samples(runner, images, boxes, batch_size)
-    result = summarize(pred["landmarks"], gt, runner.meta.scheme)
+    result = stage_summary(pred, gt, runner.meta.scheme)
     result["skipped"] = skipped
     result["ccr"] = runner.meta.ccr
-    if "stages" in pred:
-        result["nme_iod_per_stage"] = [
-            float(summarize(s, gt, runner.meta.scheme)["nme_iod"]) for s in pred["stages"]]
-    primary = "box" if result["n"] and runner.meta.scheme == "19" else "iod"
+    primary = primary_normaliser(runner.meta.scheme) if result["n"] else "iod"
     result["per_sample_nme"] = nme(pred["landmarks"], gt, runner.meta.scheme, primary)
     attrs = [s.attributes for s in kept]
-    if any(name in a for a in attrs for name in WFLW_SUBSETS):  # WFLW-style flags: the per-subset breakdown
+    if any(name in a for a in attrs for name in WFLW_ATTRIBUTES):  # WFLW-style flags: the per-subset breakdown
         result["subsets"] = subset_summary(pred["landmarks"], gt, runner.meta.scheme, attrs)
-    result["_pred"] = pred["landmarks"]
     return result

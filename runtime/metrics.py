@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from .errors import ChsError
-from .schemes import LandmarkScheme, get_scheme
+from .schemes import WFLW_ATTRIBUTES, LandmarkScheme, get_scheme
 
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2.0 only has trapz
 
@@ -24,7 +24,6 @@ _KIND_WORDS = {
     "diag": "box diagonal",
 }
 
-WFLW_SUBSETS = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
 
 
 def _as_batch(points, scheme: LandmarkScheme, what: str) -> np.ndarray:
@@ -178,6 +177,11 @@ def _pct_key(threshold: float) -> str:
     return f"{threshold * 100:g}"
 
 
+def primary_normaliser(scheme: str) -> str:
+    """The scheme's customary NME normaliser: the face box for AFLW-19, the inter-ocular distance otherwise."""
+    return "box" if scheme == "19" else "iod"
+
+
 def summarize(
     pred,
     gt,
@@ -193,7 +197,7 @@ def summarize(
     sample (e.g. a missing pupil), instead of failing the whole report. Values are plain Python floats.
     """
     sch = get_scheme(scheme)
-    primary = "box" if sch.name == "19" else "iod"
+    primary = primary_normaliser(sch.name)
     per_kind: dict[str, np.ndarray | None] = {}
     for kind in ("iod", "ipd", "box", "diag"):
         try:
@@ -238,7 +242,7 @@ def subset_summary(
         raise ChsError(f"got {len(attributes)} attribute records for {len(g)} samples")
     b = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     out: dict[str, dict] = {}
-    for name in WFLW_SUBSETS:
+    for name in WFLW_ATTRIBUTES:
         mask = np.array([bool(a.get(name, a.get("make-up", False) if name == "makeup" else False))
                          for a in attributes], dtype=bool)
         if mask.any():
@@ -247,7 +251,6 @@ def subset_summary(
 
 
 __all__ = [
-    "WFLW_SUBSETS",
     "auc",
     "ced",
     "failure_rate",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,4 +31,4 @@ class Normalization:
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-__all__ = ["Normalization", "asdict"]
+__all__ = ["Normalization"]

@@ -17,6 +17,8 @@ import numpy as np
 
 from .errors import ChsError
 
+# WFLW's per-face attribute flags, in the order its annotation files list them (the evaluation subsets)
+WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
 
 @dataclass(frozen=True)
 class LandmarkScheme:
@@ -234,4 +236,4 @@ def get_scheme(name: str | int | LandmarkScheme) -> LandmarkScheme:
     raise ChsError(f"unknown landmark scheme '{name}' (known: {known})")
 
 
-__all__ = ["SCHEMES", "LandmarkScheme", "get_scheme"]
+__all__ = ["SCHEMES", "WFLW_ATTRIBUTES", "LandmarkScheme", "get_scheme"]

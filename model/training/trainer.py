@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from chs.model.checkpoint import CONFIG, WEIGHTS, save_checkpoint
+from chs.model.checkpoint import WEIGHTS, save_checkpoint
 from chs.model.chs import CHSNet, build_model
 from chs.model.config import ChsConfig
 from chs.model.runner import TorchRunner
@@ -23,10 +23,10 @@ from chs.model.training.augment import AugmentConfig
 from chs.model.training.data import FaceTrainSet
 from chs.model.training.losses import AdaptiveTaskWeights, adaptive_wing_loss, log_wing_loss, task_alphas
 from chs.model.training.options import TrainOptions
+from chs.model.training.state import restore_train_state, train_state_tensors
 from chs.runtime.datasets import load_dataset
 from chs.runtime.errors import ChsError
-from chs.runtime.evaluate import load_images, predict_samples, sample_box
-from chs.runtime.metrics import summarize
+from chs.runtime.evaluate import load_images, predict_samples, sample_box, stage_summary
 
 PAPER_EPOCHS = 340  # the paper's schedule, scaled to the configured epoch count
 PAPER_MILESTONES = (120, 200, 240, 245, 250, 255, 260, 265, 270, 275, 280, 285, 290, 295, 300, 305, 310, 315,
@@ -85,30 +85,6 @@ def _optimizer(opts: TrainOptions, params) -> torch.optim.Optimizer:
     if opts.optimizer == "adam":
         return torch.optim.Adam(params, lr=opts.lr)
     raise ChsError(f"unknown optimizer '{opts.optimizer}' (sgd or adam)")
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{idx}.{k}"] = v
-            else:
-                scalars[f"{idx}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict) -> None:
-    state: dict = {}
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v
-    for key, v in info["scalars"].items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
 
 
 class Trainer:
@@ -198,21 +174,7 @@ class Trainer:
         self.log(f"initialised {len(matched)} tensors from {path}; {fresh} new")
 
     def _resume(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        meta = json.loads((path / CONFIG).read_text())
-        extra = load_file(str(path / "optimizer.safetensors"))
-        served = load_file(str(path / WEIGHTS))  # the EMA weights when the run used --ema
-        raw = {k[4:]: v for k, v in extra.items() if k.startswith("raw.")}  # saved only when EMA is on
-        self.module.model.load_state_dict(raw or served)
-        self.module.weights.log_sigma.data.copy_(extra["task.log_sigma"])
-        if self.ema is not None:
-            if not raw:
-                raise ChsError(f"--resume {path}: checkpoint has no EMA weights but --ema is set")
-            self.ema.module.load_state_dict(served)
-            self.ema.n_averaged.fill_(int(extra["ema_n_averaged"]))
-        _restore_optimizer(self.opt, extra, meta["info"]["optimizer"])
-        info = meta["info"]
+        info = restore_train_state(path, self.module, self.opt, self.ema)
         self.start_epoch, self.best, self.history = info["epoch"] + 1, info["best"], info["history"]
 
     def _loader(self, epoch: int) -> DataLoader:
@@ -235,11 +197,7 @@ class Trainer:
         model.train(False)
         pred = predict_samples(runner, images, [sample_box(s, runner.meta) for s in kept], 64)
         self.module.model.train(True)
-        gt = np.stack([s.landmarks for s in kept])
-        per_stage = [summarize(p, gt, self.cfg.scheme)["nme_iod"] for p in pred["stages"]]
-        res = summarize(pred["landmarks"], gt, self.cfg.scheme)
-        res["nme_iod_per_stage"] = per_stage
-        return res
+        return stage_summary(pred, np.stack([s.landmarks for s in kept]), self.cfg.scheme)
 
     @property
     def served_model(self) -> CHSNet:
@@ -247,11 +205,7 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.module.model
 
     def _save(self, name: str, epoch: int, val: dict | None) -> None:
-        tensors, opt_info = _optimizer_tensors(self.opt)
-        tensors["task.log_sigma"] = self.module.weights.log_sigma.detach()
-        if self.ema is not None:  # model.safetensors holds the EMA; the raw weights go with the optimizer state
-            tensors.update({f"raw.{k}": v for k, v in self.module.model.state_dict().items()})
-            tensors["ema_n_averaged"] = self.ema.n_averaged.detach().clone()
+        tensors, opt_info = train_state_tensors(self.module, self.opt, self.ema)
         info = {"epoch": epoch, "best": self.best, "history": self.history, "val": val,
                 "optimizer": opt_info, "options": asdict(self.opts)}
         save_checkpoint(self.served_model, Path(self.opts.out) / name, info, tensors)
