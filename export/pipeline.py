@@ -56,7 +56,7 @@ def run_export(opts: ExportOptions, log=print) -> dict:
     model = load_checkpoint(resolve_model_path(opts.model), ccr=opts.ccr)
     k = model.cfg.ccr_stages
     meta = dataclasses.replace(model_meta(model), versions=_versions())
-    crops, gt, parity_source = parity_crops(meta, opts.parity_data)
+    parity = parity_crops(meta, opts.parity_data)
     calib_crops = None
     if opts.int8:
         from chs.calibration.data import load_calibration_crops
@@ -67,7 +67,7 @@ def run_export(opts: ExportOptions, log=print) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        report = _export_into(tmp, opts, model, meta, crops, gt, parity_source, calib_crops, log)
+        report = _export_into(tmp, opts, model, meta, parity, calib_crops, log)
         out.mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
             dest = out / f.name
@@ -81,7 +81,8 @@ def run_export(opts: ExportOptions, log=print) -> dict:
     return report
 
 
-def _export_into(tmp: Path, opts: ExportOptions, model, meta, crops, gt, parity_source, calib_crops, log) -> dict:
+def _export_into(tmp: Path, opts: ExportOptions, model, meta, parity: tuple, calib_crops, log) -> dict:
+    crops, gt, parity_source = parity  # real face crops, their ground truth (or None), a description
     k = model.cfg.ccr_stages
     torch_out = TorchRunner(model).infer(crops)
     reference = torch_out["landmarks"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from chs.model.config import ChsConfig
 from chs.model.layers import BasicBlock
 from chs.model.roi_align import roi_align
 from chs.model.selective import SelectiveFeature
@@ -13,15 +14,15 @@ from chs.model.selective import SelectiveFeature
 class CCRStage(nn.Module):
     """One refinement stage; the n per-landmark blocks run as grouped convolutions (groups = n)."""
 
-    def __init__(self, num_points: int, fe_channels: int, hg_features: int, branches: int, width: int,
-                 squeeze: int, ccr_width: int, roi_size: int, sampling_ratio: int, heatmap_size: int):
+    def __init__(self, cfg: ChsConfig):
         super().__init__()
-        self.n, self.roi, self.sr, self.hm = num_points, roi_size, sampling_ratio, heatmap_size
-        self.select = SelectiveFeature(branches, fe_channels, width, squeeze, guide_channels=num_points)
-        self.link = nn.Conv2d(hg_features, fe_channels, 1)
-        self.block = BasicBlock(fe_channels + 2, ccr_width, groups=num_points)
-        self.out = nn.Conv2d(ccr_width * num_points, 2 * num_points, 1, groups=num_points)
-        self.fc = nn.Linear(2 * num_points * roi_size * roi_size, 2 * num_points)
+        n, fe = cfg.num_points, cfg.fe_channels
+        self.n, self.roi, self.sr, self.hm = n, cfg.roi_size, cfg.sampling_ratio, cfg.heatmap_size
+        self.select = SelectiveFeature(cfg.num_branches, fe, cfg.sf_width, cfg.sf_squeeze, guide_channels=n)
+        self.link = nn.Conv2d(cfg.hg_features, fe, 1)
+        self.block = BasicBlock(fe + 2, cfg.ccr_width, groups=n)
+        self.out = nn.Conv2d(cfg.ccr_width * n, 2 * n, 1, groups=n)
+        self.fc = nn.Linear(2 * n * cfg.roi_size * cfg.roi_size, 2 * n)
         nn.init.zeros_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
 

@@ -64,11 +64,7 @@ class CHSNet(nn.Module):
             self.to_hg = nn.Conv2d(cfg.fe_channels, cfg.hg_features, 1)
         self.hourglass = StackedHourglass(cfg.num_stacks, cfg.hg_depth, cfg.hg_features, cfg.heatmap_channels,
                                           cfg.boundary, cfg.upsample)
-        self.ccr = nn.ModuleList(
-            CCRStage(cfg.num_points, cfg.fe_channels, cfg.hg_features, cfg.num_branches, cfg.sf_width,
-                     cfg.sf_squeeze, cfg.ccr_width, cfg.roi_size, cfg.sampling_ratio, cfg.heatmap_size)
-            for _ in range(cfg.ccr_stages)
-        )
+        self.ccr = nn.ModuleList(CCRStage(cfg) for _ in range(cfg.ccr_stages))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         n_pts = self.cfg.num_points

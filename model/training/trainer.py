@@ -90,6 +90,16 @@ def _optimizer(opts: TrainOptions, params) -> torch.optim.Optimizer:
 class Trainer:
     def __init__(self, cfg: ChsConfig, opts: TrainOptions, resume: str | None = None, log=print):
         self.cfg, self.opts, self.log = cfg.validate(), opts, log
+        self._setup_process()
+        self._build(resume)
+        self._load_data()
+        self.net = self.module
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(self.module)
+
+    def _setup_process(self) -> None:
+        """Distributed rank/world (torchrun's environment), CPU threads and the seed."""
+        opts = self.opts
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         if self.world > 1 and not dist.is_initialized():
@@ -97,7 +107,11 @@ class Trainer:
         if opts.threads:
             torch.set_num_threads(opts.threads)
         torch.manual_seed(opts.seed)
-        self.module = TrainModule(build_model(cfg)).to(opts.device)
+
+    def _build(self, resume: str | None) -> None:
+        """Model (warm-started or resumed), EMA copy, optimizer and the run's position."""
+        opts = self.opts
+        self.module = TrainModule(build_model(self.cfg)).to(opts.device)
         if opts.init and not resume:
             self._init_from(Path(opts.init))
         if opts.channels_last:
@@ -107,6 +121,10 @@ class Trainer:
         self.start_epoch, self.best, self.history = 0, math.inf, []
         if resume:
             self._resume(Path(resume))
+
+    def _load_data(self) -> None:
+        """The training set (augmented, in memory) and, on rank 0, the validation images."""
+        opts, cfg = self.opts, self.cfg
         samples = load_dataset(opts.data)
         if opts.max_samples:
             samples = samples[: opts.max_samples]
@@ -117,11 +135,8 @@ class Trainer:
             raise ChsError(f"no usable training images in {opts.data}")
         self.val = None
         if opts.val and self.rank == 0:
-            kept, images, skipped = load_images(load_dataset(opts.val))
+            kept, images, _ = load_images(load_dataset(opts.val))
             self.val = (kept, images)
-        self.net = self.module
-        if self.world > 1:
-            self.net = nn.parallel.DistributedDataParallel(self.module)
 
     def _augment_config(self) -> AugmentConfig | None:
         if not self.opts.augment:
