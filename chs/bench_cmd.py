@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from typing import Annotated
@@ -59,6 +60,31 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tabl
 Threads = Annotated[int | None, typer.Option(help="Intra-op threads for torch and ONNX Runtime (default: theirs).")]
 Detector = Annotated[bool, typer.Option(help="Also time the face detector on the demo image.")]
 MaxSamples = Annotated[int | None, typer.Option(help="Evaluate this many faces, spread over the split.")]
+
+
+def _request_options(model: Model = D.model, backend: Backends = ",".join(D.backends),
+                     precision: Precisions = ",".join(D.precisions), ccr: Ccrs = None, calib: Calib = D.calib,
+                     device: Device = D.device, work_dir: WorkDir = None, threads: Threads = D.threads,
+                     as_json: AsJson = False) -> None:
+    """The options every latency/accuracy/trade-off command takes (declared once, see :func:`_with_options`)."""
+
+
+def _timing_options(batch: Batches = ",".join(map(str, D.batches)), repeats: Repeats = D.repeats,
+                    warmup: Warmup = D.warmup, max_seconds: MaxSeconds = D.max_seconds,
+                    detector: Detector = D.detector) -> None:
+    """The options of the commands that time rows."""
+
+
+def _with_options(*templates):
+    """Append the templates' options to a command's own; typer passes them in its ``**opts``."""
+
+    def decorate(fn):
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
+        shared = [p for t in templates for p in inspect.signature(t, eval_str=True).parameters.values()]
+        fn.__signature__ = inspect.Signature([p.replace(kind=p.KEYWORD_ONLY) for p in own + shared])
+        return fn
+
+    return decorate
 
 
 def _list(text: str, option: str) -> list[str]:
@@ -155,32 +181,20 @@ def _emit(ctx: typer.Context, out: str | None, name: str, payload: dict, as_json
 
 @bench_app.command()
 @one_line_errors
+@_with_options(_request_options, _timing_options)
 def latency(
     ctx: typer.Context,
-    model: Model = D.model,
-    backend: Backends = ",".join(D.backends),
-    precision: Precisions = ",".join(D.precisions),
-    ccr: Ccrs = None,
-    batch: Batches = ",".join(map(str, D.batches)),
-    calib: Calib = D.calib,
-    repeats: Repeats = D.repeats,
-    warmup: Warmup = D.warmup,
-    max_seconds: MaxSeconds = D.max_seconds,
-    device: Device = D.device,
-    work_dir: WorkDir = None,
-    threads: Threads = D.threads,
-    detector: Detector = D.detector,
-    as_json: AsJson = False,
     out: Annotated[str | None, typer.Option(help="Also write latency.json, machine.json, command.txt here.")] = None,
+    **opts,
 ) -> None:
     """Per-face latency (p50/p90/p99, faces/s) of each CCR count x backend x precision x batch, with its floor."""
     from chs.benchmarks.latency import latency_rows
     from chs.benchmarks.machine import machine_info, machine_line
     from chs.benchmarks.report import format_latency, format_ratios, speed_ratios
 
-    req = _request(model, backend, precision, ccr, batch, work_dir, calib=calib, repeats=repeats, warmup=warmup,
-                   max_seconds=max_seconds, device=device, detector=detector, threads=threads)
-    info = machine_info(threads)
+    as_json = opts.pop("as_json")
+    req = _request(**opts)
+    info = machine_info(req.threads)
     rows = latency_rows(req, log=_log)
     ratios = speed_ratios(rows)
     text = format_latency(rows, machine_line(info)) + ("\n" + format_ratios(ratios) if ratios else "")
@@ -204,28 +218,21 @@ def _format_accuracy(rows: list[dict], machine: str) -> str:
 
 @bench_app.command()
 @one_line_errors
+@_with_options(_request_options)
 def accuracy(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated dataset split to evaluate on.")],
-    model: Model = D.model,
-    backend: Backends = ",".join(D.backends),
-    precision: Precisions = ",".join(D.precisions),
-    ccr: Ccrs = None,
-    calib: Calib = D.calib,
-    device: Device = D.device,
-    work_dir: WorkDir = None,
-    threads: Threads = D.threads,
     max_samples: MaxSamples = D.max_samples,
-    as_json: AsJson = False,
     out: Annotated[str | None, typer.Option(help="Also write accuracy.json, machine.json, command.txt here.")] = None,
+    **opts,
 ) -> None:
     """NME / FR@10 / AUC@10 of each CCR count x backend x precision on a dataset split."""
     from chs.benchmarks.accuracy import accuracy_rows
     from chs.benchmarks.machine import machine_info, machine_line
 
-    req = _request(model, backend, precision, ccr, None, work_dir, calib=calib, device=device, threads=threads,
-                   data=data, max_samples=max_samples)
-    info = machine_info(threads)
+    as_json = opts.pop("as_json")
+    req = _request(**opts, data=data, max_samples=max_samples)
+    info = machine_info(req.threads)
     rows = accuracy_rows(req, log=_log)
     text = _format_accuracy(rows, machine_line(info))
     _emit(ctx, out, "accuracy.json", {"machine": info, "rows": rows}, as_json, text)
@@ -233,27 +240,15 @@ def accuracy(
 
 @bench_app.command()
 @one_line_errors
+@_with_options(_request_options, _timing_options)
 def tradeoff(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated dataset split for NME / FR / AUC.")],
     out: Annotated[str, typer.Option(help="Folder for table.md/.csv/.json, the plots, machine.json, command.txt.")],
-    model: Model = D.model,
-    backend: Backends = ",".join(D.backends),
-    precision: Precisions = ",".join(D.precisions),
-    ccr: Ccrs = None,
-    batch: Batches = ",".join(map(str, D.batches)),
-    calib: Calib = D.calib,
-    repeats: Repeats = D.repeats,
-    warmup: Warmup = D.warmup,
-    max_seconds: MaxSeconds = D.max_seconds,
-    device: Device = D.device,
-    work_dir: WorkDir = None,
-    threads: Threads = D.threads,
     max_samples: MaxSamples = D.max_samples,
-    detector: Detector = D.detector,
     compare: Annotated[str | None, typer.Option(help="An earlier run's table.json (or its folder): report "
                                                      "run-to-run p50 agreement.")] = None,
-    as_json: AsJson = False,
+    **opts,
 ) -> None:
     """Latency and accuracy in one table (Markdown/CSV/JSON) and the NME-vs-cost plots (cf. paper Fig. 14)."""
     from chs.benchmarks.accuracy import accuracy_rows
@@ -270,11 +265,10 @@ def tradeoff(
         write_tradeoff,
     )
 
-    req = _request(model, backend, precision, ccr, batch, work_dir, calib=calib, repeats=repeats, warmup=warmup,
-                   max_seconds=max_seconds, device=device, detector=detector, threads=threads, data=data,
-                   max_samples=max_samples)
+    as_json = opts.pop("as_json")
+    req = _request(**opts, data=data, max_samples=max_samples)
     previous = load_previous_rows(compare) if compare else None  # bad path: fail before the long run
-    info = machine_info(threads)
+    info = machine_info(req.threads)
     factory = RunnerFactory(req, log=_log)
     acc = accuracy_rows(req, factory=factory, log=_log)
     lat = latency_rows(req, factory=factory, log=_log)
