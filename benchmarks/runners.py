@@ -10,6 +10,7 @@ unchanged. Combinations that cannot run here raise :class:`Skip` with the reason
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -199,15 +200,15 @@ class RunnerFactory:
         raise Skip(f"unknown backend {c.backend}")
 
     def _torch(self, c: Combo) -> Any:
-        from chs.model.checkpoint import load_checkpoint
-        from chs.model.runner import TorchRunner
+        from chs.model.runner import open_checkpoint
+        from chs.runtime.backends.opener import open_model
 
         if c.precision == "int8":
             raise Skip("torch INT8 is not benchmarked: INT8 runs through ONNX Runtime (u8s8) or TensorRT (s8s8)")
         if self.device == "cpu" and c.precision != "fp32":
             raise Skip(f"torch {c.precision} is measured on CUDA only (CPU rows are FP32)")
-        model = load_checkpoint(self.model, ccr=c.ccr)
-        return TorchRunner(model, self.device, c.precision, graphs=c.mode == "cudagraph")
+        opener = functools.partial(open_checkpoint, precision=c.precision, graphs=c.mode == "cudagraph")
+        return open_model(self.model, "torch", ccr=c.ccr, device=self.device, checkpoint=opener)
 
     def _engine(self, c: Combo) -> Path:
         """The TensorRT engine of the combination's ONNX file, built (or rebuilt when older) on first use."""

@@ -94,11 +94,12 @@ class TorchRunner(RunnerBase):
         self._captured.clear()
 
 
-def open_checkpoint(path: Path, ccr: int | None = None, device: str = "cpu") -> TorchRunner:
+def open_checkpoint(path: Path, ccr: int | None = None, device: str = "cpu", precision: str = "fp32",
+                    graphs: bool = False) -> TorchRunner:
     """A checkpoint folder as a runner (the checkpoint opener :func:`open_model` is given by this layer)."""
     from chs.model.checkpoint import load_checkpoint
 
-    return TorchRunner(load_checkpoint(path, ccr=ccr), device)
+    return TorchRunner(load_checkpoint(path, ccr=ccr), device, precision, graphs)
 
 
 def open_runner(model: str | os.PathLike, ccr: int | None = None, backend: str = "auto", device: str = "cpu",
