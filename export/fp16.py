@@ -1,7 +1,7 @@
 """FP16 ONNX: float16 tensors in the conv trunk, float32 where coordinates live, float32 I/O.
 
 TensorRT 10 (strongly typed) and 11 take precision from the ONNX file, so the FP16 artifact is an ONNX
-whose tensors are float16 except the nodes :func:`chs.export.sensitive.float32_nodes` names. Before
+whose tensors are float16 except the nodes :func:`chs.model.sensitive.float32_nodes` names. Before
 converting, :func:`fp16_range_scan` runs the FP32 model on real crops and reports every tensor that would
 overflow float16 (|x| > 65504 becomes inf), so the export can refuse instead of shipping NaN landmarks.
 """
