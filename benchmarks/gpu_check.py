@@ -63,9 +63,9 @@ def _load_model() -> tuple[Any, str]:
     import torch
 
     try:
-        from chs.model.checkpoint import default_model_dir, load_checkpoint
+        from chs.model.checkpoint import load_checkpoint
 
-        return load_checkpoint(default_model_dir()), "bundled model"
+        return load_checkpoint("default"), "bundled model"
     except ImportError as e:
         from chs.model.chs import build_model
         from chs.model.config import get_preset
@@ -80,14 +80,12 @@ def _torch_rows(
     """torch rows on ``device`` ("cpu" only in tests: no CUDA graph row there); ``only`` picks rows."""
     import torch
 
-    from chs.runtime.geometry import heatmap_to_crop
-
-    stride = model.cfg.heatmap_stride
+    codec = model.cfg.codec
     torch.backends.cuda.matmul.allow_tf32 = False  # FP32 rows must be FP32, not TF32
     torch.backends.cudnn.allow_tf32 = False
 
     def decode(out: dict) -> np.ndarray:
-        return heatmap_to_crop(out["landmarks"][-1].float().cpu().numpy(), stride)
+        return codec.to_crop(out["landmarks"][-1].float().cpu().numpy())
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     model = model.eval()

@@ -30,8 +30,6 @@ import numpy as np
 
 from chs.runtime.artifact import INPUT_NAME, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta
 from chs.runtime.errors import ChsError
-from chs.runtime.geometry import CropRule
-from chs.runtime.preprocess import Normalization
 
 CONTRACT_VERSION = 1
 CONTRACT_FILE = "chs_contract.json"
@@ -123,6 +121,7 @@ def io_contract(meta: ModelMeta, inputs: list[dict], outputs: list[dict], engine
         "ccr": int(meta.ccr),
         "precision": meta.precision,
         "engine": dict(engine) if engine else None,
+        "meta": meta.to_dict(),
     }
 
 
@@ -170,20 +169,6 @@ def read_contract(path: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ChsError(f"contract file {p} is not valid JSON") from None
     return validate_contract(data, f"contract file {p}")
-
-
-def contract_meta(contract: dict, source: str = "contract") -> ModelMeta:
-    """The metadata record, rebuilt from a validated contract's flattened fields (stored once, not twice)."""
-    c = validate_contract(contract, source)
-    try:
-        return ModelMeta(
-            scheme=c["landmarks"]["scheme"], num_points=int(c["landmarks"]["num_points"]),
-            input_size=int(c["crop"]["input_size"]), heatmap_stride=int(c["heatmap_stride"]), ccr=int(c["ccr"]),
-            precision=c["precision"], crop_rule=CropRule.from_dict(c["crop"]),
-            normalization=Normalization.from_dict(c["normalization"]),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise ChsError(f"{source} has incomplete model fields ({type(e).__name__}: {e})") from None
 
 
 def contract_crop_affine(contract: dict, box) -> np.ndarray:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from chs.runtime.artifact import META_KEY, ModelMeta, read_onnx_meta, write_onnx_meta
-from chs.runtime.contract import contract_meta, io_contract
 from chs.runtime.errors import ChsError
 from chs.runtime.geometry import CropRule
 from chs.runtime.preprocess import Normalization
@@ -66,11 +65,3 @@ def test_onnx_io_needs_no_onnx_package():
     assert read_onnx_meta(proto) == META
     with pytest.raises(ChsError, match="carries no CHS metadata"):
         read_onnx_meta(_Props(), source="x.onnx")
-
-
-def test_contract_stores_the_record_once_and_rebuilds_it():
-    c = io_contract(META, [{"name": "input", "shape": [-1, 3, 64, 64]}],
-                    [{"name": "landmarks", "shape": [-1, 68, 2]}])
-    assert "meta" not in c
-    got = contract_meta(c)
-    assert got == dataclasses.replace(META, preset="", versions={})
