@@ -1,39 +1,63 @@
 """Image reading that fails loudly: RGB uint8 out, or one ChsError line saying what is wrong with the file.
 
 cv2.imread returns None for every kind of failure and silently grey-fills truncated JPEGs; a landmark
-model fed such an image gives confident nonsense. Here missing, empty, truncated, undecodable and tiny
-images are told apart, 16-bit / gray / alpha images are normalised, and unicode paths work (np.fromfile
-+ cv2.imdecode instead of cv2.imread).
+model fed such an image gives confident nonsense. Here missing, empty, truncated, undecodable, corrupt
+and tiny images are told apart, 16-bit / gray / alpha images are normalised, and unicode paths work
+(bytes read by ``files.read_input_bytes`` + cv2.imdecode instead of cv2.imread).
 
-EXIF orientation is deliberately not applied: dataset annotations refer to the stored pixel grid.
+Limits: the size a header declares is checked against ``max_pixels`` (default 100 MP, or the
+``CHS_MAX_IMAGE_PIXELS`` environment variable) before decoding; files larger than 8 bytes per allowed
+pixel are not read. FIFOs, devices and other special files are refused without being read.
+
+EXIF orientation (JPEG, PNG) is applied: the pixels come out as an image viewer displays them, so
+landmarks are in the displayed frame. Arrays given to the API are never turned.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .errors import ChsError
+from .files import read_input_bytes
+from .imageheader import apply_orientation, declared_size, exif_orientation, jpeg_segments
 
 _JPEG_SOI = b"\xff\xd8"
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
+DEFAULT_MAX_PIXELS = 100_000_000
+_stderr_lock = threading.Lock()
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as an RGB uint8 (H, W, 3) array."""
-    p = Path(path)
-    if not p.exists():
-        raise ChsError(f"image not found: {p}")
-    if p.is_dir():
-        raise ChsError(f"image path is a directory, not a file: {p}")
+def max_image_pixels(max_pixels: int | None = None) -> int:
+    """The pixel limit in force: the argument, else $CHS_MAX_IMAGE_PIXELS, else 100 MP."""
+    if max_pixels is not None:
+        return int(max_pixels)
+    env = os.environ.get("CHS_MAX_IMAGE_PIXELS", "")
     try:
-        data = np.fromfile(p, dtype=np.uint8)
-    except OSError as e:
-        raise ChsError(f"cannot read image {p}: {e.strerror or e}") from e
-    return decode_image(data, str(p))
+        return int(env) if env else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise ChsError(f"CHS_MAX_IMAGE_PIXELS must be a whole number, got '{env}'") from None
+
+
+def check_pixel_count(width: int, height: int, name: str, max_pixels: int | None = None) -> None:
+    """ChsError when width x height exceeds the pixel limit."""
+    limit = max_image_pixels(max_pixels)
+    if width * height > limit:
+        raise ChsError(f"image {name} is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
+                       f"{limit / 1e6:g} MP (set CHS_MAX_IMAGE_PIXELS to allow more)")
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file as an RGB uint8 (H, W, 3) array, turned by its EXIF orientation."""
+    p = Path(path)
+    data = read_input_bytes(p, "image", max_bytes=8 * max_image_pixels(max_pixels) + (1 << 20))
+    return decode_image(data, str(p), max_pixels=max_pixels)
 
 
 def _jpeg_is_complete(data: bytes) -> bool:
@@ -43,24 +67,55 @@ def _jpeg_is_complete(data: bytes) -> bool:
     then looks for FF D9 in the entropy-coded data (where a literal FF is always stuffed as FF 00, so FF D9
     can only be the marker). Trailing bytes after EOI (camera trailers) are fine.
     """
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return False  # lost sync in the header: corrupt, treat as truncated
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        if marker == 0xD9:
-            return False  # EOI before any scan: no image data
-        seg_len = int.from_bytes(data[i + 2 : i + 4], "big")
+    for marker, _start, end in jpeg_segments(data):
         if marker == 0xDA:
-            return data.find(b"\xff\xd9", i + 2 + seg_len) >= 0
-        i += 2 + seg_len
+            return data.find(b"\xff\xd9", end) >= 0
     return False
+
+
+def _decode_capturing_stderr(buf: np.ndarray, flags: int) -> tuple[np.ndarray | None, str]:
+    """cv2.imdecode with file descriptor 2 captured: libjpeg reports corrupt data only as a warning on stderr.
+
+    Serialised by a lock (fd 2 is process-wide); anything else written to stderr meanwhile is passed on.
+    """
+    with _stderr_lock, tempfile.TemporaryFile() as cap:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(cap.fileno(), 2)
+            try:
+                img = cv2.imdecode(buf, flags)
+            except cv2.error:
+                img = None
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        cap.seek(0)
+        text = cap.read().decode("utf-8", "replace")
+    other = [ln for ln in text.splitlines(keepends=True) if not _is_libjpeg_warning(ln)]
+    if other:
+        os.write(2, "".join(other).encode())
+    return img, text
+
+
+def _is_libjpeg_warning(line: str) -> bool:
+    return line.startswith(("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters",
+                            "Warning: ", "Inconsistent progression", "Unknown Adobe"))
+
+
+def _corruption(text: str) -> str | None:
+    """The first libjpeg warning that means missing or damaged image data (not merely odd padding)."""
+    for line in text.splitlines():
+        if _is_libjpeg_warning(line) and "extraneous bytes" not in line:
+            return line.strip().rstrip(".")
+    return None
+
+
+def _suspicious_jpeg(raw: bytes, img: np.ndarray) -> bool:
+    """Grey-filled last row (libjpeg's fill for missing data is exactly 128) or a progressive JPEG."""
+    if img.ndim >= 2 and img.size and img.dtype == np.uint8 and (img[-1] == 128).all():
+        return True
+    return any(marker in (0xC2, 0xC6, 0xCA, 0xCE) for marker, _, _ in jpeg_segments(raw))
 
 
 def _to_rgb8(img: np.ndarray, name: str) -> np.ndarray:
@@ -85,18 +140,24 @@ def _to_rgb8(img: np.ndarray, name: str) -> np.ndarray:
     raise ChsError(f"image {name} has {channels} channels; expected 1 to 4")
 
 
-def decode_image(data: bytes | bytearray | memoryview | np.ndarray, name: str = "image") -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, BMP, PPM, TIFF, WebP, ...) to RGB uint8 (H, W, 3)."""
+def decode_image(data: bytes | bytearray | memoryview | np.ndarray, name: str = "image",
+                 max_pixels: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, BMP, PPM, TIFF, WebP, ...) to RGB uint8 (H, W, 3), turned by
+    the file's EXIF orientation."""
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
     if buf.dtype != np.uint8:
         raise ChsError(f"image {name}: expected encoded bytes (uint8), got {buf.dtype}")
     if buf.size == 0:
         raise ChsError(f"image {name} is empty (0 bytes)")
     raw = buf.tobytes()
-    if raw.startswith(_JPEG_SOI) and not _jpeg_is_complete(raw):
+    jpeg = raw.startswith(_JPEG_SOI)
+    if jpeg and not _jpeg_is_complete(raw):
         raise ChsError(f"image {name} is truncated")
     if raw.startswith(_PNG_SIG) and raw.rfind(b"IEND") < 0:
         raise ChsError(f"image {name} is truncated")
+    size = declared_size(raw)
+    if size is not None:
+        check_pixel_count(size[0], size[1], name, max_pixels)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error:
@@ -105,11 +166,17 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, name: str = 
         if raw.startswith((_JPEG_SOI, _PNG_SIG)):
             raise ChsError(f"cannot decode image {name}: corrupt {'JPEG' if raw[0] == 0xFF else 'PNG'} data")
         raise ChsError(f"cannot decode image {name}: not a supported image file")
+    check_pixel_count(img.shape[1], img.shape[0], name, max_pixels)  # formats without a header reader
+    if jpeg and _suspicious_jpeg(raw, img):
+        img, warnings = _decode_capturing_stderr(buf, cv2.IMREAD_UNCHANGED)
+        problem = _corruption(warnings)
+        if problem or img is None:
+            raise ChsError(f"image {name} is corrupt ({problem or 'undecodable'})")
     rgb = _to_rgb8(img, name)
     h, w = rgb.shape[:2]
     if h < 2 or w < 2:
         raise ChsError(f"image {name} is too small ({w}x{h})")
-    return rgb
+    return apply_orientation(rgb, exif_orientation(raw))
 
 
-__all__ = ["decode_image", "read_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "check_pixel_count", "decode_image", "max_image_pixels", "read_image"]
