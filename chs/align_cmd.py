@@ -9,9 +9,10 @@ folder an unreadable image is reported and skipped, so one bad file does not sto
 from __future__ import annotations
 
 import json
+import stat
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,11 +20,12 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from chs.errors_cli import fail, one_line_errors
+from chs.errors_cli import fail, one_line_errors, printable
 from chs.runtime.assets import DEMO_BOX, DEMO_IMAGE
 from chs.runtime.datasets import IMAGE_EXTENSIONS
 from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, write_image
 from chs.runtime.errors import ChsError
+from chs.runtime.files import atomic_output, check_input, check_output_dir
 from chs.runtime.imageio import read_image
 from chs.runtime.landmarks import Face, LandmarkRuntime
 
@@ -56,14 +58,16 @@ class BoxBook:
             data = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ChsError(f"boxes file {p} is not valid JSON (line {e.lineno}: {e.msg})") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ChsError(f"cannot read boxes file {p}: {e}") from None
+        except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: e.g. a 5000-digit integer
+            raise ChsError(f"cannot read boxes file {p}: {str(e)[:200]}") from None
         if not isinstance(data, dict):
             raise ChsError(f'boxes file {p} must hold an object {{"image": [[x0, y0, x1, y1], ...]}}')
         entries = {}
         for key, value in data.items():
             try:
                 b = np.asarray(value, dtype=np.float64)
+            except OverflowError:
+                raise ChsError(f"boxes file {p}: '{key}' holds a number too large for a coordinate") from None
             except (TypeError, ValueError):
                 raise ChsError(f"boxes file {p}: '{key}' is not a list of [x0, y0, x1, y1] boxes") from None
             if b.ndim == 1 and b.size == 4:
@@ -89,17 +93,26 @@ class BoxBook:
 
 # ------------------------------------------------------------------------------------------------ inputs
 def collect_inputs(inputs: list[str]) -> list[Item]:
-    """Files as named (videos by extension); folders expanded to their images and videos, sorted."""
+    """Files as named (videos by extension); folders expanded to their images and videos, sorted. A named
+    FIFO, device or symlink loop is an error; inside a folder such entries are skipped with a warning."""
     items: list[Item] = []
     for raw in inputs:
         p = Path(raw)
-        if not p.exists():
-            raise ChsError(f"input not found: {p}")
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in
-                           IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+        st = check_input(p, "input")
+        if stat.S_ISDIR(st.st_mode):
+            found = []
+            for f in sorted(p.rglob("*")):
+                if f.suffix.lower() not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS or f.is_dir():
+                    continue
+                if f.is_file():
+                    found.append(f)
+                    continue
+                try:
+                    check_input(f, "file")
+                except ChsError as e:
+                    typer.echo(f"warning: skipped {printable(str(f))}: {printable(str(e))}", err=True)
             if not found:
-                typer.echo(f"warning: no images or videos in folder {p}", err=True)
+                typer.echo(f"warning: no images or videos in folder {printable(str(p))}", err=True)
             items += [Item(f, p, f.suffix.lower() in VIDEO_EXTENSIONS) for f in found]
         else:
             items.append(Item(p, None, p.suffix.lower() in VIDEO_EXTENSIONS))
@@ -139,7 +152,7 @@ def _emit(name: str, faces: list[Face], as_json: bool, frame: int | None = None)
                         "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in f.landmarks]})
             sys.stdout.write(json.dumps(rec) + "\n")
         else:
-            where = f"{name} frame {frame}" if frame is not None else name
+            where = f"{printable(name)} frame {frame}" if frame is not None else printable(name)
             box = ", ".join(f"{v:.1f}" for v in f.box)
             typer.echo(f"{where}  face {j}  score {f.score:.3f}  box [{box}]  {len(f.landmarks)} landmarks")
 
@@ -188,10 +201,13 @@ def align(
     if demo:
         if inputs:
             raise ChsError("--demo takes no inputs")
+        check_output_dir(out or DEMO_OUT)
         _run_demo(model, boxes, Path(out or DEMO_OUT), as_json, backend, batch_size)
         return
     if not inputs:
         raise ChsError("no inputs: give image files, folders or videos (or try --demo)")
+    if out:
+        check_output_dir(out)
     items = collect_inputs(inputs)
     if not items:
         raise ChsError("no images or videos found in the given folders")
@@ -229,7 +245,7 @@ def _align_images(runtime: LandmarkRuntime, chunk: list[Item], book: BoxBook, na
         except ChsError as e:
             if item.root is None:
                 raise  # a file named on the command line: a bad input, exit 2
-            typer.echo(f"warning: skipped {item.path}: {e}", err=True)
+            typer.echo(f"warning: skipped {printable(str(item.path))}: {printable(str(e))}", err=True)
             stats["skipped"] += 1
     box_list = [book.lookup(item) for item, _ in kept]
     try:
@@ -246,7 +262,7 @@ def _align_images(runtime: LandmarkRuntime, chunk: list[Item], book: BoxBook, na
         stats["images"] += 1
         stats["faces"] += len(faces)
         if not faces:
-            typer.echo(f"warning: no face found in {item.path}", err=True)
+            typer.echo(f"warning: no face found in {printable(str(item.path))}", err=True)
         _emit(str(item.path), faces, as_json)
         if names is not None:
             write_image(names(item), draw_faces(img, faces))
@@ -262,13 +278,23 @@ def _align_video(runtime: LandmarkRuntime, item: Item, book: BoxBook, names: Out
         b = book.lookup(item, f"#{i}")
         return b if b is not None else book.lookup(item)
 
-    dst = names(item) if names is not None else None
-    for idx, faces in annotate_video(runtime, item.path, dst, frame_boxes, batch_size=min(batch_size, 16)):
-        stats["frames"] += 1
-        stats["faces"] += len(faces)
-        _emit(str(item.path), faces, as_json, frame=idx)
-        progress(item.path.name, advance=1, total=total)
+    if names is None:
+        _video_frames(runtime, item, None, frame_boxes, as_json, stats, progress, total, batch_size)
+    else:
+        with atomic_output(names(item)) as partial:  # renamed into place only when every frame is written
+            _video_frames(runtime, item, partial, frame_boxes, as_json, stats, progress, total, batch_size)
     stats["videos"] += 1
+
+
+def _video_frames(runtime: LandmarkRuntime, item: Item, dst: Path | None, frame_boxes: Callable[[int], Any],
+                  as_json: bool, stats: dict[str, int], progress: Callable[..., Any], total: int | None,
+                  batch_size: int) -> None:
+    with closing(annotate_video(runtime, item.path, dst, frame_boxes, batch_size=min(batch_size, 16))) as frames:
+        for idx, faces in frames:
+            stats["frames"] += 1
+            stats["faces"] += len(faces)
+            _emit(str(item.path), faces, as_json, frame=idx)
+            progress(item.path.name, advance=1, total=total)
 
 
 def _run_demo(model: str, boxes: str | None, out: Path, as_json: bool, backend: str, batch_size: int) -> None:

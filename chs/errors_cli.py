@@ -15,20 +15,43 @@ from chs.runtime.errors import ChsError
 EXIT_BAD_INPUT = 2
 
 
+def printable(text: str) -> str:
+    """Control characters (a newline in a file name) escaped, so one record or message stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {printable(message.strip())}", err=True)
     raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _stdout_closed() -> None:
+    """The reader of stdout went away (``| head -1``): a normal end. Later writes and the interpreter's final
+    flush go to /dev/null, so no 'Exception ignored ... BrokenPipeError' follows."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (a test runner's buffer)
+        pass
+    sys.exit(0)
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows up here when the output was buffered
+            return result
         except typer.Exit:
             raise
+        except BrokenPipeError:
+            _stdout_closed()
         except ChsError as e:
-            fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            fail(str(e) or type(e).__name__)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
             fail(f"{e.strerror or type(e).__name__}: {e.filename}")
         except KeyboardInterrupt:

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from chs.runtime.errors import ChsError
+from chs.runtime.files import atomic_output
 
 if TYPE_CHECKING:
     from chs.runtime.landmarks import Face, LandmarkRuntime
@@ -55,9 +56,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 
     ok, buf = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise ChsError(f"could not encode {p.name}")
-    p.parent.mkdir(parents=True, exist_ok=True)
     try:
-        buf.tofile(str(p))
+        with atomic_output(p) as partial:  # an interrupted run leaves whole files only
+            buf.tofile(str(partial))
     except OSError as e:
         raise ChsError(f"cannot write {p}: {e.strerror or e}") from None
     return p

@@ -128,14 +128,16 @@ def _temp_name(dst: Path) -> Path:
 @contextmanager
 def atomic_output(dst: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``dst`` (same extension, so writers pick the same format); rename it
-    to ``dst`` when the block ends normally, delete it when it raises (KeyboardInterrupt included)."""
+    to ``dst`` when the block ends normally, delete it when it raises (KeyboardInterrupt included).
+    A block that wrote nothing (e.g. a video without frames) leaves no file."""
     target = Path(dst)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(target)
     try:
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:
-            raise ChsError(f"nothing was written to {target}")
+            tmp.unlink(missing_ok=True)
+            return
         tmp.chmod(0o644)
         os.replace(tmp, target)
     except BaseException:

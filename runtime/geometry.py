@@ -42,19 +42,47 @@ def box_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
     return np.array([pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()])
 
 
+# Box sanity rules (README "Limits"): a box must be a plausible face, or the crop it makes is nonsense.
+MIN_BOX_PX = 4.0  # each side at least this many pixels
+MAX_BOX_IMAGE_RATIO = 4.0  # each side at most this multiple of the image's longer side
+MIN_BOX_OVERLAP = 0.25  # at least this fraction of the box's area inside the image
+MAX_COORD = 1e7  # coordinates beyond +-10 million pixels are refused (no overflow downstream)
+
+
+def _to_box_array(box) -> np.ndarray:
+    try:
+        return np.asarray(box, dtype=np.float64).reshape(-1)
+    except OverflowError:
+        raise ChsError("box has a number too large for a coordinate") from None
+    except (TypeError, ValueError):
+        raise ChsError(f"a box needs 4 numbers [x0, y0, x1, y1], got {box!r:.80}") from None
+
+
 def check_box(box, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Validate an [x0, y0, x1, y1] box: finite, positive size, overlapping the image if its shape is given."""
-    b = np.asarray(box, dtype=np.float64).reshape(-1)
+    """Validate an [x0, y0, x1, y1] box: finite, bounded, at least MIN_BOX_PX a side; with the image's shape
+    also at most MAX_BOX_IMAGE_RATIO times the image and at least MIN_BOX_OVERLAP of it inside the image."""
+    b = _to_box_array(box)
     if b.shape != (4,):
         raise ChsError(f"a box needs 4 numbers [x0, y0, x1, y1], got {b.size}")
     if not np.isfinite(b).all():
         raise ChsError(f"box {b.tolist()} contains NaN or infinity")
+    if np.abs(b).max() > MAX_COORD:
+        raise ChsError(f"box {b.tolist()} has coordinates beyond +-{MAX_COORD:g} pixels")
     if b[2] <= b[0] or b[3] <= b[1]:
         raise ChsError(f"box {b.tolist()} is empty or inverted (need x1 > x0 and y1 > y0)")
+    bw, bh = b[2] - b[0], b[3] - b[1]
+    if min(bw, bh) < MIN_BOX_PX:
+        raise ChsError(f"box {b.tolist()} is {bw:.3g}x{bh:.3g} px: smaller than {MIN_BOX_PX:g} px a side")
     if image_shape is not None:
         h, w = image_shape[:2]
         if b[2] <= 0 or b[3] <= 0 or b[0] >= w or b[1] >= h:
             raise ChsError(f"box {b.tolist()} lies outside the {w}x{h} image")
+        if max(bw, bh) > MAX_BOX_IMAGE_RATIO * max(w, h):
+            raise ChsError(f"box {b.tolist()} is more than {MAX_BOX_IMAGE_RATIO:g}x the size of the {w}x{h} image")
+        inside = (min(b[2], w) - max(b[0], 0.0)) * (min(b[3], h) - max(b[1], 0.0))
+        if inside < MIN_BOX_OVERLAP * bw * bh:
+            raise ChsError(f"box {b.tolist()} lies mostly outside the {w}x{h} image "
+                           f"({inside / (bw * bh):.0%} inside; at least {MIN_BOX_OVERLAP:.0%} needed)")
     return b
 
 

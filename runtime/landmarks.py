@@ -26,7 +26,7 @@ from chs.runtime.detector import FaceDetector, landmark_boxes
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import crop_batch, to_image_coords
 from chs.runtime.geometry import check_box
-from chs.runtime.imageio import read_image
+from chs.runtime.imageio import check_pixel_count, read_image
 
 ImageLike = str | os.PathLike | np.ndarray
 
@@ -65,6 +65,9 @@ def as_rgb_image(image: ImageLike) -> np.ndarray:
         raise ChsError(f"image array must be uint8, got {image.dtype} (convert 16-bit/float images to 8-bit RGB)")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ChsError(f"image is empty ({image.shape[1]}x{image.shape[0]})")
+    check_pixel_count(image.shape[1], image.shape[0], "array")  # before OpenCV sees it
+    if min(image.strides) <= 0:  # broadcast or reversed views: OpenCV needs real, positive strides
+        image = np.ascontiguousarray(image)
     return image
 
 
@@ -72,6 +75,8 @@ def check_boxes(boxes: Any, image_shape: tuple[int, ...]) -> np.ndarray:
     """(k, 4) array-like (or one box of 4 numbers) -> (k, 4) float64; each box validated against the image."""
     try:
         b = np.asarray(boxes, dtype=np.float64)
+    except OverflowError:
+        raise ChsError("boxes hold a number too large for a coordinate") from None
     except (TypeError, ValueError):
         raise ChsError(f"boxes must be numbers [[x0, y0, x1, y1], ...], got {boxes!r:.80}") from None
     if b.ndim == 1 and b.shape[0] == 4:
