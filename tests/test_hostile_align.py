@@ -1,0 +1,259 @@
+"""Hostile input to ``chs-align`` and the runtime API (issue 14 items 1-3, 6, 11-14, 17): every case ends in
+one ``error:`` line and exit 2, a correct result, or a quiet end; no hang, no crash, no partial file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from chs.align_cmd import align
+from chs.runtime.landmarks import LandmarkRuntime
+from tests.test_hostile_images import png_declaring, truncated_jpeg_with_eoi
+
+app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+app.command()(align)
+
+
+def _run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _cli(*args, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "chs", "align", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def _one_error_line(res, pattern: str = "") -> str:
+    stderr = res.stderr
+    code = getattr(res, "exit_code", getattr(res, "returncode", None))
+    assert code == 2, (code, res.stdout, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert pattern in lines[0], lines[0]
+    return lines[0]
+
+
+def _image(h: int = 120, w: int = 150, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    return np.ascontiguousarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC))
+
+
+def _write(path: Path, rgb: np.ndarray) -> Path:
+    ok, buf = cv2.imencode(path.suffix, rgb[..., ::-1])
+    assert ok
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def _boxes(path: Path, entries: dict) -> Path:
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def _video(path: Path, frames: int, size: tuple[int, int] = (96, 80)) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(_image(size[1], size[0], i)[..., ::-1])
+    writer.release()
+    return path
+
+
+# ------------------------------------------------------------------------------------ 1, 2, 11, 17: inputs
+def test_pixel_bomb_on_the_command_line(tiny_onnx, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(30000, 30000))
+    bf = _boxes(tmp_path / "b.json", {"bomb.png": [[0, 0, 100, 100]]})
+    _one_error_line(_run(bomb, "--model", tiny_onnx, "--boxes", bf), "over the limit of 100 MP")
+
+
+def test_fifo_named_on_the_command_line_does_not_block(tiny_onnx, tmp_path):
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    res = _cli(fifo, "--model", tiny_onnx, timeout=60)
+    _one_error_line(res, "is a FIFO (named pipe), not a regular file")
+
+
+def test_special_entries_in_a_folder_are_skipped_with_a_warning(tiny_onnx, tmp_path):
+    folder = tmp_path / "imgs"
+    _write(folder / "ok.png", _image())
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "loop1.png").symlink_to(folder / "loop2.png")
+    (folder / "loop2.png").symlink_to(folder / "loop1.png")
+    (folder / "cut.jpg").write_bytes(truncated_jpeg_with_eoi())
+    bf = _boxes(tmp_path / "b.json", {"ok.png": [[20, 20, 90, 100]]})
+    res = _run(folder, "--model", tiny_onnx, "--boxes", bf, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert [Path(json.loads(ln)["image"]).name for ln in res.stdout.splitlines()] == ["ok.png"]
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: skipped")]
+    assert any("pipe.jpg" in w and "FIFO" in w for w in warnings), res.stderr
+    assert any("loop1.png" in w and "symlink loop" in w for w in warnings), res.stderr
+    assert any("cut.jpg" in w and "corrupt" in w for w in warnings), res.stderr
+
+
+def test_corrupt_jpeg_named_on_the_command_line(tiny_onnx, tmp_path):
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(truncated_jpeg_with_eoi())
+    bf = _boxes(tmp_path / "b.json", {"cut.jpg": [[180, 90, 270, 190]]})
+    _one_error_line(_run(cut, "--model", tiny_onnx, "--boxes", bf), "premature end of data segment")
+
+
+@pytest.mark.parametrize("kind", ["loop", "/dev/zero", "/proc/self/mem"])
+def test_loops_and_special_files_are_named(tiny_onnx, tmp_path, kind):
+    if kind == "loop":
+        target = tmp_path / "a.jpg"
+        target.symlink_to(tmp_path / "b.jpg")
+        (tmp_path / "b.jpg").symlink_to(target)
+        expected = "symlink loop"
+    else:
+        target = Path(kind)
+        if not target.exists():
+            pytest.skip(f"{kind} does not exist here")
+        expected = "character device" if kind == "/dev/zero" else "special file of unknown size"
+    line = _one_error_line(_run(target, "--model", tiny_onnx), expected)
+    assert "empty (0 bytes)" not in line and "not found" not in line
+
+
+# ------------------------------------------------------------------------------------ 3, 6: arrays and boxes
+def test_broadcast_giant_array_is_refused_not_a_segfault(tiny_onnx):
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from chs.runtime.errors import ChsError
+        from chs.runtime.landmarks import LandmarkRuntime
+        rt = LandmarkRuntime.load({str(tiny_onnx)!r}, providers="cpu", detector=None)
+        img = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (100000, 100000, 3))
+        try:
+            rt.predict(img, [[0, 0, 100, 100]])
+        except ChsError as e:
+            print("ChsError:", e)
+        small = np.broadcast_to(np.full((1, 1, 3), 90, np.uint8), (200, 300, 3))
+        dense = np.ascontiguousarray(small)
+        a, b = rt.predict(small, [[50, 40, 150, 160]]), rt.predict(dense, [[50, 40, 150, 160]])
+        print("same:", bool(np.array_equal(a[0].landmarks, b[0].landmarks)))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    assert "ChsError: image array is 100000x100000" in res.stdout and "over the limit" in res.stdout
+    assert "same: True" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def rt(tiny_onnx) -> LandmarkRuntime:
+    return LandmarkRuntime.load(tiny_onnx, providers="cpu", detector=None)
+
+
+@pytest.mark.parametrize("box, message", [
+    ([177, 88, 1e308, 1e308], "beyond +-1e+07 pixels"),
+    ([10, 10, 10 + 1e-9, 10 + 1e-9], "smaller than 4 px a side"),
+    ([-100000, -100000, 1, 1], "more than 4x the size"),
+    ([-1.5e308, -1.5e308, 1.5e308, 1.5e308], "beyond +-1e+07 pixels"),
+    ([10**400, 0, 1, 1], "too large for a coordinate"),
+    ([-60, -60, 20, 20], "mostly outside the 150x120 image (6% inside"),
+])
+def test_insane_boxes_are_refused(rt, box, message):
+    from chs.runtime.errors import ChsError
+
+    with pytest.raises(ChsError, match=None) as e:
+        rt.predict(_image(), [box])
+    assert message in str(e.value), str(e.value)
+
+
+def test_insane_boxes_from_a_boxes_file(tiny_onnx, tmp_path):
+    img = _write(tmp_path / "a.png", _image())
+    bf = tmp_path / "b.json"
+    bf.write_text('{"a.png": [[177, 88, 1e308, 1e308]]}')
+    _one_error_line(_run(img, "--model", tiny_onnx, "--boxes", bf), "beyond +-1e+07 pixels")
+    bf.write_text('{"a.png": [[' + "9" * 400 + ', 0, 1, 1]]}')
+    _one_error_line(_run(img, "--model", tiny_onnx, "--boxes", bf), "too large for a coordinate")
+
+
+def test_a_face_half_outside_the_image_is_still_served(rt):
+    faces = rt.predict(_image(), [[-30, 20, 50, 100]])  # 62 % inside: a face at the image edge
+    assert len(faces) == 1 and np.isfinite(faces[0].landmarks).all()
+
+
+# ------------------------------------------------------------------------------------ 12: interrupted video
+def test_interrupted_video_leaves_no_partial_file(tiny_onnx, tmp_path, monkeypatch):
+    src = _video(tmp_path / "clip.mp4", 12)
+    bf = _boxes(tmp_path / "b.json", {"clip.mp4": [[10, 10, 70, 70]]})
+    calls = {"n": 0}
+    original = LandmarkRuntime.predict_batch
+
+    def interrupted(self, images, boxes_list=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, images, boxes_list)
+
+    monkeypatch.setattr(LandmarkRuntime, "predict_batch", interrupted)
+    res = _run(src, "--model", tiny_onnx, "--boxes", bf, "--out", tmp_path / "out", "--batch-size", 2)
+    assert res.exit_code == 130, (res.exit_code, res.stderr)
+    assert calls["n"] == 3
+    left = [p for p in (tmp_path / "out").rglob("*") if p.is_file()] if (tmp_path / "out").exists() else []
+    assert left == [], left
+    monkeypatch.setattr(LandmarkRuntime, "predict_batch", original)
+    res = _run(src, "--model", tiny_onnx, "--boxes", bf, "--out", tmp_path / "out")
+    assert res.exit_code == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip_landmarks.mp4"]
+
+
+# ------------------------------------------------------------------------------------ 13: closed stdout
+@pytest.mark.parametrize("as_json", [True, False])
+def test_closed_stdout_ends_quietly(tiny_onnx, tmp_path, as_json):
+    src = _video(tmp_path / "clip.mp4", 40)
+    boxes = [[5 + (i % 5) * 12, 5 + (i // 5) * 10, 40 + (i % 5) * 12, 40 + (i // 5) * 10] for i in range(25)]
+    bf = _boxes(tmp_path / "b.json", {"clip.mp4": boxes})  # 1000 faces: far more output than a pipe holds
+    args = [sys.executable, "-m", "chs", "align", str(src), "--model", str(tiny_onnx), "--boxes", str(bf)]
+    proc = subprocess.Popen(args + (["--json"] if as_json else []), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # `| head -1`
+    _, err = proc.communicate(timeout=120)
+    assert first.strip()
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert "Traceback" not in err and "BrokenPipe" not in err and "error" not in err, err
+
+
+# ------------------------------------------------------------------------------------ 14: output locations
+def test_demo_refuses_a_file_named_like_its_folder_before_work(tiny_onnx, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("chs-demo").write_text("a file, not a folder")
+    res = _run("--demo", "--model", tiny_onnx)
+    _one_error_line(res, "--out chs-demo exists and is not a folder")
+    assert res.stdout == ""
+
+
+def test_out_is_a_file_refused_before_results(tiny_onnx, tmp_path):
+    img = _write(tmp_path / "in" / "a.png", _image())
+    bf = _boxes(tmp_path / "b.json", {"a.png": [[30, 20, 90, 95]]})
+    (tmp_path / "taken").write_text("x")
+    res = _run(tmp_path / "in", "--model", tiny_onnx, "--boxes", bf, "--out", tmp_path / "taken")
+    _one_error_line(res, "exists and is not a folder")
+    assert res.stdout == ""
+    res = _run(img, "--model", tiny_onnx, "--boxes", bf, "--out", tmp_path / "taken" / "sub")
+    _one_error_line(res, "is a file, not a folder")
+    assert res.stdout == ""
+
+
+# ------------------------------------------------------------------------------------ 17: newline in a path
+def test_newline_in_a_path_keeps_plain_output_one_line_per_face(tiny_onnx, tmp_path):
+    img = _write(tmp_path / "two\nlines.png", _image())
+    bf = _boxes(tmp_path / "b.json", {"two\nlines.png": [[30, 20, 90, 95]]})
+    res = _run(img, "--model", tiny_onnx, "--boxes", bf)
+    assert res.exit_code == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 1 and "two\\nlines.png  face 0" in lines[0], lines
+    res = _run(img, "--model", tiny_onnx, "--boxes", bf, "--json")
+    assert json.loads(res.stdout)["image"] == str(img)
