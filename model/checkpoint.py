@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from chs.model.chs import CHSNet, build_model
@@ -58,11 +58,47 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict:
     if not cfg_file.exists():
         raise ChsError(f"not a chs checkpoint: {path} (no {CONFIG})")
     try:
-        meta = json.loads(cfg_file.read_text())
+        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
         ChsConfig.from_dict(meta["config"])
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except UnicodeDecodeError:
+        raise ChsError(f"checkpoint config {cfg_file} is not UTF-8 JSON text") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        if isinstance(e, ChsError):
+            raise ChsError(f"{cfg_file}: {e}") from None
         raise ChsError(f"checkpoint config {cfg_file} is unreadable or not a chs config") from None
     return meta
+
+
+def _kept(name: str, k: int) -> bool:
+    """Tensors of the first k CCR stages and everything outside the cascade."""
+    return not name.startswith("ccr.") or int(name.split(".")[1]) < k
+
+
+def check_weights_match(weights: Path, cfg: ChsConfig, path: Path) -> None:
+    """The safetensors header's names and shapes against the model the config describes, built on the
+    'meta' device (no memory): a 98-point config over 68-point weights fails here, in one line."""
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in build_model(cfg).state_dict().items()}
+    with safe_open(str(weights), framework="pt") as f:
+        found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys() if _kept(name, cfg.ccr_stages)}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        first = f"first missing '{missing[0]}'" if missing else f"first unexpected '{unexpected[0]}'"
+        raise ChsError(f"checkpoint {path} does not match its config (missing {len(missing)}, unexpected "
+                       f"{len(unexpected)} tensors; {first})")
+    for name, shape in expected.items():
+        if found[name] != shape:
+            raise ChsError(f"checkpoint {path} does not match its config: '{name}' is {found[name]} in the weights "
+                           f"but {shape} for the config (num_points {cfg.num_points})")
+
+
+def check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse weights holding NaN or infinity (e.g. from a diverged run): they only give nonsense later."""
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ChsError(f"checkpoint weights {source} contain NaN or infinity ({len(bad)} tensor(s), first "
+                       f"'{bad[0]}')")
 
 
 def load_checkpoint(directory: str | os.PathLike, ccr: int | None = None,
@@ -81,12 +117,15 @@ def load_checkpoint(directory: str | os.PathLike, ccr: int | None = None,
     if not weights.exists():
         raise ChsError(f"checkpoint {path} has no {WEIGHTS}")
     try:
+        check_weights_match(weights, cfg.replace(ccr_stages=k), path)  # before anything is allocated
         state = load_file(str(weights), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
+        if isinstance(e, ChsError):
+            raise
         raise ChsError(f"checkpoint weights {weights} are truncated or corrupt ({str(e).splitlines()[0]})") from None
+    check_finite(state, weights)
     model = build_model(cfg.replace(ccr_stages=k))
-    keep = {name: t for name, t in state.items()
-            if not name.startswith("ccr.") or int(name.split(".")[1]) < k}
+    keep = {name: t for name, t in state.items() if _kept(name, k)}
     missing, unexpected = model.load_state_dict(keep, strict=False)
     if missing or unexpected:
         raise ChsError(f"checkpoint {path} does not match its config "

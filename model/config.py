@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 from chs.model.codec import HeatmapCodec
 from chs.runtime.artifact import typed_preprocessing
+from chs.model.config_limits import check_config_limits
 from chs.runtime.errors import ChsError
 from chs.runtime.geometry import CropRule
 from chs.runtime.preprocess import Normalization
@@ -70,6 +71,7 @@ class ChsConfig:
 
     def validate(self) -> ChsConfig:
         """Raise ChsError with one line naming the first bad field."""
+        check_config_limits(self)
         if self.num_points < 1:
             raise ChsError(f"config '{self.name}': num_points must be >= 1, got {self.num_points}")
         stride = self.heatmap_stride

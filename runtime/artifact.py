@@ -85,9 +85,12 @@ class ModelMeta:
         if META_KEY not in props:
             raise ChsError(f"{source} carries no CHS metadata ('{META_KEY}'): not a model exported by chs-export")
         try:
-            return cls.from_dict(json.loads(props[META_KEY]))
-        except json.JSONDecodeError:
+            data = json.loads(props[META_KEY])
+        except (json.JSONDecodeError, ValueError):
             raise ChsError(f"{source} has unreadable CHS metadata") from None
+        if not isinstance(data, dict):
+            raise ChsError(f"{source}: CHS metadata must be a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)
 
 
 def read_onnx_meta(proto: Any, source: str = "model") -> ModelMeta:

@@ -11,6 +11,7 @@ import onnxruntime as ort
 from chs.runtime.artifact import INPUT_NAME, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta
 from chs.runtime.backends.base import RunnerBase
 from chs.runtime.errors import ChsError, first_line
+from chs.runtime.meta_checks import check_onnx_meta
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -52,6 +53,7 @@ class OrtRunner(RunnerBase):
         if {OUTPUT_LANDMARKS, OUTPUT_SCORES} - names or INPUT_NAME not in {i.name for i in self.session.get_inputs()}:
             raise ChsError(f"ONNX model {p.name} lacks the '{INPUT_NAME}' -> '{OUTPUT_LANDMARKS}', "
                            f"'{OUTPUT_SCORES}' interface")
+        check_onnx_meta(self.meta, self.session, f"ONNX model {p.name}")
         self.path = p
         self.name = "ort-" + self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
 
