@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from chs.runtime.errors import ChsError
+from chs.runtime.files import check_output_dir
 from chs.runtime.metrics import ced
+
+PLOT_EXTENSIONS = (".png", ".pdf", ".svg")
+
+
+def check_plot_path(path: str, option: str = "--plot") -> Path:
+    """Refuse a plot file name matplotlib cannot write, or a folder that cannot be made, before any work."""
+    p = Path(path)
+    if p.suffix.lower() not in PLOT_EXTENSIONS:
+        raise ChsError(f"{option} {p.name}: use a {', '.join(PLOT_EXTENSIONS)} file name")
+    if p.is_dir():
+        raise ChsError(f"{option} {p} is a folder; give a file name")
+    check_output_dir(p.parent, option)
+    return p
 
 
 def plot_ced(curves: dict[str, np.ndarray], path: str, threshold: float = 0.10) -> None:

@@ -106,6 +106,12 @@ def evaluate(
 
     if boxes not in ("gt", "detector"):
         raise ChsError(f"--boxes must be gt or detector, got '{boxes}'")
+    if batch_size < 1:
+        raise ChsError(f"--batch-size must be >= 1, got {batch_size}")
+    if plot:
+        from chs.benchmarks.plots import check_plot_path
+
+        check_plot_path(plot)
     runner = open_runner(model, ccr=ccr, backend="auto")
     if boxes == "detector":
         from chs.runtime.detector import default_detector

@@ -29,11 +29,14 @@ def export(
     out: Annotated[str, typer.Option(help="Output folder.")] = "export",
     engine: Annotated[str, typer.Option(help="auto (if TensorRT + GPU), always, never.")] = D.engine,
     triton: Annotated[str | None, typer.Option(help="Also write a Triton model repository with this name.")] = D.triton,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing export in --out (whole, at the end; "
+                                        "without it a non-empty --out is refused).")] = False,
 ) -> None:
     """Export a CHS checkpoint for deployment, refusing any file that drifts from PyTorch."""
     from chs.export.pipeline import run_export
 
     run_export(ExportOptions(model=model, out=out, ccr=ccr, fp16=fp16, int8=int8, calib=calib,
                              calib_method=calib_method, calib_images=calib_images, parity_data=parity_data,
-                             batch=parse_batch(batch), opset=opset, engine=engine, triton=triton),
+                             batch=parse_batch(batch), opset=opset, engine=engine, triton=triton,
+                             if_exists="replace" if force else "refuse"),
                log=typer.echo)

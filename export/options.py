@@ -23,6 +23,12 @@ class ExportOptions:
     engine: str = "auto"  # auto | always | never
     triton: str | None = None
     time_int8: bool = True
+    if_exists: str = "refuse"  # an existing non-empty out: refuse | replace (a previous export) | merge
+
+    def __post_init__(self) -> None:
+        from chs.export.options_checks import check_export_options
+
+        check_export_options(self)  # option values before any work (they once failed after 18 s of it)
 
 
 def parse_batch(text: str) -> tuple[int, int, int]:

@@ -22,11 +22,13 @@ from chs import __version__
 from chs.export.golden import write_golden
 from chs.export.onnx_export import count_ops, export_onnx, simplify
 from chs.export.options import ExportOptions
+from chs.export.options_checks import check_export_options, check_export_paths
 from chs.export.parity import compare, gate, parity_crops
 from chs.model.checkpoint import load_checkpoint, resolve_model_path
 from chs.model.runner import TorchRunner, model_meta
 from chs.runtime.backends.ort import OrtRunner
 from chs.runtime.errors import ChsError
+from chs.runtime.files import replace_dir
 from chs.runtime.timing import percentiles, time_calls
 
 
@@ -43,10 +45,8 @@ def _ort_latency(path: Path, crops: np.ndarray, batch: int) -> dict:
 
 def run_export(opts: ExportOptions, log=print) -> dict:
     """Run every step; returns the report (also written as report.json)."""
-    if opts.engine not in ("auto", "always", "never"):
-        raise ChsError(f"--engine must be auto, always or never, got '{opts.engine}'")
-    if opts.int8 and not opts.calib:
-        raise ChsError("--int8 needs --calib DATA (a folder of face images or a dataset split)")
+    check_export_options(opts)
+    out = check_export_paths(opts)
     if opts.engine == "always":
         from chs.export.tensorrt import tensorrt_available
 
@@ -63,17 +63,18 @@ def run_export(opts: ExportOptions, log=print) -> dict:
 
         calib_crops = load_calibration_crops(opts.calib, meta, max_images=opts.calib_images)
 
-    out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         report = _export_into(tmp, opts, model, meta, parity, calib_crops, log)
-        out.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            dest = out / f.name
-            if dest.is_dir():
-                shutil.rmtree(dest)
-            shutil.move(str(f), dest)
+        if opts.if_exists == "merge" and out.is_dir():
+            for f in tmp.iterdir():
+                dest = out / f.name
+                if dest.is_dir():
+                    shutil.rmtree(dest)
+                shutil.move(str(f), dest)
+        else:
+            replace_dir(tmp, out)  # the whole folder at once: no old file survives beside new ones
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report["out"] = str(out)

@@ -46,6 +46,12 @@ def _tensor_block(kind: str, tensors: list[tuple[str, str, list[int]]]) -> list[
     return lines + ["]"]
 
 
+def check_model_name(model_name: str) -> None:
+    """A Triton model name is one folder name: no separators, no '..' (``--triton ../../escape``)."""
+    if not model_name or not re.fullmatch(r"[A-Za-z0-9_.\-]+", model_name) or model_name in (".", ".."):
+        raise ChsError(f"Triton model name {model_name!r} must be letters, digits, '_', '-' or '.'")
+
+
 def write_triton_repository(
     out_dir: str | Path,
     model_name: str,
@@ -69,8 +75,7 @@ def write_triton_repository(
     """
     if (onnx_path is None) == (engine_path is None):
         raise ChsError("give exactly one of onnx_path or engine_path for the Triton model")
-    if not model_name or not re.fullmatch(r"[A-Za-z0-9_.\-]+", model_name) or model_name in (".", ".."):
-        raise ChsError(f"Triton model name {model_name!r} must be letters, digits, '_', '-' or '.'")
+    check_model_name(model_name)
     if max_batch < 1:
         raise ChsError(f"max_batch must be >= 1, got {max_batch}")
     pref = sorted({int(b) for b in preferred_batch})

@@ -138,7 +138,14 @@ def read_train_state(directory: str | os.PathLike) -> tuple[dict, dict[str, torc
     """(the checkpoint's ``info``, its served weights, its training-state tensors) for ``--resume``."""
     path = resolve_model_path(directory)
     state = path / TRAIN_STATE
-    if not state.is_file():
-        raise ChsError(f"--resume {path}: no {TRAIN_STATE} (only chs-train's run folders can be resumed)")
+    if not path.is_dir():
+        raise ChsError(f"--resume {path}: not a checkpoint folder")
+    needed = (CONFIG, WEIGHTS, TRAIN_STATE)
+    missing = [name for name in needed if not (path / name).is_file()]
+    if missing:
+        raise ChsError(f"--resume {path}: missing {', '.join(missing)} (only chs-train's run folders such as "
+                       f"RUN/last can be resumed: they hold {', '.join(needed)})")
     info = read_checkpoint_config(path)["info"]
-    return info, load_file(str(path / WEIGHTS)), load_file(str(state))
+    served = load_file(str(path / WEIGHTS))
+    check_finite(served, path / WEIGHTS)
+    return info, served, load_file(str(state))

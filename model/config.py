@@ -7,8 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from chs.model.codec import HeatmapCodec
-from chs.runtime.artifact import typed_preprocessing
 from chs.model.config_limits import check_config_limits
+from chs.runtime.artifact import typed_preprocessing
 from chs.runtime.errors import ChsError
 from chs.runtime.geometry import CropRule
 from chs.runtime.preprocess import Normalization

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from chs.model.codec import DEFAULT_SIGMA
+from chs.model.training.options_checks import check_train_options
 
 
 @dataclass
@@ -33,3 +34,6 @@ class TrainOptions:
     ema: float = 0.0  # decay of an exponential moving average of weights and BN statistics (0 = off)
     init_lr_scale: float = 1.0  # lr multiplier for the weights --init copied (new parts train at the full lr)
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_train_options(self)  # library callers get the CLI's one-line errors, before any work

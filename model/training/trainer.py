@@ -23,6 +23,7 @@ from chs.model.training.augment import AugmentConfig
 from chs.model.training.data import FaceTrainSet
 from chs.model.training.losses import AdaptiveTaskWeights, adaptive_wing_loss, log_wing_loss, task_alphas
 from chs.model.training.options import TrainOptions
+from chs.model.training.options_checks import check_finite_loss
 from chs.model.training.state import restore_train_state, train_state_tensors
 from chs.runtime.datasets import load_dataset
 from chs.runtime.errors import ChsError
@@ -258,6 +259,7 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update_parameters(self.module.model)
                 seen += len(x)
+                check_finite_loss(float(loss.detach()), epoch, step)
                 total += float(loss.detach()) * len(x)
                 parts_sum = parts if parts_sum is None else [a + b for a, b in zip(parts_sum, parts, strict=True)]
                 if progress is not None:

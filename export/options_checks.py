@@ -1,0 +1,55 @@
+"""``chs-export`` option checks that run before any export work (they once came after 18 s of it), and the
+rule for an output folder that already exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from chs.runtime.errors import ChsError
+from chs.runtime.files import check_output_dir
+
+IF_EXISTS = ("refuse", "replace", "merge")
+
+
+def check_export_options(o: Any) -> None:
+    """Values only (no file system): ChsError naming the first bad option (o: an ExportOptions)."""
+    from chs.calibration.calibrate import METHODS
+    from chs.export.triton import check_model_name
+
+    if o.engine not in ("auto", "always", "never"):
+        raise ChsError(f"--engine must be auto, always or never, got '{o.engine}'")
+    if o.int8 and not o.calib:
+        raise ChsError("--int8 needs --calib DATA (a folder of face images or a dataset split)")
+    if o.calib_method not in METHODS:
+        raise ChsError(f"--calib-method must be one of {', '.join(METHODS)}, got '{o.calib_method}'")
+    if o.calib_images < 1:
+        raise ChsError(f"--calib-images must be >= 1, got {o.calib_images}")
+    if o.ccr is not None and o.ccr < 0:
+        raise ChsError(f"--ccr must be >= 0, got {o.ccr}")
+    if o.triton is not None:
+        check_model_name(o.triton)
+    if o.if_exists not in IF_EXISTS:
+        raise ChsError(f"if_exists must be one of {', '.join(IF_EXISTS)}, got '{o.if_exists}'")
+
+
+def check_export_paths(o: Any) -> Path:
+    """Inputs that must exist and the output folder, before the model is even loaded.
+
+    An existing non-empty ``--out`` is refused (``if_exists='refuse'``), or replaced whole when it holds a
+    previous export (``'replace'``, ``--force``): never a mix of old and new files. ``'merge'`` (library
+    callers that add precisions to a cache folder) moves the new files in beside the old ones.
+    """
+    for option, value in (("--calib", o.calib if o.int8 else None), ("--parity-data", o.parity_data)):
+        if value is not None and not Path(value).exists():
+            raise ChsError(f"{option} {value} not found")
+    out = check_output_dir(o.out)
+    if out.is_dir() and any(out.iterdir()):
+        if o.if_exists == "refuse":
+            raise ChsError(f"--out {out} is not empty: pass --force to replace it, or choose a new folder")
+        if o.if_exists == "replace" and not (out / "report.json").is_file():
+            raise ChsError(f"--out {out} holds files that are not a chs export (no report.json): not replacing it")
+    return out
+
+
+__all__ = ["IF_EXISTS", "check_export_options", "check_export_paths"]
