@@ -1,0 +1,154 @@
+"""Hostile model files (issue 14 items 4, 7, 8, 15): checkpoint configs that would allocate without end or
+do not match their weights, non-finite weights, non-UTF-8 configs, and ONNX metadata that lies about the
+graph. Each is refused with one line when the model is opened, before anything big is built."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from chs.model.checkpoint import load_checkpoint, save_checkpoint
+from chs.model.chs import build_model
+from chs.model.config import get_preset
+from chs.runtime.backends.ort import OrtRunner
+from chs.runtime.errors import ChsError
+
+
+def _cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "chs", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _one_error_line(res, pattern: str = "") -> str:
+    assert res.returncode == 2, (res.returncode, res.stdout[-500:], res.stderr[-2000:])
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert pattern in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(build_model(get_preset("tiny")).eval(), tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    meta = json.loads((folder / "config.json").read_text())
+    meta["config"].update(changes)
+    (folder / "config.json").write_text(json.dumps(meta))
+
+
+# ---------------------------------------------------------------------------------------- 4: configs
+def test_num_stacks_100000_is_refused_before_building(ckpt, tmp_path):
+    bad = _copy(ckpt, tmp_path / "huge")
+    _edit_config(bad, num_stacks=100000)
+    with pytest.raises(ChsError, match="num_stacks must be <= 16, got 100000"):
+        load_checkpoint(bad)
+    faces = Path(__file__).resolve().parent / "fixtures" / "pts"
+    _one_error_line(_cli("eval", bad, "--data", faces, timeout=60), "num_stacks must be <= 16, got 100000")
+
+
+def test_config_of_98_points_over_68_point_weights(ckpt, tmp_path):
+    bad = _copy(ckpt, tmp_path / "mismatch")
+    _edit_config(bad, num_points=98, scheme="98")
+    with pytest.raises(ChsError, match=r"does not match its config: '.*' is \(69, .*\) in the weights but \(99, "):
+        load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hg_features", "64", "hg_features must be a whole number"),
+    ("crop_rule", {"scale": -1.3, "shift_y": 0.0, "box_source": "landmarks"}, "crop_rule.scale must be in (0, 10]"),
+    ("normalization", {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.0, 0.5]}, "normalization.std must be in (0, 1000]"),
+])
+def test_config_types_and_ranges(ckpt, tmp_path, field, value, message):
+    bad = _copy(ckpt, tmp_path / "bad")
+    _edit_config(bad, **{field: value})
+    with pytest.raises(ChsError) as e:
+        load_checkpoint(bad)
+    assert message in str(e.value)
+
+
+def test_non_utf8_config_is_one_line(ckpt, tmp_path):
+    bad = _copy(ckpt, tmp_path / "latin1")
+    text = (bad / "config.json").read_text().replace('"tiny"', '"tiny\u00e9"')
+    (bad / "config.json").write_bytes(text.encode("latin-1"))
+    faces = Path(__file__).resolve().parent / "fixtures" / "pts"
+    _one_error_line(_cli("eval", bad, "--data", faces), "is not UTF-8 JSON text")
+
+
+# ---------------------------------------------------------------------------------------- 8: non-finite weights
+def test_nan_weights_are_refused_at_load(ckpt, tmp_path):
+    bad = _copy(ckpt, tmp_path / "nan")
+    state = load_file(str(bad / "model.safetensors"))
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name][0] = float("nan")
+    save_file(state, str(bad / "model.safetensors"))
+    with pytest.raises(ChsError, match=f"contain NaN or infinity \\(1 tensor\\(s\\), first '{name}'\\)"):
+        load_checkpoint(bad)
+    _one_error_line(_cli("export", bad, "--out", tmp_path / "e", "--engine", "never"), "contain NaN or infinity")
+    assert not (tmp_path / "e").exists()
+
+
+# ---------------------------------------------------------------------------------------- 7: ONNX metadata
+def _with_meta(src: Path, dst: Path, **changes) -> Path:
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = json.loads(props["chs.meta"])
+    for key, value in changes.items():
+        if key == "crop_scale":
+            meta["crop_rule"]["scale"] = value
+        else:
+            meta[key] = value
+    onnx.helper.set_model_props(model, {**props, "chs.meta": json.dumps(meta)})
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"crop_scale": -1.3}, "crop_rule.scale must be in (0, 10], got -1.3"),
+    ({"input_size": 256}, "metadata says input 256x256 but the graph takes 64x64"),
+    ({"input_size": 32}, "metadata says input 32x32 but the graph takes 64x64"),
+    ({"input_size": "128"}, "input_size must be a whole number"),
+    ({"num_points": 98}, "scheme '68' has 68 points, metadata says 98"),
+    ({"crop_scale": "big"}, "crop_rule.scale must be a finite number"),
+])
+def test_lying_onnx_metadata_is_refused_at_open(tiny_onnx, tmp_path, changes, message):
+    bad = _with_meta(tiny_onnx, tmp_path / "bad.onnx", **changes)
+    with pytest.raises(ChsError) as e:
+        OrtRunner(bad, providers="cpu")
+    assert message in str(e.value), str(e.value)
+
+
+def test_lying_onnx_metadata_via_chs_align(tiny_onnx, tmp_path):
+    bad = _with_meta(tiny_onnx, tmp_path / "mirror.onnx", crop_scale=-1.3)
+    demo = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "demo" / "astronaut.png"
+    boxes = tmp_path / "b.json"
+    boxes.write_text(json.dumps({"astronaut.png": [[182, 89, 270, 190]]}))
+    _one_error_line(_cli("align", demo, "--model", bad, "--boxes", boxes), "crop_rule.scale must be in (0, 10]")
+    model = onnx.load(str(tiny_onnx))
+    onnx.helper.set_model_props(model, {"chs.meta": "[1, 2]"})
+    onnx.save(model, str(tmp_path / "list.onnx"))
+    _one_error_line(_cli("align", demo, "--model", tmp_path / "list.onnx", "--boxes", boxes),
+                    "CHS metadata must be a JSON object")
+
+
+def test_the_real_exports_still_open(tiny_onnx):
+    runner = OrtRunner(tiny_onnx, providers="cpu")
+    out = runner.infer(np.zeros((1, 3, 64, 64), np.float32))
+    assert out["landmarks"].shape == (1, 68, 2)
