@@ -41,7 +41,8 @@ def _roi_align_torch(
     base = (batch_idx.to(torch.long) * (h * w))[:, None, None]
 
     def tap(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        idx = base + yi.long() * w + xi.long()
+        # NaN coordinates (a diverging training step) sample cell 0 and stay NaN: never an index error
+        idx = base + yi.nan_to_num(0.0).long() * w + xi.nan_to_num(0.0).long()
         return flat[idx.reshape(-1)].reshape(r, out_h * sr, out_w * sr, c)
 
     val = (

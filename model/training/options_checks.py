@@ -4,6 +4,7 @@ one-line errors before any data is read or any model is built (``--lr nan`` once
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from chs.runtime.errors import ChsError
@@ -70,4 +71,15 @@ def check_finite_loss(loss: float, epoch: int, step: int) -> None:
                        "(lower --lr; checkpoints written before this point are kept)")
 
 
-__all__ = ["check_device", "check_finite_loss", "check_train_options"]
+def check_finite_weights(params: Iterable, epoch: int, step: int) -> None:
+    """After an optimizer step: an lr too large for the model overflows the weights even from a finite loss,
+    and the next forward pass would fail somewhere deep (non-finite RoiAlign coordinates)."""
+    import torch
+
+    tensors = [p.detach() for p in params]
+    if tensors and not bool(torch.stack(torch._foreach_norm(tensors)).isfinite().all()):
+        raise ChsError(f"training diverged: the weights became NaN or infinite at epoch {epoch} step {step} "
+                       "(lower --lr; checkpoints written before this point are kept)")
+
+
+__all__ = ["check_device", "check_finite_loss", "check_finite_weights", "check_train_options"]

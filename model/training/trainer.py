@@ -23,7 +23,7 @@ from chs.model.training.augment import AugmentConfig
 from chs.model.training.data import FaceTrainSet
 from chs.model.training.losses import AdaptiveTaskWeights, adaptive_wing_loss, log_wing_loss, task_alphas
 from chs.model.training.options import TrainOptions
-from chs.model.training.options_checks import check_finite_loss
+from chs.model.training.options_checks import check_finite_loss, check_finite_weights
 from chs.model.training.state import restore_train_state, train_state_tensors
 from chs.runtime.datasets import load_dataset
 from chs.runtime.errors import ChsError
@@ -248,6 +248,7 @@ class Trainer:
                         loss, parts = self.net(x, maps, weight, target)
                 else:
                     loss, parts = self.net(x, maps, weight, target)
+                check_finite_loss(float(loss.detach()), epoch, step)  # before a NaN gradient reaches the weights
                 self.opt.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -256,10 +257,10 @@ class Trainer:
                 else:
                     loss.backward()
                     self.opt.step()
+                check_finite_weights(self.module.parameters(), epoch, step)
                 if self.ema is not None:
                     self.ema.update_parameters(self.module.model)
                 seen += len(x)
-                check_finite_loss(float(loss.detach()), epoch, step)
                 total += float(loss.detach()) * len(x)
                 parts_sum = parts if parts_sum is None else [a + b for a, b in zip(parts_sum, parts, strict=True)]
                 if progress is not None:
