@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,8 @@ def read_pts(path: PathLike) -> np.ndarray:
         raise ChsError(f"landmarks file not found: {p}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ChsError(f"cannot read landmarks file {p}: {e}") from e
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    numbered = [(i + 1, ln.strip()) for i, ln in enumerate(text.splitlines()) if ln.strip()]
+    lines = [ln for _, ln in numbered]
     n_points = None
     try:
         start = lines.index("{")
@@ -75,14 +77,17 @@ def read_pts(path: PathLike) -> np.ndarray:
             except ValueError:
                 raise ChsError(f"{p}: bad n_points line '{ln}'") from None
     pts = []
-    for k, ln in enumerate(lines[start + 1 : end]):
+    for k, (lineno, ln) in enumerate(numbered[start + 1 : end]):
         parts = ln.split()
         try:
             if len(parts) != 2:
                 raise ValueError
-            pts.append((float(parts[0]), float(parts[1])))
+            x, y = float(parts[0]), float(parts[1])
         except ValueError:
             raise ChsError(f"{p}: point {k} is not 'x y': '{ln}'") from None
+        if math.isinf(x) or math.isinf(y):  # NaN marks a missing point; infinity is a broken file
+            raise ChsError(f"{p} line {lineno}: point {k} has an infinite coordinate: '{ln}'")
+        pts.append((x, y))
     if n_points is not None and n_points != len(pts):
         raise ChsError(f"{p}: header says {n_points} points but the file has {len(pts)}")
     if not pts:

@@ -188,3 +188,17 @@ def test_progressive_jpeg_still_reads():
     assert ok
     out = decode_image(buf.tobytes())
     assert out.shape == rgb.shape and np.abs(out.astype(int) - rgb).mean() < 4
+
+
+# ---------------------------------------------------------------------------------------- 17: .pts infinity
+def test_pts_infinity_is_an_error_naming_file_and_line(tmp_path):
+    from chs.runtime.datasets import read_pts
+
+    body = "".join(f"{i}.0 {i + 1}.0\n" for i in range(68)).replace("5.0 6.0\n", "inf 6.0\n")
+    path = tmp_path / "face.pts"
+    path.write_text(f"version: 1\nn_points: 68\n{{\n{body}}}\n")
+    with pytest.raises(ChsError, match=r"face\.pts line 9: point 5 has an infinite coordinate: 'inf 6.0'"):
+        read_pts(path)
+    path.write_text(f"version: 1\nn_points: 68\n{{\n{body.replace('inf', 'nan')}}}\n")
+    pts = read_pts(path)  # NaN stays the marker of a missing point
+    assert np.isnan(pts[5, 0]) and np.isfinite(np.delete(pts, 5, axis=0)).all()
