@@ -67,20 +67,23 @@ def check_normalization(norm: Any, source: str) -> None:
 
 
 def validate_meta(meta: Any, source: str) -> None:
-    """Types and ranges of a ModelMeta's fields; the scheme must be known and match the point count."""
+    """Types and ranges of a ModelMeta's fields; a known scheme must match the point count."""
     from chs.runtime.schemes import get_scheme
 
     if not isinstance(meta.scheme, str):
         raise ChsError(f"{source}: scheme must be a name, got {meta.scheme!r:.40}")
     _int(meta.num_points, "num_points", source, 1, MAX_POINTS)
-    _int(meta.input_size, "input_size", source, 16, MAX_INPUT_SIZE)
+    _int(meta.input_size, "input_size", source, 4, MAX_INPUT_SIZE)
     _int(meta.heatmap_stride, "heatmap_stride", source, 1, 64)
     _int(meta.ccr, "ccr", source, 0, 64)
     if meta.input_size % meta.heatmap_stride:
         raise ChsError(f"{source}: input_size {meta.input_size} is not a multiple of heatmap_stride "
                        f"{meta.heatmap_stride}")
-    scheme = get_scheme(meta.scheme)
-    if scheme.num_points != meta.num_points:
+    try:
+        scheme = get_scheme(meta.scheme)
+    except ChsError:  # a scheme this runtime does not know is served as is
+        scheme = None
+    if scheme is not None and scheme.num_points != meta.num_points:
         raise ChsError(f"{source}: scheme '{meta.scheme}' has {scheme.num_points} points, metadata says "
                        f"{meta.num_points}")
     check_crop_rule(meta.crop_rule, source)

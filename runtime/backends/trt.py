@@ -32,6 +32,7 @@ from chs.runtime.backends.cuda_interop import (
 from chs.runtime.backends.trt_env import shared_logger, tensorrt_version
 from chs.runtime.backends.trt_sidecar import read_sidecar
 from chs.runtime.errors import ChsError
+from chs.runtime.meta_checks import validate_meta
 
 
 @dataclass
@@ -70,6 +71,7 @@ class TensorRTRunner:
         self.sidecar = read_sidecar(self.engine_path, sidecar_path)
         self.sidecar_path = self.sidecar.path
         self.meta = self.sidecar.meta
+        validate_meta(self.meta, f"engine sidecar {self.sidecar_path.name}")
         data = self.engine_path.read_bytes()
         broken = f"engine file {self.engine_path} is truncated or was built by another TensorRT version"
         if not data:
