@@ -74,10 +74,9 @@ def _jpeg_is_complete(data: bytes) -> bool:
 
 
 def _decode_capturing_stderr(buf: np.ndarray, flags: int) -> tuple[np.ndarray | None, str]:
-    """cv2.imdecode with file descriptor 2 captured: libjpeg reports corrupt data only as a warning on stderr.
-
-    Serialised by a lock (fd 2 is process-wide); anything else written to stderr meanwhile is passed on.
-    """
+    """cv2.imdecode with file descriptor 2 captured: libjpeg reports corrupt data only as a warning on stderr
+    (and grey-fills what is missing). Serialised by a lock, since fd 2 is process-wide: JPEG decoding runs
+    one image at a time across threads; anything else written to stderr meanwhile is passed on."""
     with _stderr_lock, tempfile.TemporaryFile() as cap:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -109,13 +108,6 @@ def _corruption(text: str) -> str | None:
         if _is_libjpeg_warning(line) and "extraneous bytes" not in line:
             return line.strip().rstrip(".")
     return None
-
-
-def _suspicious_jpeg(raw: bytes, img: np.ndarray) -> bool:
-    """Grey-filled last row (libjpeg's fill for missing data is exactly 128) or a progressive JPEG."""
-    if img.ndim >= 2 and img.size and img.dtype == np.uint8 and (img[-1] == 128).all():
-        return True
-    return any(marker in (0xC2, 0xC6, 0xCA, 0xCE) for marker, _, _ in jpeg_segments(raw))
 
 
 def _to_rgb8(img: np.ndarray, name: str) -> np.ndarray:
@@ -158,20 +150,21 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, name: str = 
     size = declared_size(raw)
     if size is not None:
         check_pixel_count(size[0], size[1], name, max_pixels)
-    try:
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        img = None
+    if jpeg:  # libjpeg reports corrupt data only on stderr: capture it, so it is one error line, not a warning
+        img, warnings = _decode_capturing_stderr(buf, cv2.IMREAD_UNCHANGED)
+        problem = _corruption(warnings)
+        if problem and img is not None:
+            raise ChsError(f"image {name} is corrupt ({problem})")
+    else:
+        try:
+            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            img = None
     if img is None or img.size == 0:
         if raw.startswith((_JPEG_SOI, _PNG_SIG)):
             raise ChsError(f"cannot decode image {name}: corrupt {'JPEG' if raw[0] == 0xFF else 'PNG'} data")
         raise ChsError(f"cannot decode image {name}: not a supported image file")
     check_pixel_count(img.shape[1], img.shape[0], name, max_pixels)  # formats without a header reader
-    if jpeg and _suspicious_jpeg(raw, img):
-        img, warnings = _decode_capturing_stderr(buf, cv2.IMREAD_UNCHANGED)
-        problem = _corruption(warnings)
-        if problem or img is None:
-            raise ChsError(f"image {name} is corrupt ({problem or 'undecodable'})")
     rgb = _to_rgb8(img, name)
     h, w = rgb.shape[:2]
     if h < 2 or w < 2:

@@ -50,7 +50,7 @@ def check_train_options(o: Any) -> None:
     if not 0.0 <= _number(o.flip, "--flip") <= 1.0:
         raise ChsError(f"--flip must be a probability in [0, 1], got {o.flip}")
     if not 0.0 <= _number(o.ema, "--ema") < 1.0:
-        raise ChsError(f"--ema must be in [0, 1) (0 = off), got {o.ema}")
+        raise ChsError(f"--ema must be in (0, 1), or 0 for off; got {o.ema}")
     if _number(o.init_lr_scale, "--init-lr-scale") <= 0:
         raise ChsError(f"--init-lr-scale must be > 0, got {o.init_lr_scale}")
     if _number(o.momentum, "momentum") < 0 or _number(o.weight_decay, "weight_decay") < 0:
