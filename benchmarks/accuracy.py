@@ -20,13 +20,15 @@ from chs.benchmarks.timing import torch_threads
 from chs.runtime.errors import ChsError
 
 METRICS = ("n", "nme", "nme_iod", "nme_ipd", "fr_8", "fr_10", "auc_8", "auc_10")
+# 5-point data (mtfl5) also reports the NME after removing the set-wide shift of the labels' convention
+SHIFTED = ("nme_shifted", "fr_10_shifted", "auc_10_shifted", "shift_x", "shift_y")
 
 
-def load_samples(data: str | os.PathLike, max_samples: int | None = None) -> list:
+def load_samples(data: str | os.PathLike, max_samples: int | None = None, split: str | None = None) -> list:
     """The dataset's faces; with ``max_samples``, that many spread evenly over the split."""
     from chs.runtime.datasets import load_dataset
 
-    samples = load_dataset(data)
+    samples = load_dataset(data, split)
     if not samples:
         raise ChsError(f"no annotated faces in {data}")
     if max_samples and len(samples) > max_samples:
@@ -41,7 +43,7 @@ def accuracy_rows(request: BenchRequest, *, factory: RunnerFactory | None = None
     peer row (skipped, with a reason, when not installed)."""
     if not request.data:
         raise ChsError("accuracy rows need an annotated dataset (--data)")
-    samples = load_samples(request.data, request.max_samples)
+    samples = load_samples(request.data, request.max_samples, request.split)
     factory = factory or RunnerFactory(request, log=log)
     with torch_threads(factory.threads):
         return _accuracy_rows(request, factory, samples, log)
@@ -65,7 +67,7 @@ def _accuracy_rows(req: BenchRequest, factory: RunnerFactory, samples: list, log
         log(f"evaluating ccr {c.ccr} {runner.name} {c.precision} on {len(samples)} faces")
         res = evaluate_runner(runner, samples, req.batch_size)
         row["runner"] = runner.name
-        row.update({k: res.get(k) for k in METRICS})
+        row.update({k: res.get(k) for k in METRICS + SHIFTED if k in METRICS or k in res})
         if "nme_iod_per_stage" in res:
             row["nme_iod_per_stage"] = res["nme_iod_per_stage"]
         row["skipped_images"] = len(res.get("skipped", []))
@@ -78,19 +80,26 @@ def _accuracy_rows(req: BenchRequest, factory: RunnerFactory, samples: list, log
 def peer_accuracy_row(samples: Sequence, data: str, iou_threshold: float = 0.3) -> dict:
     """dlib's 68-point predictor on the same faces, fed by its own detector (dlib HOG, raw boxes: the boxes the
     predictor was trained on), when installed. Faces the detector misses are counted and left out of the
-    NME, as for ``chs-eval --boxes detector``; compare with that row, not with the GT-box rows."""
+    NME, as for ``chs-eval --boxes detector``; compare with that row, not with the GT-box rows. On 5-point
+    data (mtfl5) dlib's 68 points are reduced to 5 as the model's are."""
     from chs.runtime.detector import IDENTITY_MAP, DlibHogDetector
     from chs.runtime.detector_eval import match_detections
     from chs.runtime.metrics import summarize
+    from chs.runtime.schemes import get_scheme
 
     row = {"kind": "peer", "ccr": None, "backend": "dlib-68", "precision": "", "data": data, "status": "ok",
            "reason": "", "runner": "dlib-68", "gmacs": None, "boxes": "dlib-hog"}
     predictor, why = dlib_peer()
     if predictor is None:
         return row | {"status": "skipped", "reason": why}
-    if samples and samples[0].landmarks.shape[0] != 68:
-        return row | {"status": "skipped", "reason": "dlib peer predicts 68 points; this dataset is not 68-point"}
+    scheme = samples[0].scheme if samples else "68"
+    if scheme not in ("68", "5"):
+        return row | {"status": "skipped", "reason": "dlib peer predicts 68 points (or their 5-point reduction); "
+                      f"this dataset is {scheme}-point"}
     n, images, boxes, gts = match_detections(DlibHogDetector(box_map=IDENTITY_MAP), samples, iou_threshold)
     pred = np.stack([dlib_predict(predictor, img, box) for img, box in zip(images, boxes, strict=True)])
-    res = summarize(pred, np.stack(gts), "68")
-    return row | {k: res.get(k) for k in METRICS} | {"n_images": n, "misses": n - len(images)}
+    if scheme == "5":
+        pred = get_scheme("68").to_five(pred)
+    res = summarize(pred, np.stack(gts), scheme, shift="own" if scheme == "5" else None)
+    keys = METRICS + (SHIFTED if scheme == "5" else ())
+    return row | {k: res.get(k) for k in keys} | {"n_images": n, "misses": n - len(images)}

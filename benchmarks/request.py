@@ -51,6 +51,7 @@ class BenchRequest:
     data: str | None = None
     max_samples: int | None = None
     batch_size: int = 32
+    split: str | None = None  # part of a set that defines splits (mtfl5: train, val)
 
     def __post_init__(self) -> None:
         for b in self.backends:

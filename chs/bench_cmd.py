@@ -211,8 +211,9 @@ def _format_accuracy(rows: list[dict], machine: str) -> str:
         if r["status"] != "ok":
             lines.append(f"{ccr:>3} {gm:>7} {name:<12} {r['precision'] or '-':<5} skipped: {r['reason']}")
             continue
+        shifted = "" if r.get("nme_shifted") is None else f"  shift-corrected NME {r['nme_shifted'] * 100:.3f}"
         lines.append(f"{ccr:>3} {gm:>7} {name:<12} {r['precision'] or '-':<5} {r['n']:>5} {r['nme'] * 100:>7.3f} "
-                     f"{r['fr_10'] * 100:>8.2f} {r['auc_10']:>7.4f}")
+                     f"{r['fr_10'] * 100:>8.2f} {r['auc_10']:>7.4f}{shifted}")
     return "\n".join(lines)
 
 
@@ -224,6 +225,7 @@ def accuracy(
     data: Annotated[str, typer.Option(help="Annotated dataset split to evaluate on.")],
     max_samples: MaxSamples = D.max_samples,
     out: Annotated[str | None, typer.Option(help="Also write accuracy.json, machine.json, command.txt here.")] = None,
+    split: Annotated[str | None, typer.Option(help="Part of a set that defines splits (mtfl5: train, val).")] = D.split,
     **opts,
 ) -> None:
     """NME / FR@10 / AUC@10 of each CCR count x backend x precision on a dataset split."""
@@ -231,7 +233,7 @@ def accuracy(
     from chs.benchmarks.machine import machine_info, machine_line
 
     as_json = opts.pop("as_json")
-    req = _request(**opts, data=data, max_samples=max_samples)
+    req = _request(**opts, data=data, max_samples=max_samples, split=split)
     info = machine_info(req.threads)
     rows = accuracy_rows(req, log=_log)
     text = _format_accuracy(rows, machine_line(info))

@@ -62,6 +62,14 @@ def train(
         T.init_lr_scale),
     flip: Annotated[float, typer.Option(help="Probability of a mirrored training crop (0: labels not "
                                         "mirror-symmetric; see chs-eval's offset_x).")] = T.flip,
+    data5: Annotated[str | None, typer.Option(help="5-point faces trained beside --data (mtfl5 folder; its train "
+                                              "split): mixed supervision.")] = T.data5,
+    val5: Annotated[str | None, typer.Option(help="5-point validation (mtfl5 folder; its val split), "
+                                             "reported per epoch.")] = T.val5,
+    mix: Annotated[float, typer.Option(help="Share of each batch from --data5.")] = T.mix,
+    flip5: Annotated[float, typer.Option(help="Mirrored-crop probability for --data5 faces.")] = T.flip5,
+    offset_lr_scale: Annotated[float, typer.Option(help="lr multiplier of the --data5 labels' learned "
+                                                   "offset.")] = T.offset_lr_scale,
 ) -> None:
     """Train a CHS model (multi-task: heatmaps + cascaded coordinate regression)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -74,7 +82,8 @@ def train(
     opts = TrainOptions(data=data, out=out, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
                         optimizer=optimizer, schedule=schedule, sigma=sigma, seed=seed, device=device, amp=amp,
                         channels_last=channels_last, threads=threads, workers=workers, max_samples=max_samples,
-                        init=init, ema=ema, init_lr_scale=init_lr_scale, flip=flip)
+                        init=init, ema=ema, init_lr_scale=init_lr_scale, flip=flip, data5=data5, val5=val5,
+                        mix=mix, flip5=flip5, offset_lr_scale=offset_lr_scale)
     with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),
                   transient=True) as bar:
@@ -98,6 +107,8 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     plot: Annotated[str | None, typer.Option(help="Write the CED curve to this PNG.")] = None,
     boxes: Annotated[str, typer.Option(help="gt (boxes from the ground-truth landmarks) or detector.")] = "gt",
+    split: Annotated[str | None, typer.Option(help="Part of a set that defines splits (mtfl5: all, train, "
+                                              "val).")] = None,
 ) -> None:
     """NME / FR / AUC of a model on a dataset (ground-truth-landmark boxes, or the face detector's)."""
     from chs.model.runner import open_runner
@@ -117,14 +128,14 @@ def evaluate(
         from chs.runtime.detector import default_detector
         from chs.runtime.detector_eval import evaluate_with_detector
 
-        res = evaluate_with_detector(runner, default_detector(), load_dataset(data), batch_size=batch_size)
+        res = evaluate_with_detector(runner, default_detector(), load_dataset(data, split), batch_size=batch_size)
         if as_json:
             _print_json(res)
         else:
             typer.echo(f"n={res['n']} of {res['n_images']} (misses {res['misses']})  NME(IOD) "
                        f"{res['nme_iod'] * 100:.2f}%  FR@10 {res['fr_10'] * 100:.2f}%")
         return
-    res = evaluate_runner(runner, load_dataset(data), batch_size)
+    res = evaluate_runner(runner, load_dataset(data, split), batch_size)
     if plot:
         from chs.benchmarks.plots import plot_ced
 
@@ -136,12 +147,17 @@ def evaluate(
     typer.echo(f"n={res['n']}  NME(IOD) {res['nme_iod'] * 100:.2f}%  NME(IPD) {res['nme_ipd'] * 100:.2f}%  "
                f"FR@10 {res['fr_10'] * 100:.2f}%  AUC@10 {res['auc_10']:.4f}  "
                f"mean offset x {res['offset_x'] * 100:+.2f}% y {res['offset_y'] * 100:+.2f}%")
+    if "nme_shifted" in res:
+        typer.echo(f"{res['scheme']}-point labels: after removing the set-wide shift NME "
+                   f"{res['nme_shifted'] * 100:.2f}%  FR@10 {res['fr_10_shifted'] * 100:.2f}%  "
+                   f"AUC@10 {res['auc_10_shifted']:.4f}")
     if "nme_iod_per_stage" in res:
         stages = "  ".join(f"k={i}: {v * 100:.2f}%" for i, v in enumerate(res["nme_iod_per_stage"]))
         typer.echo(f"NME(IOD) per CCR stage: {stages}")
     for name, sub in res.get("subsets", {}).items():
+        shifted = f"  shifted NME {sub['nme_shifted'] * 100:.2f}%" if "nme_shifted" in sub else ""
         typer.echo(f"  {name:<12} n={sub['n']:<5} NME(IOD) {sub['nme_iod'] * 100:.2f}%  "
-                   f"FR@10 {sub['fr_10'] * 100:.2f}%")
+                   f"FR@10 {sub['fr_10'] * 100:.2f}%{shifted}")
 
 
 from chs.align_cmd import align  # noqa: E402

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ChsError
+from .geometry import box_from_landmarks
 from .imageio import read_image
 from .schemes import SCHEMES, WFLW_ATTRIBUTES
 
@@ -39,6 +40,15 @@ class FaceSample:
     box: np.ndarray | None = None  # [x0, y0, x1, y1]
     attributes: dict = field(default_factory=dict)  # e.g. WFLW flags, COFW {"occluded": bool array}
     image: np.ndarray | None = None  # RGB image when the format embeds images (COFW .mat)
+    # box follows the GT-landmark-box convention although the landmarks cannot give it (partially labelled
+    # faces, e.g. 5-point MTFL: the reader predicts the 68-point box)
+    landmark_box: bool = False
+
+    def crop_box(self, box_source: str = "landmarks") -> np.ndarray:
+        """The box a model trained on ``box_source`` boxes ("landmarks" or "detector") crops this face from."""
+        if self.box is not None and (self.landmark_box or box_source != "landmarks"):
+            return np.asarray(self.box, dtype=np.float64)
+        return box_from_landmarks(self.landmarks)
 
     def load_image(self) -> np.ndarray:
         """The RGB uint8 image: the embedded one, else read from image_path."""
@@ -395,11 +405,18 @@ def _wflw_image_root(txt: Path) -> Path:
     return parent
 
 
-def load_dataset(path: PathLike) -> list[FaceSample]:
-    """Read any supported dataset by its path: a folder (``.pts``), ``.json`` (COCO-style), ``.mat``
-    (COFW), ``.txt`` (WFLW; images in a nearby ``images`` / ``WFLW_images`` folder, else beside the txt)
-    or ``.csv`` (AFLW-19; image names relative to the csv's folder)."""
+def load_dataset(path: PathLike, split: str | None = None) -> list[FaceSample]:
+    """Read any supported dataset by its path: a folder (``.pts``, or mtfl5's ``landmarks.csv``), ``.json``
+    (COCO-style), ``.mat`` (COFW), ``.txt`` (WFLW; images in a nearby ``images`` / ``WFLW_images`` folder,
+    else beside the txt) or ``.csv`` (AFLW-19; image names relative to the csv's folder). ``split``
+    (all / train / val) selects part of a set that defines splits (mtfl5)."""
+    from .mtfl import is_mtfl_folder, load_mtfl5
+
     p = Path(path)
+    if p.is_dir() and is_mtfl_folder(p):
+        return load_mtfl5(p, split or "all")
+    if split not in (None, "all"):
+        raise ChsError(f"{p} defines no '{split}' split (splits exist for mtfl5 folders)")
     if p.is_dir():
         return load_pts_folder(p)
     if not p.exists():

@@ -17,9 +17,9 @@ from chs.runtime.backends.base import Runner
 from chs.runtime.datasets import FaceSample
 from chs.runtime.detector import IDENTITY_MAP, BoxMap, FaceDetector
 from chs.runtime.errors import ChsError
-from chs.runtime.evaluate import predict_samples
-from chs.runtime.geometry import box_from_landmarks
+from chs.runtime.evaluate import compared_scheme, predict_samples
 from chs.runtime.metrics import summarize
+from chs.runtime.schemes import get_scheme
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -43,7 +43,7 @@ def _detections(detector: FaceDetector, samples: Sequence[FaceSample]):
             warnings.warn(f"skipping {s.image_path}: {e}", stacklevel=3)
             continue
         boxes, _ = detector.detect(img)
-        yield s, img, box_from_landmarks(s.landmarks), np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        yield s, img, s.crop_box(), np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
 def detector_miss_rate(detector: FaceDetector, samples: Sequence[FaceSample], iou_threshold: float = 0.3) -> dict:
@@ -151,8 +151,11 @@ def evaluate_with_detector(runner: Runner, detector: FaceDetector, samples: Sequ
     """Landmark metrics when the crop comes from the detector instead of the GT landmarks (misses counted
     and left out of the NME; see :func:`match_detections`)."""
     n, images, boxes, gts = match_detections(detector, samples, iou_threshold)
-    pred = predict_samples(runner, images, boxes, batch_size)
-    result = summarize(pred["landmarks"], np.stack(gts), runner.meta.scheme)
+    pred = predict_samples(runner, images, boxes, batch_size)["landmarks"]
+    scheme = compared_scheme(samples[0].scheme, runner.meta.scheme) if samples else runner.meta.scheme
+    if scheme != runner.meta.scheme:  # 5-point labels: the model's points reduced to 5
+        pred = get_scheme(runner.meta.scheme).to_five(pred)
+    result = summarize(pred, np.stack(gts), scheme, shift="own" if scheme == "5" else None)
     result.update(n_images=n, misses=n - len(images), miss_rate=(n - len(images)) / n,
                   detector=getattr(detector, "name", type(detector).__name__), boxes="detector")
     return result

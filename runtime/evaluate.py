@@ -15,16 +15,28 @@ from chs.runtime.artifact import ModelMeta
 from chs.runtime.backends.base import Runner
 from chs.runtime.datasets import FaceSample
 from chs.runtime.errors import ChsError
-from chs.runtime.geometry import box_from_landmarks, crop_face, invert_affine, transform_points
-from chs.runtime.metrics import nme, primary_normaliser, subset_summary, summarize
-from chs.runtime.schemes import WFLW_ATTRIBUTES
+from chs.runtime.geometry import crop_face, invert_affine, transform_points
+from chs.runtime.metrics import group_summary, nme, primary_normaliser, subset_summary, summarize
+from chs.runtime.mtfl import POSE_SUBSETS
+from chs.runtime.schemes import WFLW_ATTRIBUTES, get_scheme
 
 
 def sample_box(sample: FaceSample, meta: ModelMeta) -> np.ndarray:
-    """The box a model expects for this sample: GT-landmark box unless the model was trained on boxes."""
-    if meta.crop.box_source != "landmarks" and sample.box is not None:
-        return np.asarray(sample.box, dtype=np.float64)
-    return box_from_landmarks(sample.landmarks)
+    """The box a model expects for this sample: GT-landmark box unless the model was trained on boxes; a
+    partially labelled face (fewer points than the model's) brings its reader's landmark-equivalent box."""
+    if sample.scheme != meta.scheme and not sample.landmark_box and meta.crop.box_source == "landmarks":
+        raise ChsError(f"a {sample.scheme}-point face has no {meta.scheme}-point landmark box for this model")
+    return sample.crop_box(meta.crop.box_source)
+
+
+def compared_scheme(data_scheme: str, model_scheme: str) -> str:
+    """The scheme predictions and labels are compared in: the model's, or "5" for 5-point labels (the
+    model's points reduced by its scheme's ``to5`` groups)."""
+    if data_scheme == model_scheme:
+        return data_scheme
+    if data_scheme == "5" and get_scheme(model_scheme).to5 is not None:
+        return "5"
+    raise ChsError(f"dataset has {data_scheme}-point landmarks but the model predicts {model_scheme}")
 
 
 def load_images(samples: Sequence[FaceSample]) -> tuple[list[FaceSample], list[np.ndarray], list[str]]:
@@ -71,9 +83,10 @@ def predict_samples(runner: Runner, images: Sequence[np.ndarray], boxes: Sequenc
     return {k: np.concatenate(v, axis=1 if k == "stages" else 0) for k, v in outs.items()}
 
 
-def stage_summary(pred: dict[str, np.ndarray], gt: np.ndarray, scheme: str) -> dict:
-    """:func:`summarize` of the served landmarks, plus ``nme_iod_per_stage`` when the runner gave stages."""
-    result = summarize(pred["landmarks"], gt, scheme)
+def stage_summary(pred: dict[str, np.ndarray], gt: np.ndarray, scheme: str, shift=None) -> dict:
+    """:func:`summarize` of the served landmarks, plus ``nme_iod_per_stage`` when the runner gave stages
+    (``shift`` as for summarize)."""
+    result = summarize(pred["landmarks"], gt, scheme, shift=shift)
     if "stages" in pred:
         result["nme_iod_per_stage"] = [float(summarize(s, gt, scheme)["nme_iod"]) for s in pred["stages"]]
     return result
@@ -86,17 +99,31 @@ def evaluate_runner(runner: Runner, samples: Sequence[FaceSample], batch_size: i
     kept, images, skipped = load_images(samples)
     if not kept:
         raise ChsError("none of the dataset's images could be read")
+    schemes = {s.scheme for s in kept}
+    if len(schemes) != 1:
+        raise ChsError(f"dataset mixes landmark schemes {sorted(schemes)}; evaluate one at a time")
+    scheme = compared_scheme(schemes.pop(), runner.meta.scheme)
     gt = np.stack([s.landmarks for s in kept])
-    if gt.shape[1] != runner.meta.num_points:
-        raise ChsError(f"dataset has {gt.shape[1]}-point landmarks but the model predicts {runner.meta.num_points}")
     boxes = [sample_box(s, runner.meta) for s in kept]
     pred = predict_samples(runner, images, boxes, batch_size)
-    result = stage_summary(pred, gt, runner.meta.scheme)
+    if scheme != runner.meta.scheme:  # partially labelled faces: compare on the reduced points
+        reduce = get_scheme(runner.meta.scheme).to_five
+        pred = {k: (reduce(v) if k in ("landmarks", "stages") else v) for k, v in pred.items()}
+    five = scheme == "5"
+    result = stage_summary(pred, gt, scheme, shift="own" if five else None)
+    result["scheme"] = scheme
     result["skipped"] = skipped
     result["ccr"] = runner.meta.ccr
-    primary = primary_normaliser(runner.meta.scheme) if result["n"] else "iod"
-    result["per_sample_nme"] = nme(pred["landmarks"], gt, runner.meta.scheme, primary)
+    primary = primary_normaliser(scheme) if result["n"] else "iod"
+    result["per_sample_nme"] = nme(pred["landmarks"], gt, scheme, primary)
     attrs = [s.attributes for s in kept]
-    if any(name in a for a in attrs for name in WFLW_ATTRIBUTES):  # WFLW-style flags: the per-subset breakdown
-        result["subsets"] = subset_summary(pred["landmarks"], gt, runner.meta.scheme, attrs)
+    if five:  # the signed offset of each of the 5 points (normaliser units): label conventions differ per point
+        norm = np.linalg.norm(gt[:, 0] - gt[:, 1], axis=-1)
+        result["offset_per_point"] = ((pred["landmarks"] - gt) / norm[:, None, None]).mean(axis=0).tolist()
+    if any("pose_subset" in a for a in attrs):  # MTFL's pose: profile / half / frontal, set-wide shift
+        shift = (result["shift_x"], result["shift_y"]) if five else None
+        result["subsets"] = group_summary(pred["landmarks"], gt, scheme, [a.get("pose_subset") for a in attrs],
+                                          POSE_SUBSETS, shift=shift)
+    elif any(name in a for a in attrs for name in WFLW_ATTRIBUTES):  # WFLW-style flags: the per-subset breakdown
+        result["subsets"] = subset_summary(pred["landmarks"], gt, scheme, attrs)
     return result

@@ -13,7 +13,6 @@ from chs.model.training.augment import AugmentConfig, augment_crop
 from chs.model.training.targets import awing_weight_map, boundary_heatmap
 from chs.runtime.datasets import FaceSample
 from chs.runtime.evaluate import load_images
-from chs.runtime.geometry import box_from_landmarks
 from chs.runtime.schemes import get_scheme
 
 
@@ -24,8 +23,7 @@ class FaceTrainSet(Dataset):
                  augment: AugmentConfig | None = AugmentConfig()):
         kept, self.images, self.skipped = load_images(samples)
         self.landmarks = [s.landmarks for s in kept]
-        self.boxes = [s.box if (cfg.crop_rule.box_source != "landmarks" and s.box is not None)
-                      else box_from_landmarks(s.landmarks) for s in kept]
+        self.boxes = [s.crop_box(cfg.crop_rule.box_source) for s in kept]
         self.cfg, self.seed, self.augment = cfg, seed, augment
         self.codec = dataclasses.replace(cfg.codec, sigma=sigma)
         self.scheme = get_scheme(cfg.scheme)

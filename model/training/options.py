@@ -33,6 +33,12 @@ class TrainOptions:
     init: str | None = None  # warm start: checkpoint whose matching weights initialise the model
     ema: float = 0.0  # decay of an exponential moving average of weights and BN statistics (0 = off)
     init_lr_scale: float = 1.0  # lr multiplier for the weights --init copied (new parts train at the full lr)
+    # mixed supervision (model/training/mixed.py): 5-point faces beside the full ones
+    data5: str | None = None  # 5-point training set (mtfl5 folder; its "train" split)
+    val5: str | None = None  # 5-point validation set (mtfl5 folder; its "val" split), reported per epoch
+    mix: float = 0.5  # share of each batch drawn from data5
+    flip5: float = 0.5  # probability of a mirrored crop for the 5-point faces (MTFL's labels are symmetric)
+    offset_lr_scale: float = 50.0  # lr multiplier of the 5-point labels' learned offset
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -43,6 +43,8 @@ def train_state_tensors(module: Any, opt: torch.optim.Optimizer, ema: Any | None
     """(tensors for the state file, JSON-able optimizer info for the checkpoint's ``info``)."""
     tensors, opt_info = optimizer_tensors(opt)
     tensors["task.log_sigma"] = module.weights.log_sigma.detach()
+    if getattr(module, "five", None) is not None:  # mixed supervision: the 5-point labels' learned offset
+        tensors["task.five_offset"] = module.five.offset.detach()
     if ema is not None:  # model.safetensors holds the EMA; the raw weights go with the optimizer state
         tensors.update({f"raw.{k}": v for k, v in module.model.state_dict().items()})
         tensors["ema_n_averaged"] = ema.n_averaged.detach().clone()
@@ -56,6 +58,8 @@ def restore_train_state(path: Path, module: Any, opt: torch.optim.Optimizer, ema
     raw = {k[4:]: v for k, v in extra.items() if k.startswith("raw.")}  # saved only when EMA is on
     module.model.load_state_dict(raw or served)
     module.weights.log_sigma.data.copy_(extra["task.log_sigma"])
+    if getattr(module, "five", None) is not None:
+        module.five.offset.data.copy_(extra["task.five_offset"])
     if ema is not None:
         if not raw:
             raise ChsError(f"--resume {path}: checkpoint has no EMA weights but --ema is set")

@@ -22,12 +22,22 @@ from chs.model.runner import TorchRunner
 from chs.model.training.augment import AugmentConfig
 from chs.model.training.data import FaceTrainSet
 from chs.model.training.losses import AdaptiveTaskWeights, adaptive_wing_loss, log_wing_loss, task_alphas
+from chs.model.training.mixed import (
+    FivePointTerms,
+    FivePointTrainSet,
+    MixedBatchSampler,
+    MixedTrainSet,
+    mixed_losses,
+    with_offset_group,
+)
 from chs.model.training.options import TrainOptions
 from chs.model.training.options_checks import check_finite_loss, check_finite_weights
 from chs.model.training.state import restore_train_state, train_state_tensors
 from chs.runtime.datasets import load_dataset
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import load_images, predict_samples, sample_box, stage_summary
+from chs.runtime.metrics import summarize
+from chs.runtime.schemes import get_scheme
 
 PAPER_EPOCHS = 340  # the paper's schedule, scaled to the configured epoch count
 PAPER_MILESTONES = (120, 200, 240, 245, 250, 255, 260, 265, 270, 275, 280, 285, 290, 295, 300, 305, 310, 315,
@@ -45,13 +55,17 @@ def lr_at(opts: TrainOptions, epoch: float) -> float:
 class TrainModule(nn.Module):
     """Model + adaptive task weights; forward returns the total loss and its parts (one DDP unit)."""
 
-    def __init__(self, model: CHSNet):
+    def __init__(self, model: CHSNet, five: FivePointTerms | None = None):
         super().__init__()
         self.model = model
-        self.weights = AdaptiveTaskWeights(task_alphas(model.cfg.ccr_stages))
+        self.five = five
+        self.weights = AdaptiveTaskWeights(task_alphas(model.cfg.ccr_stages) + ([1.0] if five is not None else []))
 
-    def forward(self, x, maps, weight, target):
+    def forward(self, x, maps, weight, target, five=None, kind=None):
         out = self.model(x)
+        if self.five is not None:
+            losses = mixed_losses(out, maps, weight, target, five, kind, self.five, self.model.cfg.ccr_stages)
+            return self.weights(losses), [float(v.detach()) for v in losses]
         hm = sum(adaptive_wing_loss(h.float(), maps, weight) for h in out["heatmaps"]) / len(out["heatmaps"])
         losses = [hm] + [log_wing_loss(lm.float(), target) for lm in out["landmarks"][1:]]
         return self.weights(losses), [float(v.detach()) for v in losses]
@@ -112,13 +126,14 @@ class Trainer:
     def _build(self, resume: str | None) -> None:
         """Model (warm-started or resumed), EMA copy, optimizer and the run's position."""
         opts = self.opts
-        self.module = TrainModule(build_model(self.cfg)).to(opts.device)
+        five = FivePointTerms(self.cfg, opts.sigma) if opts.data5 else None
+        self.module = TrainModule(build_model(self.cfg), five).to(opts.device)
         if opts.init and not resume:
             self._init_from(Path(opts.init))
         if opts.channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.ema = _ema_model(self.module.model, opts.ema) if opts.ema else None
-        self.opt = _optimizer(opts, self._param_groups())
+        self.opt = _optimizer(opts, with_offset_group(self._param_groups(), five, opts.offset_lr_scale))
         self.start_epoch, self.best, self.history = 0, math.inf, []
         if resume:
             self._resume(Path(resume))
@@ -130,6 +145,8 @@ class Trainer:
         if opts.max_samples:
             samples = samples[: opts.max_samples]
         self.train_set = FaceTrainSet(samples, cfg, opts.sigma, opts.seed, self._augment_config())
+        if opts.data5:
+            self.train_set = self._mixed_set(self.train_set)
         if self.train_set.skipped:
             self.log(f"skipped {len(self.train_set.skipped)} unreadable image(s) in {opts.data}")
         if len(self.train_set) == 0:
@@ -138,6 +155,10 @@ class Trainer:
         if opts.val and self.rank == 0:
             kept, images, _ = load_images(load_dataset(opts.val))
             self.val = (kept, images)
+        self.val5 = None
+        if opts.val5 and self.rank == 0:
+            kept, images, _ = load_images(load_dataset(opts.val5, "val"))
+            self.val5 = (kept, images)
 
     def _augment_config(self) -> AugmentConfig | None:
         if not self.opts.augment:
@@ -145,6 +166,17 @@ class Trainer:
         if not 0.0 <= self.opts.flip <= 1.0:
             raise ChsError(f"flip must be a probability in [0, 1], got {self.opts.flip}")
         return AugmentConfig(flip=self.opts.flip)
+
+    def _mixed_set(self, full: FaceTrainSet) -> MixedTrainSet:
+        if self.world > 1:
+            raise ChsError("mixed supervision (--data5) runs in one process; DDP is not supported with it")
+        if not 0.0 <= self.opts.flip5 <= 1.0:
+            raise ChsError(f"--flip5 must be a probability in [0, 1], got {self.opts.flip5}")
+        aug = AugmentConfig(flip=self.opts.flip5) if self.opts.augment else None
+        five = load_dataset(self.opts.data5, "train")
+        if self.opts.max_samples:
+            five = five[: self.opts.max_samples]
+        return MixedTrainSet(full, FivePointTrainSet(five, self.cfg, self.opts.seed, aug))
 
     def _param_groups(self) -> list[dict]:
         """One group, or with --init-lr-scale two: the warm-started weights (slowed) and the new parts.
@@ -195,6 +227,10 @@ class Trainer:
 
     def _loader(self, epoch: int) -> DataLoader:
         self.train_set.set_epoch(epoch)
+        if isinstance(self.train_set, MixedTrainSet):
+            batches = MixedBatchSampler(len(self.train_set.full), len(self.train_set.five), self.opts.batch_size,
+                                        self.opts.mix, self.opts.seed, epoch)
+            return DataLoader(self.train_set, batch_sampler=batches, num_workers=self.opts.workers)
         if self.world > 1:
             sampler = DistributedSampler(self.train_set, self.world, self.rank, shuffle=True, seed=self.opts.seed)
             sampler.set_epoch(epoch)
@@ -212,8 +248,15 @@ class Trainer:
         runner = TorchRunner(model, self.opts.device)
         model.train(False)
         pred = predict_samples(runner, images, [sample_box(s, runner.meta) for s in kept], 64)
+        res = stage_summary(pred, np.stack([s.landmarks for s in kept]), self.cfg.scheme)
+        if self.val5 is not None:  # 5-point validation: the model's points reduced to 5, set-wide shift removed
+            kept5, images5 = self.val5
+            pred5 = predict_samples(runner, images5, [sample_box(s, runner.meta) for s in kept5], 64)["landmarks"]
+            five = summarize(get_scheme(self.cfg.scheme).to_five(pred5), np.stack([s.landmarks for s in kept5]), "5",
+                             shift="own")
+            res["five"] = {k: five[k] for k in ("nme", "nme_shifted", "fr_10", "shift_x", "shift_y")}
         self.module.model.train(True)
-        return stage_summary(pred, np.stack([s.landmarks for s in kept]), self.cfg.scheme)
+        return res
 
     @property
     def served_model(self) -> CHSNet:
@@ -235,19 +278,19 @@ class Trainer:
         for epoch in range(self.start_epoch, min(opts.epochs, stop_after or opts.epochs)):
             loader = self._loader(epoch)
             t0, seen, total, parts_sum = time.time(), 0, 0.0, None
-            for step, (x, maps, weight, target) in enumerate(loader):
+            for step, (x, *labels) in enumerate(loader):
                 lr = lr_at(opts, epoch + step / max(len(loader), 1))
                 for g in self.opt.param_groups:
                     g["lr"] = lr * g.get("lr_scale", 1.0)
                 dev = opts.device
-                x, maps, weight, target = x.to(dev), maps.to(dev), weight.to(dev), target.to(dev)
+                x, labels = x.to(dev), [t.to(dev) for t in labels]
                 if opts.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 if autocast is not None:
                     with autocast:
-                        loss, parts = self.net(x, maps, weight, target)
+                        loss, parts = self.net(x, *labels)
                 else:
-                    loss, parts = self.net(x, maps, weight, target)
+                    loss, parts = self.net(x, *labels)
                 check_finite_loss(float(loss.detach()), epoch, step)  # before a NaN gradient reaches the weights
                 self.opt.zero_grad(set_to_none=True)
                 if scaler is not None:
@@ -274,6 +317,9 @@ class Trainer:
                    "val_nme_iod_per_stage": None if val is None else val["nme_iod_per_stage"],
                    # mean signed error (IOD units): a steady shift means the labels' convention is not learnt
                    "val_offset": None if val is None else [val["offset_x"], val["offset_y"]]}
+            if self.module.five is not None:  # the 5-point labels' learned offset, in crop pixels
+                rec["five_offset_px"] = (self.module.five.offset.detach().cpu() * self.cfg.heatmap_stride).tolist()
+                rec["val5"] = None if val is None else val.get("five")
             self.history.append(rec)
             if self.rank == 0:
                 improved = val is not None and val["nme_iod"] < self.best
