@@ -191,7 +191,7 @@ def test_chs_eval_prints_the_five_point_report(mtfl):
 def test_dlib_peer_row_reduces_to_five_points(mtfl):
     """chs-bench's dlib peer on 5-point faces: dlib's 68 points reduced like the model's, shift reported."""
     from chs.benchmarks.accuracy import peer_accuracy_row
-    from chs.benchmarks.latency import dlib_peer
+    from chs.benchmarks.peers import dlib_peer
 
     if dlib_peer()[0] is None:
         pytest.skip(dlib_peer()[1])
