@@ -50,6 +50,10 @@ def latency_rows(request: BenchRequest | Any, *args: Any, factory: RunnerFactory
                                  noise_threshold=req.noise_threshold))
     if req.peer:
         rows.append(peer_latency_row(repeats=req.repeats, passes=req.passes, noise_threshold=req.noise_threshold))
+    if req.timing_only:
+        for r in rows:
+            if r["kind"] == "landmarks":
+                r["timing_only"] = True
     return rows
 
 

@@ -55,6 +55,10 @@ def format_latency(rows: Sequence[dict], machine: str | None = None) -> str:
     head = (f"{'ccr':>3} {'GMACs':>7} {'backend':<16} {'prec':<5} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} "
             f"{'p99 ms':>9} {'faces/s':>9} {'floor ms':>9} {'eff':>6}  note")
     lines = [machine] if machine else []
+    if any(r.get("timing_only") for r in rows):
+        from chs.benchmarks.presets import TIMING_ONLY
+
+        lines.append(f"landmark rows: {TIMING_ONLY}")
     lines += [head, "-" * len(head)]
     for r in rows:
         name = r["runner"] or r["backend"]

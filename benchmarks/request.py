@@ -52,6 +52,7 @@ class BenchRequest:
     max_samples: int | None = None
     batch_size: int = 32
     split: str | None = None  # part of a set that defines splits (mtfl5: train, val)
+    timing_only: bool = False  # random weights (chs.benchmarks.presets): rows marked, exports not gated
 
     def __post_init__(self) -> None:
         for b in self.backends:

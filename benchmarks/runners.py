@@ -40,16 +40,21 @@ def _stamp(model: str | os.PathLike, ccr: int, calib: str | None) -> dict:
 
 
 def ensure_exports(model: str | os.PathLike, ccr: int, work_dir: str | os.PathLike, precisions: Iterable[str],
-                   calib: str | None = None, log: Log = quiet, parity_data: str | None = None
+                   calib: str | None = None, log: Log = quiet, parity_data: str | None = None,
+                   timing_only: bool = False
                    ) -> dict[str, Path | str]:
     """ONNX files of one CCR count in ``work_dir/ccr{k}``: {key: path, or the reason it is missing}.
 
     Keys: fp32, fp16, int8-u8s8, int8-s8s8. Files are reused while the checkpoint and calibration source are
     unchanged (``bench_source.json``); ``parity_data`` (annotated faces) makes the export's parity gate
     measure ΔNME instead of bounding it on the demo face; a failed FP16/INT8 step (e.g. its parity gate)
-    falls back to an FP32 export and the failure is remembered, not retried."""
+    falls back to an FP32 export and the failure is remembered, not retried. ``timing_only`` (random
+    weights): the parity gate is reported, not enforced, and INT8 is calibrated on a few demo images."""
+    from chs.benchmarks.presets import TIMING_CALIB, TIMING_CALIB_IMAGES
     from chs.export.pipeline import ExportOptions, run_export
 
+    if timing_only and calib is None:
+        calib = TIMING_CALIB
     want = set(precisions)
     out = Path(work_dir) / f"ccr{ccr}"
     stamp = _stamp(model, ccr, calib)
@@ -74,6 +79,8 @@ def ensure_exports(model: str | os.PathLike, ccr: int, work_dir: str | os.PathLi
         log(f"exporting CCR {ccr} ({what}) into {out}")
         opts = ExportOptions(model=str(model), out=str(out), ccr=ccr, fp16=fp16, int8=int8, calib=calib,
                              parity_data=parity_data, engine="never", time_int8=False, if_exists="merge")
+        if timing_only:
+            opts.gate, opts.calib_images = False, TIMING_CALIB_IMAGES
         with contextlib.redirect_stdout(sys.stderr):  # exporters print; keep stdout for --json
             run_export(opts, log=log)
 
@@ -156,7 +163,7 @@ class RunnerFactory:
             precs = [p for p in r.precisions if p in ("fp16", "int8")]
             # a split set (mtfl5) is partially labelled: it cannot drive the export's parity gate (demo face)
             self._exports[ccr] = ensure_exports(self.model, ccr, self.work_dir, ["fp32", *precs], r.calib,
-                                                self.log, r.data if r.split is None else None)
+                                                self.log, r.data if r.split is None else None, r.timing_only)
         return self._exports[ccr]
 
     def _file(self, ccr: int, key: str) -> Path:

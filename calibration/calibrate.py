@@ -29,9 +29,11 @@ METHODS = {
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
-# the quantizer needs ranges for the inputs of these ops only; calibrating fewer tensors is faster
-CALIBRATED_OPS = ("Conv", "Gemm", "MatMul")
-CACHE_VERSION = 1
+# the quantizers need ranges for the inputs/outputs of these ops only (the s8s8 Q/DQ file quantizes the
+# first three; the u8s8 ORT CPU form also BN-as-conv, Add, Concat, pooling, ReLU, Mul); fewer is faster
+CALIBRATED_OPS = ("Conv", "Gemm", "MatMul", "BatchNormalization", "Add", "Concat", "AveragePool", "MaxPool",
+                  "Relu", "Mul")
+CACHE_VERSION = 2
 
 
 class TensorRanges(dict):
@@ -76,7 +78,7 @@ def _write_cache(path: Path, ranges: dict[str, tuple[float, float]], method: str
 def calibrate(fp32_path: str | os.PathLike, crops: np.ndarray, method: str = "minmax",
               cache_dir: str | os.PathLike | None = None, batch_size: int = 8,
               stride_batches: int = 4) -> TensorRanges:
-    """Ranges of the Conv/Gemm/MatMul input and output tensors of the FP32 ONNX over ``crops``.
+    """Ranges of the input and output tensors of the ``CALIBRATED_OPS`` of the FP32 ONNX over ``crops``.
 
     ``method``: "minmax", "entropy" or "percentile" (ORT's calibrators). With ``cache_dir`` the ranges are
     stored as ``<sha256>.json`` and reused. Batches are collected ``stride_batches`` at a time so memory

@@ -1,10 +1,13 @@
 """INT8 ONNX with explicit QuantizeLinear/DequantizeLinear pairs, written from cached calibration ranges.
 
 TensorRT 11 has no implicit INT8 calibration: the ONNX carries the precision. Two flavours from one set
-of ranges: ``s8s8`` (symmetric int8 activations, zero points 0, float bias: what TensorRT accepts) and
-``u8s8`` (uint8 activations, what ONNX Runtime CPU turns into fast QLinearConv). Weights are per-channel
-symmetric int8 in both. Nodes in ``exclude`` (the heatmap head, decode, RoiAlign, CCR regression head)
-stay float and read float tensors: a shared Q/DQ pair in front of a Conv is not allowed to leak into them.
+of ranges: ``s8s8`` (symmetric int8 activations, zero points 0, float bias: plain Q/DQ around the
+convolutions, what TensorRT accepts and fuses) and ``u8s8`` (uint8 activations in ONNX Runtime's operator
+format with BatchNorm, Add, Concat and pooling quantized too: the form ORT's CPU kernels run fast, see
+:mod:`chs.calibration.ort_cpu`; ``ort_cpu=False`` gives the plain Q/DQ u8s8 file instead). Weights are
+per-channel symmetric int8 in both. Nodes in ``exclude`` (the heatmap head, decode, RoiAlign, CCR
+regression head) stay float; in the Q/DQ files they read float tensors: a shared Q/DQ pair in front of a
+Conv is not allowed to leak into them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from chs.calibration.ort_cpu import quantize_ort_cpu
 from chs.model.sensitive import float32_nodes
 from chs.runtime.artifact import read_onnx_meta, write_onnx_meta
 from chs.runtime.errors import ChsError, first_line
@@ -122,11 +126,26 @@ def _float_inputs_for_excluded(model: onnx.ModelProto, exclude: set[str], max_de
     return changed
 
 
+def _quantize_qdq(model: onnx.ModelProto, tensors: TensorsData, exclude: set[str], flavour: str) -> onnx.ModelProto:
+    """Plain Q/DQ around Conv/Gemm/MatMul; the float32 region reads float tensors."""
+    quantizer = QDQQuantizer(
+        model, True, False, QuantType.QInt8, FLAVOURS[flavour], tensors, [], sorted(exclude),
+        list(QUANTIZED_OPS),
+        {"ActivationSymmetric": flavour == "s8s8", "WeightSymmetric": True, "QuantizeBias": False},
+    )
+    q = quantizer.quantize_model()
+    changed = _float_inputs_for_excluded(q, exclude)
+    quantizer.model.topological_sort()  # Q/DQ nodes and float clones were appended; ORT's save sorts too
+    log.debug("%d inputs of float32 nodes now read float tensors", changed)
+    return q
+
+
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | None,
                   ranges: dict[str, tuple[float, float]], flavour: str = "s8s8",
-                  exclude: set[str] | None = None) -> onnx.ModelProto:
-    """Write the ``flavour`` ("s8s8" or "u8s8") Q/DQ model of ``fp32_path`` to ``out_path`` (None: don't
-    write); ``exclude`` = node names left in float (default: :func:`chs.model.sensitive.float32_nodes`)."""
+                  exclude: set[str] | None = None, ort_cpu: bool = True) -> onnx.ModelProto:
+    """Write the ``flavour`` ("s8s8" or "u8s8") INT8 model of ``fp32_path`` to ``out_path`` (None: don't
+    write); ``exclude`` = node names left in float (default: :func:`chs.model.sensitive.float32_nodes`);
+    ``ort_cpu`` (u8s8 only): ONNX Runtime's fast operator form rather than plain Q/DQ."""
     if flavour not in FLAVOURS:
         raise ChsError(f"unknown INT8 flavour '{flavour}' (s8s8 for TensorRT, u8s8 for ONNX Runtime CPU)")
     if not ranges:
@@ -144,18 +163,13 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
         CalibrationMethod.MinMax,  # only lowest/highest matter to the quantizer, whatever the method
         {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.items()},
     )
-    quantizer = QDQQuantizer(
-        model, True, False, QuantType.QInt8, FLAVOURS[flavour], tensors, [], sorted(exclude),
-        list(QUANTIZED_OPS),
-        {"ActivationSymmetric": flavour == "s8s8", "WeightSymmetric": True, "QuantizeBias": False},
-    )
     try:
-        q = quantizer.quantize_model()
+        if flavour == "u8s8" and ort_cpu:
+            q = quantize_ort_cpu(model, tensors, exclude)
+        else:
+            q = _quantize_qdq(model, tensors, exclude, flavour)
     except Exception as e:  # ORT raises bare ValueError/KeyError, e.g. for a tensor without a range
         raise ChsError(f"INT8 quantization failed: {first_line(e)}") from None
-    changed = _float_inputs_for_excluded(q, exclude)
-    quantizer.model.topological_sort()  # Q/DQ nodes and float clones were appended; ORT's save sorts too
-    log.debug("%d inputs of float32 nodes now read float tensors", changed)
     write_onnx_meta(q, dataclasses.replace(meta, precision=f"int8-{flavour}"))
     try:
         onnx.checker.check_model(q, full_check=True)

@@ -185,6 +185,8 @@ def _emit(ctx: typer.Context, out: str | None, name: str, payload: dict, as_json
 def latency(
     ctx: typer.Context,
     out: Annotated[str | None, typer.Option(help="Also write latency.json, machine.json, command.txt here.")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="Time this preset (e.g. 300w) with random weights instead of --model: timing only, no accuracy.")] = None,
     **opts,
 ) -> None:
     """Per-face latency (p50/p90/p99, faces/s) of each CCR count x backend x precision x batch, with its floor."""
@@ -193,6 +195,16 @@ def latency(
     from chs.benchmarks.report import format_latency, format_ratios, speed_ratios
 
     as_json = opts.pop("as_json")
+    if preset:
+        from pathlib import Path
+
+        from chs.benchmarks.presets import preset_checkpoint
+
+        work_dir = opts.get("work_dir")
+        root = Path(work_dir) if work_dir else Path(_work_dir("default", None)).parent
+        opts["model"] = str(preset_checkpoint(preset, root))
+        opts["work_dir"] = work_dir and str(Path(work_dir) / Path(opts["model"]).name)
+        opts["timing_only"] = True
     req = _request(**opts)
     info = machine_info(req.threads)
     rows = latency_rows(req, log=_log)

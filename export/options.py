@@ -23,6 +23,9 @@ class ExportOptions:
     engine: str = "auto"  # auto | always | never
     triton: str | None = None
     time_int8: bool = True
+    gate_faces: int = 128  # faces held out from a calibration set for the gate (never calibrated on)
+    gate: bool = True  # False: timing-only exports (random weights): parity is reported, never enforced
+    golden_faces: int = 16  # crops written as golden inputs/outputs for a later engine check
     if_exists: str = "refuse"  # an existing non-empty out: refuse | replace (a previous export) | merge
 
     def __post_init__(self) -> None:

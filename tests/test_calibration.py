@@ -211,8 +211,8 @@ def test_s8s8_is_what_tensorrt_accepts(int8_paths, fp32_path):
     assert len(quantized) == len(convs) - 4  # last conv_last + head, two CCR regression convs
 
 
-def test_u8s8_has_unsigned_activations(int8_paths):
-    model = onnx.load(str(int8_paths["u8s8"]))
+def test_u8s8_qdq_form_has_unsigned_activations(fp32_path, ranges):
+    model = quantize_int8(fp32_path, None, ranges, "u8s8", ort_cpu=False)
     assert ModelMeta.from_props({p.key: p.value for p in model.metadata_props}).precision == "int8-u8s8"
     inits, _, _ = _qdq_facts(model)
     zps = [numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node if n.op_type == "QuantizeLinear"]
@@ -220,6 +220,65 @@ def test_u8s8_has_unsigned_activations(int8_paths):
     weight_zps = [numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
                   if n.op_type == "DequantizeLinear" and n.input[0] in inits]
     assert weight_zps and all(z.dtype == np.int8 and not z.any() for z in weight_zps)
+
+
+def test_u8s8_ort_cpu_form(int8_paths, fp32_path):
+    """uint8 activations, symmetric per-channel int8 weights, trunk BN/Add/Concat/pooling quantized, the
+    float32 region untouched."""
+    model = onnx.load(str(int8_paths["u8s8"]))
+    assert ModelMeta.from_props({p.key: p.value for p in model.metadata_props}).precision == "int8-u8s8"
+    inits, producer, _ = _qdq_facts(model)
+    ops = [n.op_type for n in model.graph.node]
+    fp32 = onnx.load(str(fp32_path))
+    keep = float32_nodes(fp32)
+    n_bn = sum(n.op_type == "BatchNormalization" for n in fp32.graph.node)
+    n_conv = sum(n.op_type == "Conv" for n in fp32.graph.node)
+    kept_bn = sum(n.op_type == "BatchNormalization" and n.name in keep for n in fp32.graph.node)
+    kept_conv = sum(n.op_type == "Conv" and n.name in keep for n in fp32.graph.node)
+    assert ops.count("BatchNormalization") == kept_bn  # every trunk BN became a depthwise QLinearConv
+    n_pool = sum(n.op_type == "AveragePool" for n in fp32.graph.node)
+    assert n_pool and "AveragePool" not in ops and "QLinearAveragePool" not in ops  # pools are depthwise convs
+    assert ops.count("QLinearConv") == n_conv - kept_conv + n_bn - kept_bn + n_pool
+    assert ops.count("QLinearAdd") > 0 and ops.count("QLinearConcat") > 0
+    for n in model.graph.node:
+        if n.op_type == "QLinearConv":
+            x_zp, w, w_scale, w_zp = (numpy_helper.to_array(inits[i]) for i in (n.input[2], *n.input[3:6]))
+            assert x_zp.dtype == np.uint8 and w.dtype == np.int8 and w_zp.dtype == np.int8 and not w_zp.any()
+            assert w_scale.shape == (w.shape[0],)  # per output channel
+    by_name = {n.name: n for n in model.graph.node}
+    for name in keep:  # the float32 region keeps its float ops
+        assert by_name[name].op_type in {n.op_type for n in fp32.graph.node if n.name == name}, name
+    for n in model.graph.node:
+        if n.op_type in ("RoiAlign", "ArgMax"):
+            assert all(producer[i].op_type not in ("QuantizeLinear",) for i in n.input if i in producer)
+
+
+def test_batchnorm_as_depthwise_conv_is_exact(fp32_path, crops, tmp_path):
+    from chs.calibration.ort_cpu import batchnorm_as_depthwise_conv
+
+    model = onnx.load(str(fp32_path))
+    n_bn = sum(n.op_type == "BatchNormalization" for n in model.graph.node)
+    assert batchnorm_as_depthwise_conv(model, set()) == n_bn > 0
+    assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(tmp_path / "dw.onnx"))
+    ref = OrtRunner(fp32_path, providers="cpu").infer(crops)["landmarks"]
+    got = OrtRunner(tmp_path / "dw.onnx", providers="cpu").infer(crops)["landmarks"]
+    assert np.abs(got - ref).max() < 1e-3
+
+
+def test_avgpool_as_depthwise_conv_is_exact(fp32_path, crops, tmp_path):
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    from chs.calibration.ort_cpu import avgpool_as_depthwise_conv
+
+    model = load_model_with_shape_infer(Path(fp32_path))  # the rewrite needs channel counts
+    n_pool = sum(n.op_type == "AveragePool" for n in model.graph.node)
+    assert avgpool_as_depthwise_conv(model, set()) == n_pool > 0
+    onnx.save(model, str(tmp_path / "pool.onnx"))
+    ref = OrtRunner(fp32_path, providers="cpu").infer(crops)["landmarks"]
+    got = OrtRunner(tmp_path / "pool.onnx", providers="cpu").infer(crops)["landmarks"]
+    assert np.abs(got - ref).max() < 1e-3
 
 
 @pytest.mark.parametrize("flavour", ["s8s8", "u8s8"])
