@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 pytest.importorskip("torch")
 
 from chs.bench_cmd import bench_app  # noqa: E402
-from chs.benchmarks.latency import format_latency, latency_rows  # noqa: E402
+from chs.benchmarks.latency import latency_rows  # noqa: E402
 from chs.benchmarks.presets import TIMING_ONLY, preset_checkpoint  # noqa: E402
+from chs.benchmarks.report import format_latency  # noqa: E402
 from chs.model.checkpoint import read_checkpoint_config  # noqa: E402
 from chs.runtime.errors import ChsError  # noqa: E402
 
