@@ -157,6 +157,8 @@ def test_infer_validation(tmp_path, trt, cu):
         r.infer(np.zeros((5, 3, S, S), np.float32))
     with pytest.raises(ChsError, match="numpy array"):
         r.infer(good.tolist())
+    with pytest.raises(ChsError, match="NaN or infinity"):  # the runner base's check, shared by every backend
+        r.infer(np.full((2, 3, S, S), np.nan, np.float32))
     empty = r.infer(np.zeros((0, 3, S, S), np.float32))
     assert empty["landmarks"].shape == (0, N_PTS, 2) and empty["scores"].shape == (0, N_PTS)
     assert "execute_async_v3" not in trt.recorder.names()

@@ -29,17 +29,25 @@ class Runner(Protocol):
         ...
 
 
-def check_batch(batch: np.ndarray, meta: ModelMeta) -> np.ndarray:
-    """The batch as a C-contiguous float32 (N, 3, S, S) array of finite values, else a one-line ChsError."""
-    x = np.asarray(batch)
+def check_shape(shape: tuple[int, ...], meta: ModelMeta, what: str = "input batch") -> int:
+    """The batch size of a (N, 3, S, S) shape, else a one-line ChsError (host and device inputs alike)."""
     s = meta.input_size
-    if x.dtype != np.float32:
-        raise ChsError(f"input batch must be float32, got {x.dtype}")
-    if x.ndim != 4 or x.shape[1:] != (3, s, s):
-        raise ChsError(f"input batch must have shape (N, 3, {s}, {s}), got {tuple(x.shape)}")
-    if not np.isfinite(x).all():
+    if len(shape) != 4 or tuple(shape[1:]) != (3, s, s):
+        raise ChsError(f"{what} must have shape (N, 3, {s}, {s}), got {tuple(shape)}")
+    return int(shape[0])
+
+
+def check_batch(batch: np.ndarray, meta: ModelMeta, dtypes: tuple[type, ...] = (np.float32,)) -> np.ndarray:
+    """The batch as a C-contiguous (N, 3, S, S) array of finite values in one of ``dtypes`` (the first
+    named in the error), else a one-line ChsError."""
+    if not isinstance(batch, np.ndarray):
+        raise ChsError(f"input batch must be a numpy array (N, 3, S, S), got {type(batch).__name__}")
+    if batch.dtype not in dtypes:
+        raise ChsError(f"input batch must be {np.dtype(dtypes[0]).name}, got {batch.dtype}")
+    check_shape(batch.shape, meta)
+    if not np.isfinite(batch).all():
         raise ChsError("input batch contains NaN or infinity")
-    return np.ascontiguousarray(x)
+    return np.ascontiguousarray(batch)
 
 
 class RunnerBase:
@@ -47,10 +55,11 @@ class RunnerBase:
 
     name: str
     meta: ModelMeta
+    input_dtypes: tuple[type, ...] = (np.float32,)  # host batch dtypes accepted; the first is named in errors
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run one batch of normalised crops; thread-safe."""
-        return self._run(check_batch(batch, self.meta))
+        return self._run(check_batch(batch, self.meta, self.input_dtypes))
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError

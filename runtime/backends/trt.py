@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from chs.runtime.artifact import INPUT_NAME, OUTPUT_LANDMARKS, OUTPUT_SCORES
+from chs.runtime.backends.base import RunnerBase, check_shape
 from chs.runtime.backends.cuda_interop import (
     ALIGNMENT,
     DeviceTensor,
@@ -51,8 +52,9 @@ class _ThreadState:
     buffers: dict[str, int] = field(default_factory=dict)
 
 
-class TensorRTRunner:
-    """Runner protocol over a serialized TensorRT engine; one execution context and stream per thread."""
+class TensorRTRunner(RunnerBase):
+    """A runner over a serialized TensorRT engine; one execution context and stream per thread. Host
+    batches are checked by :class:`RunnerBase` (float16 ones too, for a float16-input engine)."""
 
     name = "trt"
 
@@ -111,6 +113,7 @@ class TensorRTRunner:
         else:
             self.min_batch = self.max_batch = inp.shape[0]
         self.input_dtype = inp.dtype
+        self.input_dtypes = (np.float32,) if inp.dtype == np.float32 else (np.float16, np.float32)
 
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -185,19 +188,10 @@ class TensorRTRunner:
             self._states.clear()
         self._local = threading.local()
 
-    def __enter__(self) -> TensorRTRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # ----------------------------------------------------------------------------------------- checks
 
-    def _check_shape(self, shape: tuple[int, ...], what: str) -> int:
-        s = self.meta.input_size
-        if len(shape) != 4 or tuple(shape[1:]) != (3, s, s):
-            raise ChsError(f"{what} must have shape (N, 3, {s}, {s}), got {tuple(shape)}")
-        n = int(shape[0])
+    def _check_batch_size(self, n: int) -> int:
+        """``n`` must fit the engine's optimisation profile (the shape itself is checked by the base)."""
         if n > self.max_batch:
             raise ChsError(
                 f"batch of {n} exceeds the engine's profile maximum {self.max_batch}: "
@@ -237,15 +231,8 @@ class TensorRTRunner:
             out[name] = np.empty((0, *t.shape[1:]), dtype)
         return out
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one host batch (N, 3, S, S) float32 (float16 too for a float16-input engine); thread-safe."""
-        if not isinstance(batch, np.ndarray):
-            raise ChsError(f"TensorRT runner takes a numpy array (N, 3, S, S), got {type(batch).__name__}")
-        allowed = (np.float32,) if self.input_dtype == np.float32 else (np.float16, np.float32)
-        if batch.dtype not in allowed:
-            raise ChsError(f"input batch must be {self.input_dtype.name}, got {batch.dtype}")
-        n = self._check_shape(batch.shape, "input batch")
-        if n == 0:
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self._check_batch_size(len(batch)) == 0:
             return self._empty()
         x = np.ascontiguousarray(batch, dtype=self.input_dtype)
         st = self._state()
@@ -288,7 +275,7 @@ class TensorRTRunner:
         inp = device_input(x, handle, shape, dtype or self.input_dtype.name)
         if inp.dtype != self.input_dtype.name:
             raise ChsError(f"device input must be {self.input_dtype.name} for this engine, got {inp.dtype}")
-        n = self._check_shape(inp.shape, "device input")
+        n = self._check_batch_size(check_shape(inp.shape, self.meta, "device input"))
         if n < 1:
             raise ChsError("device input batch is empty")
         if not inp.ptr:
