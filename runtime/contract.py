@@ -121,8 +121,13 @@ def io_contract(meta: ModelMeta, inputs: list[dict], outputs: list[dict], engine
         "ccr": int(meta.ccr),
         "precision": meta.precision,
         "engine": dict(engine) if engine else None,
-        "meta": meta.to_dict(),
+        "meta": {k: v for k, v in meta.to_dict().items() if k != "precision"},  # precision: once, above
     }
+
+
+def contract_meta(contract: dict) -> ModelMeta:
+    """The model record a contract stores (its precision is kept once, in the top-level ``precision``)."""
+    return ModelMeta.from_dict({**contract["meta"], "precision": contract["precision"]})
 
 
 def validate_contract(contract: object, source: str = "contract") -> dict:

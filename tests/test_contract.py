@@ -12,6 +12,7 @@ from chs.runtime.contract import (
     CONTRACT_VERSION,
     REQUIRED_KEYS,
     contract_crop_affine,
+    contract_meta,
     io_contract,
     read_contract,
     write_contract,
@@ -47,6 +48,7 @@ def test_contract_has_everything_a_host_needs():
     assert c["landmarks"]["scheme"] == "wflw" and c["landmarks"]["num_points"] == 98
     assert c["ccr"] == 3 and c["precision"] == "fp16" and c["engine"]["tensorrt_version"] == "11.0.0"
     assert json.loads(json.dumps(c)) == c
+    assert "precision" not in c["meta"] and contract_meta(c) == _meta()  # the record, its precision stored once
 
 
 @pytest.mark.parametrize("rule", [CropRule(), CropRule(scale=1.25, shift_y=0.1)])

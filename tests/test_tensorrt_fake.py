@@ -112,7 +112,8 @@ def test_build_writes_engine_and_sidecar(onnx_file, tmp_path, version):
     text = json.dumps({k: v for k, v in sidecar.items() if k != "contract"})
     assert "precision" not in text and "scheme" not in text
     contract, facts = sidecar["contract"], sidecar["contract"]["engine"]
-    assert contract["meta"]["precision"] == "fp16" and contract["meta"]["scheme"] == "wflw"
+    assert contract["precision"] == "fp16" and contract["meta"]["scheme"] == "wflw"
+    assert "precision" not in contract["meta"]
     assert facts["tensorrt_version"] == version and facts["bytes"] == len(engine.read_bytes())
     assert facts["gpu"] == {"name": "Fake GPU 80GB", "compute_capability": "9.0", "source": "cuda-python"}
     assert facts["profile"]["max"] == [32, 3, 8, 8] and facts["tf32"] is False

@@ -1,8 +1,8 @@
 """The engine sidecar (``model.engine.json``): the ONE reader, writer and path rule.
 
 An engine file alone says neither how its crops must be cut nor which TensorRT and GPU it runs on. The
-sidecar stores, once each: the I/O contract (``contract``: crop rule, normalisation, tensors and the
-model metadata with its precision), the engine's facts (``contract["engine"]``: size, sha256, TensorRT
+sidecar stores, once each: the I/O contract (``contract``: crop rule, normalisation, tensors, precision
+and the rest of the model metadata), the engine's facts (``contract["engine"]``: size, sha256, TensorRT
 version, GPU and compute capability, batch profile) and how it was built (``onnx``, ``build``).
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chs.runtime.artifact import ModelMeta
-from chs.runtime.contract import validate_contract
+from chs.runtime.contract import contract_meta, validate_contract
 from chs.runtime.errors import ChsError
 
 SIDECAR_VERSION = 2
@@ -48,7 +48,7 @@ class EngineSidecar:
 
     @property
     def meta(self) -> ModelMeta:
-        return ModelMeta.from_dict(self.contract["meta"])
+        return contract_meta(self.contract)
 
     @property
     def inputs(self) -> list[dict]:
