@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
+from chs.runtime.backends.trt_env import nvidia_smi
 from chs.runtime.errors import ChsError
 
 CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16",
@@ -40,16 +39,9 @@ def _cpu_model_and_flags() -> tuple[str, list[str]]:
 
 def _gpus() -> list[dict]:
     """[{name, driver, memory_mib}] from nvidia-smi; empty without one (or when it fails)."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return []
-    try:
-        out = subprocess.run([exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
+    out = nvidia_smi("--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits")
     gpus = []
-    for line in out.strip().splitlines():
+    for line in out:
         parts = [p.strip() for p in line.split(",")]
         if len(parts) >= 2:
             gpus.append({"name": parts[0], "driver": parts[1], "memory_mib": parts[2] if len(parts) > 2 else None})

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -84,14 +83,6 @@ def _check_batch(batch: tuple[int, int, int]) -> tuple[int, int, int]:
     if len(b) != 3 or not 1 <= b[0] <= b[1] <= b[2]:
         raise ChsError(f"batch must be (min, opt, max) with 1 <= min <= opt <= max, got {batch!r}")
     return b  # type: ignore[return-value]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -244,7 +235,7 @@ def build_engine(
     }
     record = sidecar_record(
         io_contract(meta, inputs, outputs, engine),
-        onnx={"file": onnx_path.name, "sha256": _sha256(onnx_path)},
+        onnx={"file": onnx_path.name, "sha256": sha256_bytes(onnx_path.read_bytes())},
         build={"workspace_mb": int(opts.workspace_mb), "timing_cache": opts.timing_cache,
                "timing_cache_status": cache_status},
     )

@@ -54,16 +54,24 @@ def tensorrt_major(trt: Any) -> int:
         return 0
 
 
+def nvidia_smi(*args: str) -> list[str]:
+    """The output lines of ``nvidia-smi ARGS``; empty without nvidia-smi or when it fails (the one caller
+    of nvidia-smi, for the TensorRT probes and the benchmarks' machine record alike)."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return r.stdout.strip().splitlines() if r.returncode == 0 else []
+
+
 def gpu_present() -> tuple[bool, str]:
     """(True, what was found) when this machine shows an NVIDIA GPU, asking no CUDA library."""
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            r = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20)
-            if r.returncode == 0 and "GPU" in r.stdout:
-                return True, r.stdout.strip().splitlines()[0]
-        except (OSError, subprocess.SubprocessError):
-            pass
+    listed = [line for line in nvidia_smi("-L") if "GPU" in line]
+    if listed:
+        return True, listed[0]
     if os.path.exists("/dev/nvidia0"):
         return True, "/dev/nvidia0"
     return False, "no NVIDIA GPU found (nvidia-smi -L failed and /dev/nvidia0 is missing)"
@@ -85,18 +93,7 @@ def gpu_info(cudart: Any | None = None) -> dict:
                 }
         except Exception:  # any failure just means "ask someone else"
             pass
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            r = subprocess.run(
-                [smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            )
-            if r.returncode == 0 and r.stdout.strip():
-                name, _, cc = r.stdout.strip().splitlines()[0].rpartition(",")
-                return {"name": name.strip(), "compute_capability": cc.strip(), "source": "nvidia-smi"}
-        except (OSError, subprocess.SubprocessError):
-            pass
+    for line in nvidia_smi("--query-gpu=name,compute_cap", "--format=csv,noheader")[:1]:
+        name, _, cc = line.rpartition(",")
+        return {"name": name.strip(), "compute_capability": cc.strip(), "source": "nvidia-smi"}
     return {"name": "unknown", "compute_capability": "unknown", "source": "unknown"}
