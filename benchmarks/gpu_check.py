@@ -1,7 +1,8 @@
 """One prepared GPU check: latency and parity of every GPU path in one table, in a few minutes.
 
-Rows: torch eager FP32, torch CUDA graph FP32, torch FP16 and BF16 autocast (each against torch CPU FP32
-on the same crops), ONNX Runtime CUDA where its provider is installed, and TensorRT (engine build, host
+Rows: torch eager FP32, torch CUDA graph FP32, torch FP16 and BF16 autocast through the project's
+``TorchRunner`` (host batch in, host landmarks out, copies timed as in every host row; each against torch
+CPU FP32 on the same crops), ONNX Runtime CUDA where its provider is installed, and TensorRT (engine build, host
 ``infer``, and ``infer_device`` fed by torch CUDA tensors) where TensorRT is installed; the rest are
 listed with the reason they were skipped. It needs no network and no install: ``python
 benchmarks/gpu_check.py`` from a checkout finds the package itself. On a machine without a CUDA device it
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,55 +79,31 @@ def _load_model() -> tuple[Any, str]:
 def _torch_rows(
     model: Any, crops: np.ndarray, iters: int, device: str = "cuda", only: tuple[str, ...] | None = None
 ) -> list[dict]:
-    """torch rows on ``device`` ("cpu" only in tests: no CUDA graph row there); ``only`` picks rows."""
+    """torch rows through :class:`TorchRunner` on ``device`` ("cpu" only in tests: the CUDA graph row is
+    then skipped with the runner's reason); host batch in, host landmarks out, as in every other row."""
     import torch
 
-    codec = model.cfg.codec
+    from chs.model.runner import TorchRunner
+    from chs.runtime.errors import ChsError
+
     torch.backends.cuda.matmul.allow_tf32 = False  # FP32 rows must be FP32, not TF32
     torch.backends.cudnn.allow_tf32 = False
-
-    def decode(out: dict) -> np.ndarray:
-        return codec.to_crop(out["landmarks"][-1].float().cpu().numpy())
-
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    model = model.eval()
-    with torch.inference_mode():
-        ref = decode(model.cpu()(torch.from_numpy(crops)))
-        model = model.to(device)
-        rows = []
-        for label, dtype, graphs in (("torch eager FP32", None, False), ("torch CUDA graph FP32", None, True),
-                                     ("torch FP16 autocast", torch.float16, False),
-                                     ("torch BF16 autocast", torch.bfloat16, False)):
-            if only is not None and label not in only:
-                continue
-            if graphs and device != "cuda":
-                rows.append(_skip(label, "CUDA graphs need a CUDA device"))
-                continue
+    ref = TorchRunner(model, "cpu").infer(crops)["landmarks"]
+    rows = []
+    for label, precision, graphs in (("torch eager FP32", "fp32", False), ("torch CUDA graph FP32", "fp32", True),
+                                     ("torch FP16 autocast", "fp16", False), ("torch BF16 autocast", "bf16", False)):
+        if only is not None and label not in only:
+            continue
+        try:
+            runner = TorchRunner(model, device, precision, graphs)
+        except ChsError as e:
+            rows.append(_skip(label, str(e)))
+            continue
+        with runner:
             for b in BATCHES:
-                x = torch.from_numpy(crops[:b]).to(device)
-
-                def run(x=x, dtype=dtype) -> Any:
-                    with torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                        return model(x)
-
-                fn = run
-                if graphs:
-                    side = torch.cuda.Stream()
-                    side.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(side):
-                        for _ in range(3):
-                            run()
-                    torch.cuda.current_stream().wait_stream(side)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph):
-                        static_out = run()
-
-                    def fn(graph=graph, static_out=static_out) -> Any:
-                        graph.replay()
-                        return static_out
-
-                ms = _median_ms(fn, sync, iters)
-                diff = float(np.abs(decode(fn()) - ref[:b]).max())
+                x = crops[:b]
+                ms = _median_ms(partial(runner.infer, x), runner.synchronize, iters)
+                diff = float(np.abs(runner.infer(x)["landmarks"] - ref[:b]).max())
                 rows.append({"path": label, "batch": b, "ms_per_face": ms / b, "max_dpx": diff, "note": ""})
     return rows
 

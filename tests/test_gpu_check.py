@@ -67,7 +67,7 @@ def test_torch_rows_compute_on_cpu(monkeypatch):
     rows = gc._torch_rows(model, crops[:2], iters=1, device="cpu", only=only)
     by = {(r["path"], r["batch"]): r for r in rows}
     assert by[("torch eager FP32", 1)]["max_dpx"] < 1e-3 and by[("torch eager FP32", 2)]["max_dpx"] < 1e-3
-    assert by[("torch CUDA graph FP32", None)]["note"] == "skipped: CUDA graphs need a CUDA device"
+    assert by[("torch CUDA graph FP32", None)]["note"].startswith("skipped: CUDA graphs need a CUDA device")
     assert all(r["ms_per_face"] > 0 for r in rows if r["batch"])
     bf16 = by[("torch BF16 autocast", 2)]["max_dpx"]
     assert 0.0 < bf16 < s  # low precision moves landmarks a little, not off the crop
