@@ -17,7 +17,7 @@ class CCRStage(nn.Module):
     def __init__(self, cfg: ChsConfig):
         super().__init__()
         n, fe = cfg.num_points, cfg.fe_channels
-        self.n, self.roi, self.sr, self.hm = n, cfg.roi_size, cfg.sampling_ratio, cfg.heatmap_size
+        self.n, self.roi, self.sr, self.codec = n, cfg.roi_size, cfg.sampling_ratio, cfg.codec
         self.select = SelectiveFeature(cfg.num_branches, fe, cfg.sf_width, cfg.sf_squeeze, guide_channels=n)
         self.link = nn.Conv2d(cfg.hg_features, fe, 1)
         self.block = BasicBlock(fe + 2, cfg.ccr_width, groups=n)
@@ -32,17 +32,15 @@ class CCRStage(nn.Module):
         fmap = self.select(feats, heatmaps) + self.link(ll)
         n, k = landmarks.shape[:2]
         r = self.roi / 2.0
-        centre = landmarks.reshape(n * k, 2) + 0.5  # cell centres -> the half-pixel box frame
+        centre = self.codec.to_box_frame(landmarks.reshape(n * k, 2))
         rois = torch.cat([centre - r, centre + r], dim=1)
         batch_idx = torch.arange(n, device=landmarks.device).repeat_interleave(k)
         patches = roi_align(fmap, rois, batch_idx, (self.roi, self.roi), 1.0, self.sr)  # (N*n, C, R, R)
-        # coordinates of the ROI bins, scaled to [-1, 1] over the heatmap
+        # cell coordinates of the ROI bins, as [-1, 1] over the heatmap
         steps = torch.arange(self.roi, device=landmarks.device, dtype=landmarks.dtype) - (self.roi - 1) / 2.0
-        gx = landmarks[..., 0].reshape(n * k, 1, 1, 1) + steps.reshape(1, 1, 1, -1)
-        gy = landmarks[..., 1].reshape(n * k, 1, 1, 1) + steps.reshape(1, 1, -1, 1)
-        scale = 2.0 / (self.hm - 1)
-        coords = torch.cat([(gx * scale - 1).expand(-1, 1, self.roi, self.roi),
-                            (gy * scale - 1).expand(-1, 1, self.roi, self.roi)], dim=1)
+        gx = self.codec.to_unit(landmarks[..., 0].reshape(n * k, 1, 1, 1) + steps.reshape(1, 1, 1, -1))
+        gy = self.codec.to_unit(landmarks[..., 1].reshape(n * k, 1, 1, 1) + steps.reshape(1, 1, -1, 1))
+        coords = torch.cat([gx.expand(-1, 1, self.roi, self.roi), gy.expand(-1, 1, self.roi, self.roi)], dim=1)
         x = torch.cat([patches, coords], 1).reshape(n, k * (patches.shape[1] + 2), self.roi, self.roi)
         x = self.out(self.block(x))
         offsets = self.fc(x.reshape(n, -1)).reshape(n, k, 2)

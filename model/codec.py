@@ -75,13 +75,22 @@ class HeatmapCodec:
         """Heatmap side in cells."""
         return self.input_size // self.stride
 
+    def to_box_frame(self, cells: Points) -> Points:
+        """Cell coordinates (centres on integers) -> the continuous frame in which cell c spans [c, c + 1)
+        (the frame of ROI-align boxes)."""
+        return cells + 0.5
+
+    def to_unit(self, cells: Points) -> Points:
+        """Cell coordinates -> [-1, 1] across the heatmap (first cell centre -1, last +1)."""
+        return cells * (2.0 / (self.size - 1)) - 1
+
     def to_cells(self, points: Points) -> Points:
         """Crop pixel coordinates -> heatmap cell coordinates (numpy or torch)."""
         return (points + 0.5) / float(self.stride) - 0.5
 
     def to_crop(self, points: Points) -> Points:
         """Heatmap cell coordinates -> crop pixel coordinates (numpy or torch)."""
-        return (points + 0.5) * float(self.stride) - 0.5
+        return self.to_box_frame(points) * float(self.stride) - 0.5
 
     def encode(self, points: np.ndarray) -> np.ndarray:
         """(n, 2) crop pixels -> (n, size, size) float32 Gaussians of peak 1 (all zero for a NaN point)."""

@@ -38,6 +38,10 @@ def test_frames_are_inverse_and_backend_neutral():
     t = codec.to_crop(torch.from_numpy(pts.astype(np.float32)))
     np.testing.assert_allclose(t.numpy(), codec.to_crop(pts.astype(np.float32)), atol=0)
 
+    # the CCR's frames: ROI boxes put cell c on [c, c + 1); coordinate channels span the heatmap as [-1, 1]
+    assert codec.to_box_frame(np.array(3.0)) == 3.5 and codec.to_crop(np.array(3.0)) == 3.5 * 4 - 0.5
+    np.testing.assert_allclose(codec.to_unit(np.array([0.0, 15.5, 31.0])), [-1.0, 0.0, 1.0], atol=1e-12)
+
 
 def test_config_owns_one_codec():
     cfg = get_preset("ytf68")
