@@ -31,14 +31,11 @@ def base_row(c: Combo, batch: int | None, device: str) -> dict:
             "batch": batch, "device": device, "status": "ok", "reason": "", "runner": None, "file": None}
 
 
-def latency_rows(request: BenchRequest | Any, *args: Any, factory: RunnerFactory | None = None, log: Log = quiet,
-                 **options: Any) -> list[dict]:
+def latency_rows(req: BenchRequest, *, factory: RunnerFactory | None = None, log: Log = quiet) -> list[dict]:
     """One row per (ccr, backend, precision[, torch mode], batch), then a detector row and a dlib peer row.
 
-    ``request``: a :class:`BenchRequest`, or its fields (``latency_rows(model, backends, ..., repeats=3)``).
     Times are per face (per image for the detector); p50/p90/p99 pool every pass, ``p50_ms_passes`` keeps
     each pass's p50 and ``noisy`` flags a > ``noise_threshold`` difference between them."""
-    req = request if isinstance(request, BenchRequest) else BenchRequest(request, *args, **options)
     factory = factory or RunnerFactory(req, log=log)
     with torch_threads(factory.threads):
         jobs, rows = _plan(req, factory)
@@ -108,7 +105,7 @@ def _time(req: BenchRequest, jobs: list[tuple[dict, Any, np.ndarray]], log: Log)
                 f"batch {row['batch']}")
             try:
                 t = time_calls(lambda r=runner, x=x: r.infer(x), repeats=req.repeats,
-                               warmup=req.warmup if p == 0 else 1, sync=getattr(runner, "synchronize", None),
+                               warmup=req.warmup if p == 0 else 1, sync=runner.synchronize,
                                max_seconds=req.max_seconds)
             except ChsError as e:  # e.g. an engine profile too small, out of memory on a device
                 row.update(status="skipped", reason=str(e).splitlines()[0])

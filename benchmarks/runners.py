@@ -180,7 +180,7 @@ class RunnerFactory:
 
     def close(self) -> None:
         for runner in self._runners.values():
-            getattr(runner, "close", lambda: None)()
+            runner.close()
         self._runners.clear()
 
     def _build(self, c: Combo) -> Any:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chs.runtime.artifact import INPUT_NAME, ModelMeta
+from chs.runtime.artifact import INPUT_NAME, ModelMeta, read_onnx_meta
 from chs.runtime.backends.trt_env import gpu_info, gpu_present, shared_logger, tensorrt_major, tensorrt_version
 from chs.runtime.backends.trt_sidecar import sha256_bytes, sidecar_path_for, sidecar_record, write_engine_and_sidecar
 from chs.runtime.contract import io_contract
@@ -72,7 +72,7 @@ def _meta_from_onnx(onnx_path: Path) -> ModelMeta:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception:  # the parser reports unreadable files with TensorRT's own words below
         raise ChsError(f"{onnx_path} is not a readable ONNX file") from None
-    return ModelMeta.from_props({p.key: p.value for p in model.metadata_props}, f"ONNX model {onnx_path.name}")
+    return read_onnx_meta(model, f"ONNX model {onnx_path.name}")
 
 
 def _check_batch(batch: tuple[int, int, int]) -> tuple[int, int, int]:

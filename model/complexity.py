@@ -24,10 +24,6 @@ class Complexity:
     macs: int
 
     @property
-    def params_m(self) -> float:
-        return self.params / 1e6
-
-    @property
     def gmacs(self) -> float:
         return self.macs / 1e9
 

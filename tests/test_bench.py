@@ -20,6 +20,7 @@ from chs.bench_cmd import bench_app
 from chs.benchmarks.latency import latency_rows
 from chs.benchmarks.peers import detector_row
 from chs.benchmarks.report import speed_ratios
+from chs.benchmarks.request import BenchRequest
 from chs.benchmarks.tradeoff import format_markdown, join_rows, plot_points
 from chs.model.checkpoint import save_checkpoint
 from chs.model.chs import build_model
@@ -34,8 +35,8 @@ def bench(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("bench")
     torch.manual_seed(0)
     ckpt = save_checkpoint(build_model(get_preset("tiny")), tmp / "ckpt")
-    rows = latency_rows(ckpt, ("torch", "ort"), ("fp32",), (0, 1), (1,), tmp / "work", repeats=3, warmup=1,
-                        peak_seconds=0.2, detector=False, threads=1)
+    rows = latency_rows(BenchRequest(ckpt, ("torch", "ort"), ("fp32",), (0, 1), (1,), tmp / "work", repeats=3, warmup=1,
+                                     peak_seconds=0.2, detector=False, threads=1))
     return {"tmp": tmp, "ckpt": ckpt, "work": tmp / "work", "rows": rows}
 
 
@@ -69,8 +70,8 @@ def test_latency_rows(bench):
 
 
 def test_skipped_rows_have_reasons(bench):
-    rows = latency_rows(bench["ckpt"], ("torch", "ort", "trt"), ("int8",), (0,), (1,), bench["work"], repeats=3,
-                        detector=False, peer=False)
+    rows = latency_rows(BenchRequest(bench["ckpt"], ("torch", "ort", "trt"), ("int8",), (0,), (1,), bench["work"],
+                                     repeats=3, detector=False, peer=False))
     assert len(rows) == 3 and all(r["status"] == "skipped" and r["reason"] for r in rows)
     assert "calib" in [r for r in rows if r["backend"] == "ort"][0]["reason"]
 
