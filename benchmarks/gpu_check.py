@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -48,16 +47,9 @@ def ensure_chs_importable(root: Path | None = None) -> None:
 
 
 def _median_ms(fn: Callable[[], Any], sync: Callable[[], None], iters: int) -> float:
-    for _ in range(WARMUP):
-        fn()
-    sync()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    from chs.runtime.timing import time_calls
+
+    return float(np.median(time_calls(fn, iters, WARMUP, sync))) * 1e3
 
 
 def _load_model() -> tuple[Any, str]:
@@ -179,6 +171,7 @@ def run_gpu_check(iters: int = 50, json_path: str | None = None) -> int:
     if not torch.cuda.is_available():
         print(NO_CUDA)
         return 0
+    from chs.runtime.errors import first_line
     from chs.runtime.landmarks import DEFAULT_MODEL
 
     model, source = _load_model()
@@ -190,7 +183,7 @@ def run_gpu_check(iters: int = 50, json_path: str | None = None) -> int:
         try:
             rows += _trt_rows(DEFAULT_MODEL, crops, iters, Path(work))
         except Exception as e:  # report the TensorRT failure as a row: the other rows still stand
-            rows.append(_skip("TensorRT", f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+            rows.append(_skip("TensorRT", f"failed: {type(e).__name__}: {first_line(e)}"))
     header = (f"GPU check on {torch.cuda.get_device_name(0)} (torch {torch.__version__}, {source}, "
               f"{iters} timed runs, median); parity: torch rows vs torch CPU FP32, ORT/TensorRT vs ORT CPU")
     print(format_table(rows, header))
