@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from chs.runtime.backends.trt_env import nvidia_smi
-from chs.runtime.errors import ChsError
+from chs.runtime.errors import ChsError, first_line
 
 CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16",
                          "amx_int8", "avx_vnni")
@@ -147,6 +147,5 @@ def _probe(dtype: str, dev, n: int, seconds: float) -> float:
                 best = min(best, time.perf_counter() - t0)
                 calls += 1
     except RuntimeError as e:  # e.g. no int8/fp16 GEMM kernel for this device
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ChsError(f"{dtype} matmul probe failed on {dev}: {first}") from None
+        raise ChsError(f"{dtype} matmul probe failed on {dev}: {first_line(e)}") from None
     return 2.0 * n**3 / best / 1e9
