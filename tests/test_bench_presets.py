@@ -13,6 +13,7 @@ from chs.bench_cmd import bench_app  # noqa: E402
 from chs.benchmarks.latency import latency_rows  # noqa: E402
 from chs.benchmarks.presets import TIMING_ONLY, preset_checkpoint  # noqa: E402
 from chs.benchmarks.report import format_latency  # noqa: E402
+from chs.benchmarks.request import BenchRequest  # noqa: E402
 from chs.model.checkpoint import read_checkpoint_config  # noqa: E402
 from chs.runtime.errors import ChsError  # noqa: E402
 
@@ -30,8 +31,9 @@ def test_preset_checkpoint_is_made_once_and_reused(tmp_path):
 
 def test_timing_only_rows_include_int8_without_calibration_data(tmp_path):
     ckpt = preset_checkpoint("tiny", tmp_path)
-    rows = latency_rows(ckpt, ("ort",), ("fp32", "int8"), (1,), (1,), tmp_path / "work", repeats=2, warmup=1,
-                        peak_seconds=0.1, detector=False, peer=False, threads=1, timing_only=True)
+    rows = latency_rows(BenchRequest(ckpt, ("ort",), ("fp32", "int8"), (1,), (1,), tmp_path / "work", repeats=2,
+                                     warmup=1, peak_seconds=0.1, detector=False, peer=False, threads=1,
+                                     timing_only=True))
     lm = {r["precision"]: r for r in rows if r["kind"] == "landmarks"}
     assert set(lm) == {"fp32", "int8"}
     assert all(r["status"] == "ok" and r["timing_only"] and r["p50_ms"] > 0 for r in lm.values()), lm
