@@ -163,13 +163,16 @@ def evaluate(
 from chs.align_cmd import align  # noqa: E402
 from chs.bench_cmd import bench_app  # noqa: E402
 from chs.export_cmd import export  # noqa: E402
+from chs.serve_cmd import serve  # noqa: E402
 
 app.add_typer(bench_app, name="bench")
 app.command("train")(train)
 app.command("eval")(evaluate)
 app.command("export")(export)
 app.command("align")(align)
+app.command("serve")(serve)
 train_app = _single(train)
 eval_app = _single(evaluate)
 export_app = _single(export)
 align_app = _single(align)
+serve_app = _single(serve)

@@ -1,9 +1,12 @@
-"""Triton Inference Server model repository for a CHS model (ONNX Runtime or TensorRT backend).
+"""Triton Inference Server model repository for a CHS model (ONNX Runtime, python or TensorRT backend).
 
 Triton's dynamic batcher groups single-face requests into the batches the model was built for; the
 config must agree with the artifact (input name and size, batch limit within the engine profile), and the
-crop/normalisation rule must travel with it, so the I/O contract is copied next to ``config.pbtxt``.
-The generated config is checked by :func:`parse_pbtxt_minimal` in tests, not by a running Triton.
+crop/normalisation rule must travel with it: the I/O contract is copied next to ``config.pbtxt`` and the
+model metadata rides in the config's ``chs.meta`` parameter, so a remote client (``triton://``) reads it
+from the server. The python backend serves the exported ONNX file with the project's own ONNX Runtime
+runner (``chs.runtime.triton_model``): it is what the ``nvidia-pytriton`` server binary can run, and what
+the tests start on loopback.
 """
 
 from __future__ import annotations
@@ -13,13 +16,29 @@ import re
 import shutil
 from pathlib import Path
 
-from chs.runtime.artifact import INPUT_NAME, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta
+from chs.runtime.artifact import INPUT_NAME, META_KEY, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta
 from chs.runtime.backends.trt_sidecar import EngineSidecar, read_sidecar, sidecar_path_for
 from chs.runtime.contract import CONTRACT_FILE, io_contract
 from chs.runtime.errors import ChsError
 
 _TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
 _KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
+BACKENDS = ("onnxruntime", "python", "tensorrt")
+# model.py of a python-backend repository: the server's Python may start with another environment's
+# site-packages (the stub's own sys.path), so the serving environment's paths, handed over by chs-serve in
+# CHS_TRITON_SYS_PATH, go first; then the project's model class does the work.
+PYTHON_MODEL_PY = '''"""CHS crop-level landmark model for Triton's python backend (written by chs-export)."""
+import json as _json
+import os as _os
+import sys as _sys
+
+for _p in reversed(_json.loads(_os.environ.get("CHS_TRITON_SYS_PATH", "[]"))):
+    if _p in _sys.path:
+        _sys.path.remove(_p)
+    _sys.path.insert(0, _p)
+
+from chs.runtime.triton_model import TritonPythonModel  # noqa: E402,F401
+'''
 
 
 def _triton_type(dtype: str) -> str:
@@ -31,6 +50,11 @@ def _triton_type(dtype: str) -> str:
 def _engine_sidecar(engine_path: Path) -> EngineSidecar | None:
     """The engine's sidecar, read by the one sidecar reader; None when the engine has none."""
     return read_sidecar(engine_path) if sidecar_path_for(engine_path).is_file() else None
+
+
+def _pbtxt_string(text: str) -> str:
+    """A protobuf text-format string literal (backslashes and quotes escaped; JSON has no raw newlines)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def _tensor_block(kind: str, tensors: list[tuple[str, str, list[int]]]) -> list[str]:
@@ -65,17 +89,26 @@ def write_triton_repository(
     input_dtype: str = "float32",
     instance_count: int = 1,
     instance_kind: str | None = None,
+    backend: str | None = None,
 ) -> Path:
     """Write ``out_dir/model_name/{config.pbtxt, chs_contract.json, 1/model.onnx|model.plan}``.
 
-    Exactly one of ``onnx_path`` / ``engine_path``. The input stays TYPE_FP32 (this project's fp16 ONNX
-    still takes float32) unless ``input_dtype`` says otherwise; for an engine, its sidecar's dtypes win and
-    ``max_batch`` must fit the engine's profile. ``instance_kind`` defaults to KIND_GPU for an engine and
-    KIND_AUTO (GPU if present) for ONNX. Returns the model directory.
+    Exactly one of ``onnx_path`` / ``engine_path``. ``backend``: ``onnxruntime`` (the default for ONNX),
+    ``python`` (ONNX served by ``chs.runtime.triton_model``; adds ``1/model.py``) or ``tensorrt`` (needs
+    ``engine_path``). The input stays TYPE_FP32 (this project's fp16 ONNX still takes float32) unless
+    ``input_dtype`` says otherwise; for an engine, its sidecar's dtypes win and ``max_batch`` must fit the
+    engine's profile. ``instance_kind`` defaults to KIND_GPU for an engine, KIND_CPU for the python backend
+    and KIND_AUTO (GPU if present) for ONNX Runtime. Returns the model directory.
     """
     if (onnx_path is None) == (engine_path is None):
         raise ChsError("give exactly one of onnx_path or engine_path for the Triton model")
     check_model_name(model_name)
+    backend = backend or ("tensorrt" if engine_path is not None else "onnxruntime")
+    if backend not in BACKENDS:
+        raise ChsError(f"Triton backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if (backend == "tensorrt") != (engine_path is not None):
+        raise ChsError("the tensorrt Triton backend serves a TensorRT engine; onnxruntime and python serve ONNX"
+                       f" (got backend {backend!r} with {'an engine' if engine_path is not None else 'an ONNX file'})")
     if max_batch < 1:
         raise ChsError(f"max_batch must be >= 1, got {max_batch}")
     pref = sorted({int(b) for b in preferred_batch})
@@ -106,6 +139,8 @@ def write_triton_repository(
                     "lower it or rebuild the engine"
                 )
             contract = sidecar.contract
+    elif backend == "python":
+        platform, target, kind = "python", "model.onnx", instance_kind or "KIND_CPU"
     else:
         platform, target, kind = "onnxruntime_onnx", "model.onnx", instance_kind or "KIND_AUTO"
     if kind not in _KINDS:
@@ -116,13 +151,16 @@ def write_triton_repository(
         (OUTPUT_LANDMARKS, _triton_type(out_dtype), [n, 2]),
         (OUTPUT_SCORES, _triton_type(out_dtype), [n]),
     ]
-    lines = [f'name: "{model_name}"', f'platform: "{platform}"', f"max_batch_size: {int(max_batch)}"]
+    engine_line = 'backend: "python"' if backend == "python" else f'platform: "{platform}"'
+    lines = [f'name: "{model_name}"', engine_line, f"max_batch_size: {int(max_batch)}"]
     lines += _tensor_block("input", inputs) + _tensor_block("output", outputs)
     lines += ["dynamic_batching {"]
     if pref:
         lines += [f"  preferred_batch_size: [ {', '.join(str(b) for b in pref)} ]"]
     lines += [f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}", "}"]
     lines += ["instance_group [", "  {", f"    count: {int(instance_count)}", f"    kind: {kind}", "  }", "]"]
+    lines += ["parameters {", f'  key: "{META_KEY}"', f"  value: {{ string_value: {_pbtxt_string(meta.to_json())} }}",
+              "}"]
 
     if contract is None:
         contract = io_contract(
@@ -134,10 +172,12 @@ def write_triton_repository(
 
     model_dir = Path(out_dir) / model_name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    for stale in ("model.onnx", "model.plan"):
+    for stale in ("model.onnx", "model.plan", "model.py"):
         if stale != target and (model_dir / "1" / stale).exists():
             (model_dir / "1" / stale).unlink()
     shutil.copyfile(src, model_dir / "1" / target)
+    if backend == "python":
+        (model_dir / "1" / "model.py").write_text(PYTHON_MODEL_PY)
     (model_dir / "config.pbtxt").write_text("\n".join(lines) + "\n")
     (model_dir / CONTRACT_FILE).write_text(json.dumps(contract, indent=2, sort_keys=True) + "\n")
     return model_dir

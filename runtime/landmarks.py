@@ -118,7 +118,8 @@ class LandmarkRuntime:
     def load(cls, model: str | os.PathLike | Runner = "default", backend: str = "auto", providers: str = "auto",
              detector: FaceDetector | str | None = "auto", max_batch: int = 32) -> LandmarkRuntime:
         """``model``: ``"default"`` (the bundled ONNX model), an ``.onnx`` file, an ``.engine``/``.plan``
-        TensorRT engine, or a Runner object. ``backend``: auto (by file type), ort or tensorrt."""
+        TensorRT engine, ``triton://HOST:PORT/NAME`` (crop here, infer on a Triton server) or a Runner
+        object. ``backend``: auto (by file type), ort or tensorrt."""
         if not isinstance(model, (str, os.PathLike)):
             return cls(model, detector=detector, max_batch=max_batch)
         return cls(open_model(model, backend, providers), detector=detector, max_batch=max_batch)

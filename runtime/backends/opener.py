@@ -1,10 +1,11 @@
 """The one model opener: a model name or file -> a runner, for the CLI, the runtime and the benchmarks.
 
 Dispatch is by file type: ``.onnx`` -> ONNX Runtime, ``.engine``/``.plan`` -> TensorRT, a checkpoint folder
-(or its ``config.json``) -> PyTorch. ``"default"`` is the bundled model folder, which holds both a
-checkpoint and its ONNX export: callers that can serve checkpoints get the checkpoint (so ``ccr`` can prune
-it), the torch-free runtime gets the ONNX. Serving a checkpoint needs torch, so this torch-free module
-takes the checkpoint opener as an argument (``chs.model.runner.open_checkpoint``) instead of importing it.
+(or its ``config.json``) -> PyTorch, ``triton://HOST:PORT/NAME`` -> a Triton server. ``"default"`` is the
+bundled model folder, which holds both a checkpoint and its ONNX export: callers that can serve checkpoints
+get the checkpoint (so ``ccr`` can prune it), the torch-free runtime gets the ONNX. Serving a checkpoint
+needs torch, so this torch-free module takes the checkpoint opener as an argument
+(``chs.model.runner.open_checkpoint``) instead of importing it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ def open_model(model: str | os.PathLike, backend: str = "auto", providers: str =
     """A runner for ``model`` ('default', a checkpoint folder, an .onnx or an .engine/.plan file).
 
     ``backend``: auto (by file type), torch, ort or tensorrt. ``ccr`` prunes a checkpoint to its first
-    stages; ``device`` is the torch device; ``providers``/``threads`` configure ONNX Runtime."""
+    stages; ``device`` is the torch device; ``providers``/``threads`` configure ONNX Runtime.
+    ``triton://HOST:PORT/NAME`` (or ``triton+grpc://``) is a model served by Triton: crops go there."""
+    from chs.runtime.backends.triton import TritonRunner, is_triton_url
+
+    if is_triton_url(model):
+        if backend != "auto" or ccr is not None:
+            raise ChsError("a triton:// model is served as exported: no --backend, no --ccr")
+        return TritonRunner(str(model))
     if backend not in BACKENDS:
         raise ChsError(f"unknown backend '{backend}' (auto, torch, ort, tensorrt)")
     if str(model) == "default" and (checkpoint is None or backend not in ("auto", "torch")):
