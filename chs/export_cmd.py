@@ -31,6 +31,8 @@ def export(
     triton: Annotated[str | None, typer.Option(help="Also write a Triton model repository with this name.")] = D.triton,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing export in --out (whole, at the end; "
                                         "without it a non-empty --out is refused).")] = False,
+    triton_backend: Annotated[str, typer.Option(
+        help="Triton backend: onnxruntime, python (what chs-serve's binary runs) or tensorrt.")] = D.triton_backend,
 ) -> None:
     """Export a CHS checkpoint for deployment, refusing any file that drifts from PyTorch."""
     from chs.export.pipeline import run_export
@@ -38,5 +40,5 @@ def export(
     run_export(ExportOptions(model=model, out=out, ccr=ccr, fp16=fp16, int8=int8, calib=calib,
                              calib_method=calib_method, calib_images=calib_images, parity_data=parity_data,
                              batch=parse_batch(batch), opset=opset, engine=engine, triton=triton,
-                             if_exists="replace" if force else "refuse"),
+                             if_exists="replace" if force else "refuse", triton_backend=triton_backend),
                log=typer.echo)

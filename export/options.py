@@ -22,6 +22,7 @@ class ExportOptions:
     opset: int = 18
     engine: str = "auto"  # auto | always | never
     triton: str | None = None
+    triton_backend: str = "onnxruntime"  # onnxruntime | python | tensorrt (see chs.export.triton)
     time_int8: bool = True
     gate_faces: int = 128  # faces held out from a calibration set for the gate (never calibrated on)
     gate: bool = True  # False: timing-only exports (random weights): parity is reported, never enforced

@@ -29,6 +29,12 @@ def check_export_options(o: Any) -> None:
         raise ChsError(f"--ccr must be >= 0, got {o.ccr}")
     if o.triton is not None:
         check_model_name(o.triton)
+        from chs.export.triton import BACKENDS
+
+        if o.triton_backend not in BACKENDS:
+            raise ChsError(f"--triton-backend must be one of {', '.join(BACKENDS)}, got '{o.triton_backend}'")
+        if o.triton_backend == "tensorrt" and o.engine == "never":
+            raise ChsError("--triton-backend tensorrt serves the TensorRT engine: drop --engine never")
     if o.if_exists not in IF_EXISTS:
         raise ChsError(f"if_exists must be one of {', '.join(IF_EXISTS)}, got '{o.if_exists}'")
 

@@ -19,6 +19,28 @@ import numpy as np
 from chs.runtime.artifact import INPUT_NAME, OUTPUT_LANDMARKS, OUTPUT_SCORES
 from chs.runtime.errors import ChsError
 
+_CAPSULE_NAME_TAKEN = b"used_dlpack"  # what the python backend stub renames a capsule it took to
+_CAPSULE_NAME_USED = b"used_dltensor"  # what numpy's capsule destructor recognises (the DLPack spec's name)
+
+
+def tensor_from_array(pb_utils, name: str, array: np.ndarray):
+    """``pb_utils.Tensor.from_dlpack`` on numpy's own capsule, renamed afterwards to the spec's "used" name.
+
+    The stub takes ownership of the capsule and marks it ``used_dlpack``; numpy 2 only recognises
+    ``used_dltensor`` and otherwise prints a ValueError traceback into the server log for every output
+    tensor (the data itself is right). The rename tells numpy that the consumer owns the tensor now.
+    """
+    import ctypes
+
+    capsule = np.ascontiguousarray(array).__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    api = ctypes.pythonapi
+    api.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    if api.PyCapsule_IsValid(capsule, _CAPSULE_NAME_TAKEN):
+        api.PyCapsule_SetName(capsule, _CAPSULE_NAME_USED)
+    return tensor
+
 
 def split_by_request(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
     """Cut one batch's outputs back into per-request pieces (contiguous, as DLPack needs)."""
@@ -67,8 +89,8 @@ class TritonPythonModel:
             out = pieces[k]
             k += 1
             responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor.from_dlpack(OUTPUT_LANDMARKS, out["landmarks"]),
-                pb_utils.Tensor.from_dlpack(OUTPUT_SCORES, out["scores"]),
+                tensor_from_array(pb_utils, OUTPUT_LANDMARKS, out["landmarks"]),
+                tensor_from_array(pb_utils, OUTPUT_SCORES, out["scores"]),
             ]))
         return responses
 

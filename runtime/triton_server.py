@@ -48,7 +48,8 @@ class ServeOptions:
     host: str = "127.0.0.1"
     tritonserver: str | None = None
     startup_timeout: float = 120.0
-    stop_timeout: float = 15.0
+    exit_timeout: int = 5  # Triton's own drain on SIGTERM: it waits this long for open client connections
+    kill_after: float = 10.0  # then this much more before the whole process group is killed
     log_file: str | None = None
 
 
@@ -213,7 +214,7 @@ class TritonServer:
                "--grpc-address", o.host, "--grpc-port", str(o.grpc_port),
                "--metrics-address", o.host, "--metrics-port", str(o.metrics_port),
                "--allow-gpu-metrics", "false", "--strict-readiness", "true", "--exit-on-error", "true",
-               "--exit-timeout-secs", str(max(1, int(o.stop_timeout) - 2))]
+               "--exit-timeout-secs", str(int(o.exit_timeout))]
         if backend_dir is not None:
             cmd += ["--backend-directory", str(backend_dir)]
         return cmd
@@ -260,7 +261,7 @@ class TritonServer:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 try:
-                    p.wait(self.opts.stop_timeout)
+                    p.wait(self.opts.exit_timeout + self.opts.kill_after)
                 except subprocess.TimeoutExpired:
                     pass
             try:

@@ -1,0 +1,196 @@
+"""A real Triton Inference Server on loopback serving the bundled model through the python backend.
+
+One server for the module (started in a fixture that always stops it). Skipped with the reason when the
+serve extra (tritonclient) or the server binary (nvidia-pytriton, or tritonserver on PATH) is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tritonclient.http", reason="the serve extra (tritonclient) is not installed")
+
+from chs.export.triton import write_triton_repository  # noqa: E402
+from chs.runtime.backends.ort import OrtRunner  # noqa: E402
+from chs.runtime.backends.triton import TritonRunner, parse_triton_url  # noqa: E402
+from chs.runtime.datasets import load_pts_folder  # noqa: E402
+from chs.runtime.errors import ChsError  # noqa: E402
+from chs.runtime.evaluate import crop_batch  # noqa: E402
+from chs.runtime.geometry import box_from_landmarks  # noqa: E402
+from chs.runtime.imageio import read_image  # noqa: E402
+from chs.runtime.landmarks import DEFAULT_MODEL, LandmarkRuntime  # noqa: E402
+from chs.runtime.triton_server import ServeOptions, TritonServer, find_tritonserver, free_port  # noqa: E402
+
+try:
+    find_tritonserver()
+except ChsError as e:
+    pytest.skip(str(e), allow_module_level=True)
+
+NAME = "chs"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def local() -> OrtRunner:
+    return OrtRunner(DEFAULT_MODEL, providers="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, local):
+    repo = tmp_path_factory.mktemp("triton_repo")
+    write_triton_repository(repo, NAME, onnx_path=DEFAULT_MODEL, meta=local.meta, backend="python")
+    opts = ServeOptions(str(repo), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                        startup_timeout=90)
+    srv = TritonServer(opts)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        assert not srv.running()
+
+
+@pytest.fixture(scope="module", params=["http", "grpc"])
+def url(request, server) -> str:
+    return f"triton://{server.http_url}/{NAME}" if request.param == "http" else f"triton+grpc://{server.grpc_url}/{NAME}"
+
+
+def real_faces(fixtures_dir: Path, shared_root: Path | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The fixture photos (always here) and, where the shared data is present, 60 ytf68 val faces."""
+    samples = load_pts_folder(fixtures_dir / "pts")
+    if shared_root is not None and (shared_root / "ytf68" / "val").is_dir():
+        samples += load_pts_folder(shared_root / "ytf68" / "val")[:60]
+    images = [read_image(s.image_path) for s in samples]
+    return images, [box_from_landmarks(s.landmarks) for s in samples]
+
+
+def test_url_parsing():
+    assert parse_triton_url("triton://127.0.0.1:8000/chs") == ("http", "127.0.0.1:8000", "chs", "")
+    assert parse_triton_url("triton+grpc://localhost:8001/chs/2") == ("grpc", "localhost:8001", "chs", "2")
+    assert parse_triton_url("triton://[::1]:8000/m") == ("http", "[::1]:8000", "m", "")
+    for bad in ("triton://host/chs", "triton://host:port/chs", "triton://h:1/", "triton://h:1/a/b/c", "http://h:1/m"):
+        with pytest.raises(ChsError, match="triton://HOST:PORT/NAME"):
+            parse_triton_url(bad)
+
+
+def test_landmarks_equal_in_process_onnx_runtime_on_real_faces(url, local, fixtures_dir):
+    images, boxes = real_faces(fixtures_dir, Path(os.environ.get("CHS_DATA_ROOT") or REPO.parent / "shared" / "data"))
+    remote = LandmarkRuntime.load(url, detector=None, max_batch=16)
+    here = LandmarkRuntime(local, detector=None, max_batch=16)
+    assert remote.meta == here.meta and remote.runner.name in ("triton-http", "triton-grpc")
+    got = remote.predict_batch(images, [[b] for b in boxes])
+    want = here.predict_batch(images, [[b] for b in boxes])
+    diff = max(float(np.abs(g[0].landmarks - w[0].landmarks).max()) for g, w in zip(got, want, strict=True))
+    assert len(got) == len(images) >= 4 and diff <= 1e-4, diff
+    assert all(np.allclose(g[0].scores, w[0].scores, atol=1e-6) for g, w in zip(got, want, strict=True))
+
+
+def test_eight_threads_times_100_requests_all_correct(url, local, fixtures_dir):
+    """The acceptance run over HTTP; gRPC takes a quarter of the requests (the suite runs on 2 cores)."""
+    requests = 100 if url.startswith("triton://") else 25
+    images, boxes = real_faces(fixtures_dir, None)
+    crops, _ = crop_batch(images, boxes, local.meta)
+    reference = local.infer(crops)["landmarks"]
+    runner = TritonRunner(url, timeout=30)
+    results: dict[tuple[int, int], float] = {}
+    errors: list[str] = []
+
+    def client(t: int) -> None:
+        for i in range(requests):
+            k = (t + i) % len(crops)
+            try:
+                lm = runner.infer(crops[k : k + 1])["landmarks"][0]
+                results[(t, i)] = float(np.abs(lm - reference[k]).max())
+            except ChsError as e:
+                errors.append(str(e))
+
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not any(th.is_alive() for th in threads), "a client hung"
+    assert errors == [] and len(results) == 8 * requests  # none lost
+    assert max(results.values()) <= 1e-4
+    runner.close()
+
+
+def test_wrong_shape_dtype_and_values_are_refused_by_the_server(url, local):
+    s = local.meta.input_size
+    runner = TritonRunner(url, timeout=30)
+    with pytest.raises(ChsError, match=r"unexpected shape for input .input.*Expected \[-1,3,128,128\], got \[1,3,64"):
+        runner.infer(np.zeros((1, 3, 64, 64), np.float32))
+    with pytest.raises(ChsError, match="data-type is 'FP64', but model 'chs' expects 'FP32'"):
+        runner.infer(np.zeros((1, 3, s, s), np.float64))
+    nan = np.zeros((2, 3, s, s), np.float32)
+    nan[1, 0, 0, 0] = np.nan
+    with pytest.raises(ChsError, match="NaN or infinity"):
+        runner.infer(nan)
+    ok = runner.infer(np.zeros((40, 3, s, s), np.float32))  # beyond max_batch_size 32: sent in two chunks
+    assert ok["landmarks"].shape == (40, 68, 2) and np.isfinite(ok["landmarks"]).all()
+
+
+def test_raw_client_gets_the_servers_message(server):
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    c = th.InferenceServerClient(server.http_url, network_timeout=10)
+    x = np.zeros((1, 3, 128, 128), np.float16)
+    inp = th.InferInput("input", list(x.shape), "FP16")
+    inp.set_data_from_numpy(x)
+    with pytest.raises(InferenceServerException, match="data-type is 'FP16', but model 'chs' expects 'FP32'"):
+        c.infer(NAME, [inp])
+    cfg = c.get_model_config(NAME)
+    assert cfg["backend"] == "python" and cfg["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+    assert json.loads(cfg["parameters"]["chs.meta"]["string_value"])["input_size"] == 128
+    c.close()
+
+
+def test_dead_wrong_and_silent_servers_give_one_line_errors(server):
+    port = free_port()
+    for url in (f"triton://127.0.0.1:{port}/chs", f"triton+grpc://127.0.0.1:{port}/chs"):
+        with pytest.raises(ChsError, match=f"Triton at 127.0.0.1:{port}") as e:
+            TritonRunner(url, timeout=5)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ChsError, match="no ready model 'other'"):
+        TritonRunner(f"triton://{server.http_url}/other", timeout=5)
+    with pytest.raises(ChsError, match=f"Triton at 127.0.0.1:{server.opts.metrics_port}"):
+        TritonRunner(f"triton://127.0.0.1:{server.opts.metrics_port}/chs", timeout=5)  # metrics, not Triton HTTP
+
+    # a port that accepts connections and never answers: the timeout ends the call
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        for scheme in ("triton", "triton+grpc"):
+            t0 = time.monotonic()
+            with pytest.raises(ChsError, match="timed out after 2 s"):
+                TritonRunner(f"{scheme}://127.0.0.1:{silent.getsockname()[1]}/chs", timeout=2)
+            assert time.monotonic() - t0 < 10
+    finally:
+        silent.close()
+
+
+def test_chs_align_with_a_triton_url(server, tmp_path):
+    from typer.testing import CliRunner
+
+    from chs.cli import align_app
+
+    url = f"triton://{server.http_url}/{NAME}"
+    remote = CliRunner().invoke(align_app, ["--demo", "--json", "--model", url, "--out", str(tmp_path / "r")])
+    local = CliRunner().invoke(align_app, ["--demo", "--json", "--out", str(tmp_path / "l")])
+    assert remote.exit_code == 0 and local.exit_code == 0, remote.output
+    lines = [json.loads(ln) for ln in remote.output.splitlines() if ln.startswith("{")]
+    want = [json.loads(ln) for ln in local.output.splitlines() if ln.startswith("{")]
+    assert len(lines) == len(want) == 1
+    assert np.abs(np.array(lines[0]["landmarks"]) - np.array(want[0]["landmarks"])).max() <= 1e-3  # JSON rounds
+    bad = CliRunner().invoke(align_app, ["--demo", "--model", f"triton://127.0.0.1:{free_port()}/chs"])
+    assert bad.exit_code == 2 and "connection refused" in bad.output
