@@ -48,6 +48,8 @@ def test_fp32_export_writes_checked_files_and_report(tiny_ckpt, tmp_path):
     (["--int8"], "--int8 needs --calib"),
     (["--engine", "always"], "--engine always"),
     (["--batch", "8:1:32"], "--batch needs 1 <= MIN <= OPT <= MAX"),
+    (["--triton", "m", "--triton-backend", "torch"], "--triton-backend must be one of"),
+    (["--triton", "m", "--triton-backend", "tensorrt", "--engine", "never"], "drop --engine never"),
 ])
 def test_bad_options_fail_with_one_line_and_no_files(tiny_ckpt, tmp_path, args, message):
     out = tmp_path / "e"

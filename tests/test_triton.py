@@ -132,3 +132,68 @@ def test_parse_pbtxt_minimal_subset():
     assert cfg["instance_group"] == [{"kind": "KIND_CPU"}, {"kind": "KIND_GPU"}]
     with pytest.raises(ChsError):
         parse_pbtxt_minimal("a { b: 1")
+
+
+def test_python_backend_repository(onnx_file, tmp_path):
+    d = write_triton_repository(tmp_path / "r", "chs_py", onnx_path=onnx_file, meta=META, backend="python")
+    assert sorted(p.name for p in (d / "1").iterdir()) == ["model.onnx", "model.py"]
+    model_py = (d / "1" / "model.py").read_text()
+    assert "CHS_TRITON_SYS_PATH" in model_py and "from chs.runtime.triton_model import TritonPythonModel" in model_py
+    compile(model_py, "model.py", "exec")
+    cfg = parse_pbtxt_minimal((d / "config.pbtxt").read_text())
+    assert cfg["backend"] == "python" and "platform" not in cfg
+    _check_common(cfg, "chs_py")
+    assert cfg["instance_group"][0]["kind"] == "KIND_CPU"
+    assert ModelMeta.from_props({"chs.meta": cfg["parameters"]["value"]["string_value"]}) == META
+    # back to onnxruntime: model.py goes
+    d = write_triton_repository(tmp_path / "r", "chs_py", onnx_path=onnx_file, meta=META)
+    assert sorted(p.name for p in (d / "1").iterdir()) == ["model.onnx"]
+
+
+def test_backend_errors(onnx_file, tmp_path):
+    with pytest.raises(ChsError, match="backend must be one of onnxruntime, python, tensorrt"):
+        write_triton_repository(tmp_path, "m", onnx_path=onnx_file, meta=META, backend="torch")
+    with pytest.raises(ChsError, match="tensorrt Triton backend serves a TensorRT engine"):
+        write_triton_repository(tmp_path, "m", onnx_path=onnx_file, meta=META, backend="tensorrt")
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"x")
+    with pytest.raises(ChsError, match="got backend 'python' with an engine"):
+        write_triton_repository(tmp_path, "m", engine_path=plan, meta=META, backend="python")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "python", "tensorrt"])
+def test_config_parses_into_tritons_model_config(onnx_file, tmp_path, backend):
+    """Triton's own protobuf (strict text format) accepts every config, parameters and all."""
+    pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient) is not installed")
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    src = {"engine_path": tmp_path / "m.plan"} if backend == "tensorrt" else {"onnx_path": onnx_file}
+    if backend == "tensorrt":
+        src["engine_path"].write_bytes(b"x")
+    d = write_triton_repository(tmp_path / "r", "m", meta=META, backend=backend, **src)
+    cfg = text_format.Parse((d / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.max_batch_size == 32 and cfg.input[0].dims == [3, 256, 256]
+    assert (cfg.backend, cfg.platform) == {"python": ("python", ""), "onnxruntime": ("", "onnxruntime_onnx"),
+                                           "tensorrt": ("", "tensorrt_plan")}[backend]
+    assert ModelMeta.from_props({"chs.meta": cfg.parameters["chs.meta"].string_value}) == META
+
+
+def test_chs_export_writes_a_python_backend_repository(tmp_path):
+    """chs-export --triton NAME --triton-backend python: the FP32 ONNX beside model.py."""
+    torch = pytest.importorskip("torch")
+    from chs.export.pipeline import ExportOptions, run_export
+    from chs.model.checkpoint import save_checkpoint
+    from chs.model.chs import build_model
+    from chs.model.config import get_preset
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_model(get_preset("tiny")).eval(), tmp_path / "tiny")
+    out = tmp_path / "e"
+    run_export(ExportOptions(model=str(ckpt), out=str(out), engine="never", triton="chs",
+                             triton_backend="python"), log=lambda *_: None)
+    d = out / "triton" / "chs"
+    assert (d / "1" / "model.onnx").read_bytes() == (out / "model_fp32.onnx").read_bytes()
+    assert (d / "1" / "model.py").is_file()
+    cfg = parse_pbtxt_minimal((d / "config.pbtxt").read_text())
+    assert cfg["backend"] == "python" and cfg["input"][0]["dims"] == [3, 64, 64]
