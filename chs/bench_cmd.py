@@ -10,13 +10,15 @@ from typing import Annotated
 import typer
 
 from chs.benchmarks.request import BACKENDS, PRECISIONS, BenchRequest
+from chs.benchmarks.serve import ServeBenchOptions
 from chs.errors_cli import one_line_errors
 from chs.runtime.errors import ChsError
 
 D = BenchRequest  # the option defaults: BenchRequest's field defaults
+S = ServeBenchOptions  # chs-bench serve's
 
-bench_app = typer.Typer(help="Benchmarks: complexity (Table 9), latency, accuracy, trade-off.", no_args_is_help=True,
-                        pretty_exceptions_enable=False, add_completion=False)
+bench_app = typer.Typer(help="Benchmarks: complexity (Table 9), latency, accuracy, trade-off, serving.",
+                        no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 
 @bench_app.callback()
@@ -341,3 +343,36 @@ def gpu(
 
     given = {"iters": iters, "json_path": json_out}
     raise typer.Exit(run_gpu_check(**{k: v for k, v in given.items() if v is not None}))
+
+
+@bench_app.command()
+@one_line_errors
+def serve(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="Exported .onnx file or 'default' (the bundled model).")] = S.model,
+    clients: Annotated[int, typer.Option(help="Client threads.")] = S.clients,
+    requests: Annotated[int, typer.Option(help="Requests per client and pass.")] = S.requests,
+    batch: Annotated[int, typer.Option(help="Crops per request.")] = S.batch,
+    protocol: Annotated[str, typer.Option(help="Comma list of http, grpc.")] = ",".join(S.protocols),
+    passes: Annotated[int, typer.Option(help="Interleaved rounds over all rows.")] = S.passes,
+    data: Annotated[str | None, typer.Option(help="Annotated faces to crop (default: the demo photo).")] = S.data,
+    url: Annotated[str | None, typer.Option(help="Bench this running server (triton://HOST:PORT/NAME) "
+                                                 "instead of starting one.")] = S.url,
+    as_json: AsJson = False,
+    out: Annotated[str | None, typer.Option(help="Also write serve.json/.md, machine.json, command.txt here.")] = None,
+) -> None:
+    """Throughput and p50/p99 per face through a Triton server on loopback, beside the same load in-process."""
+    from pathlib import Path
+
+    from chs.benchmarks.machine import machine_info, machine_line
+    from chs.benchmarks.serve import format_serve, run_serve_bench
+
+    opts = S(model=model, clients=clients, requests=requests, batch=batch,
+             protocols=tuple(_list(protocol, "--protocol")), passes=passes, data=data, url=url)
+    info = machine_info(None)
+    result = run_serve_bench(opts, log=_log)
+    text = format_serve(result, machine_line(info))
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "serve.md").write_text(text + "\n")
+    _emit(ctx, out, "serve.json", {"machine": info, **result}, as_json, text)

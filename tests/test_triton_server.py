@@ -194,3 +194,22 @@ def test_chs_align_with_a_triton_url(server, tmp_path):
     assert np.abs(np.array(lines[0]["landmarks"]) - np.array(want[0]["landmarks"])).max() <= 1e-3  # JSON rounds
     bad = CliRunner().invoke(align_app, ["--demo", "--model", f"triton://127.0.0.1:{free_port()}/chs"])
     assert bad.exit_code == 2 and "connection refused" in bad.output
+
+
+def test_serve_benchmark_against_the_running_server(server):
+    from chs.benchmarks.serve import ServeBenchOptions, format_serve, run_serve_bench
+
+    url = f"triton://{server.http_url}/{NAME}"
+    res = run_serve_bench(ServeBenchOptions(clients=3, requests=4, passes=1, protocols=("http",), url=url),
+                          log=lambda *_: None)
+    rows = {r["row"]: r for r in res["rows"]}
+    assert list(rows) == ["in-process ORT, 1 client", "in-process ORT, 3 clients", "Triton http, 3 clients"]
+    served = rows["Triton http, 3 clients"]
+    assert served["answered"] == served["requests"] == 12 and served["wrong"] == 0 and served["errors"] == 0
+    assert 1.0 <= served["mean_server_batch"] <= 3.0 and served["faces_per_s"] > 0
+    assert rows["in-process ORT, 1 client"]["answered"] == 4
+    assert "| Triton http, 3 clients |" in format_serve(res, "machine")
+    with pytest.raises(ChsError, match="--clients must be >= 1"):
+        run_serve_bench(ServeBenchOptions(clients=0, url=url))
+    with pytest.raises(ChsError, match="--protocol: unknown value 'udp'"):
+        run_serve_bench(ServeBenchOptions(protocols=("udp",), url=url))

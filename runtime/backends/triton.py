@@ -195,6 +195,14 @@ class TritonRunner:
                            f"{None if lm is None else lm.shape} and scores {None if sc is None else sc.shape}")
         return lm.astype(np.float32), sc.astype(np.float32)
 
+    def batch_counts(self) -> tuple[int, int]:
+        """(inferences, executions) of this model on the server: their ratio is the dynamic batcher's mean."""
+        kwargs = {"as_json": True} if self.protocol == "grpc" else {}
+        stats = self._call("reading statistics of", self._client().get_inference_statistics, self.model,
+                           self.version, **kwargs)
+        m = (stats.get("model_stats") or [{}])[0]
+        return int(m.get("inference_count", 0)), int(m.get("execution_count", 0))
+
     def close(self) -> None:
         with self._lock:
             clients, self._clients = self._clients, []
