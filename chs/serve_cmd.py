@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 from typing import Annotated
 
 import typer
@@ -32,7 +31,8 @@ def serve(
     """Start Triton on REPO, wait until its models are ready, print the endpoints, stop cleanly on Ctrl-C."""
     opts = ServeOptions(repository=repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                         host=host, tritonserver=tritonserver, startup_timeout=startup_timeout, log_file=log_file)
-    stop = threading.Event()
+    server = TritonServer(opts)
+    stop = server.cancel
     received: list[str] = []
 
     def on_signal(signum, _frame) -> None:
@@ -40,11 +40,8 @@ def serve(
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    server = TritonServer(opts)
     try:
         server.start()
-        if stop.is_set():
-            return
         typer.echo(f"tritonserver {server.install.binary} ready (log: {server.log_path})")
         for name, value in server.endpoints().items():
             typer.echo(f"  {name:<10} {value}")

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -181,6 +182,7 @@ class TritonServer:
                 name, kind = next(iter(other.items()))
                 raise ChsError(f"the tritonserver from nvidia-pytriton has only the python backend; model '{name}' "
                                f"needs {kind}: export with --triton-backend python, or serve it with a full Triton")
+        self.cancel = threading.Event()  # set (e.g. by a signal handler) to abandon a start in progress
         self.process: subprocess.Popen | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.log_path: Path | None = None
@@ -223,13 +225,13 @@ class TritonServer:
         """Start the server and wait until every model in the repository is ready; ChsError otherwise."""
         self._tmp = tempfile.TemporaryDirectory(prefix="chs-triton-")
         tmp = Path(self._tmp.name)
-        backend_dir = python_backend_dir(self.install, tmp / "backends") if self.install.wheel_root else None
-        self.log_path = Path(self.opts.log_file) if self.opts.log_file else tmp / "tritonserver.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=server_environment(self.install),
-                                            start_new_session=True)
         try:
+            backend_dir = python_backend_dir(self.install, tmp / "backends") if self.install.wheel_root else None
+            self.log_path = Path(self.opts.log_file) if self.opts.log_file else tmp / "tritonserver.log"
+            with open(self.log_path, "wb") as log:
+                self.process = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, env=server_environment(self.install),
+                                                start_new_session=True)
             self.wait_ready()
         except BaseException:  # not ready, or interrupted while waiting: never leave a server behind
             self.stop()
@@ -240,6 +242,8 @@ class TritonServer:
         deadline = time.monotonic() + self.opts.startup_timeout
         base = f"http://{self.http_url}/v2"
         while time.monotonic() < deadline:
+            if self.cancel.is_set():
+                raise ChsError("interrupted while tritonserver was starting")
             code = self.process.poll() if self.process else -1
             if code is not None:
                 raise ChsError(f"tritonserver exited with code {code} before it was ready: "

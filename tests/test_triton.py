@@ -11,6 +11,7 @@ from fake_tensorrt import make_fake_trt
 from chs.export.tensorrt import build_engine
 from chs.export.triton import parse_pbtxt_minimal, write_triton_repository
 from chs.runtime.artifact import ModelMeta
+from chs.runtime.backends.triton import TritonRunner, is_triton_url, parse_triton_url
 from chs.runtime.contract import read_contract
 from chs.runtime.errors import ChsError
 
@@ -197,3 +198,18 @@ def test_chs_export_writes_a_python_backend_repository(tmp_path):
     assert (d / "1" / "model.py").is_file()
     cfg = parse_pbtxt_minimal((d / "config.pbtxt").read_text())
     assert cfg["backend"] == "python" and cfg["input"][0]["dims"] == [3, 64, 64]
+
+
+def test_url_parsing():
+    assert parse_triton_url("triton://127.0.0.1:8000/chs") == ("http", "127.0.0.1:8000", "chs", "")
+    assert parse_triton_url("triton+grpc://localhost:8001/chs/2") == ("grpc", "localhost:8001", "chs", "2")
+    assert parse_triton_url("triton://[::1]:8000/m") == ("http", "[::1]:8000", "m", "")
+    for bad in ("triton://host/chs", "triton://host:port/chs", "triton://h:1/", "triton://h:1/a/b/c", "http://h:1/m"):
+        with pytest.raises(ChsError, match="triton://HOST:PORT/NAME"):
+            parse_triton_url(bad)
+    for bad, message in (("triton://h:1/m?timeout=x", "must be a number"),
+                         ("triton://h:1/m?retries=2", r"only \?timeout"),
+                         ("triton://h:1/m?timeout=0", "timeout must be > 0")):
+        with pytest.raises(ChsError, match=message):
+            TritonRunner(bad)
+    assert is_triton_url("triton+grpc://h:1/m") and not is_triton_url("model.onnx") and not is_triton_url(3)

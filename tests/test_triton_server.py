@@ -20,7 +20,7 @@ pytest.importorskip("tritonclient.http", reason="the serve extra (tritonclient) 
 
 from chs.export.triton import write_triton_repository  # noqa: E402
 from chs.runtime.backends.ort import OrtRunner  # noqa: E402
-from chs.runtime.backends.triton import TritonRunner, parse_triton_url  # noqa: E402
+from chs.runtime.backends.triton import TritonRunner  # noqa: E402
 from chs.runtime.datasets import load_pts_folder  # noqa: E402
 from chs.runtime.errors import ChsError  # noqa: E402
 from chs.runtime.evaluate import crop_batch  # noqa: E402
@@ -70,15 +70,6 @@ def real_faces(fixtures_dir: Path, shared_root: Path | None) -> tuple[list[np.nd
         samples += load_pts_folder(shared_root / "ytf68" / "val")[:60]
     images = [read_image(s.image_path) for s in samples]
     return images, [box_from_landmarks(s.landmarks) for s in samples]
-
-
-def test_url_parsing():
-    assert parse_triton_url("triton://127.0.0.1:8000/chs") == ("http", "127.0.0.1:8000", "chs", "")
-    assert parse_triton_url("triton+grpc://localhost:8001/chs/2") == ("grpc", "localhost:8001", "chs", "2")
-    assert parse_triton_url("triton://[::1]:8000/m") == ("http", "[::1]:8000", "m", "")
-    for bad in ("triton://host/chs", "triton://host:port/chs", "triton://h:1/", "triton://h:1/a/b/c", "http://h:1/m"):
-        with pytest.raises(ChsError, match="triton://HOST:PORT/NAME"):
-            parse_triton_url(bad)
 
 
 def test_landmarks_equal_in_process_onnx_runtime_on_real_faces(url, local, fixtures_dir):
@@ -213,3 +204,20 @@ def test_serve_benchmark_against_the_running_server(server):
         run_serve_bench(ServeBenchOptions(clients=0, url=url))
     with pytest.raises(ChsError, match="--protocol: unknown value 'udp'"):
         run_serve_bench(ServeBenchOptions(protocols=("udp",), url=url))
+
+
+def test_chs_eval_measures_nme_through_the_server(server, fixtures_dir):
+    from typer.testing import CliRunner
+
+    from chs.cli import eval_app
+    from chs.model.runner import open_runner
+
+    url = f"triton+grpc://{server.grpc_url}/{NAME}"
+    assert isinstance(open_runner(url), TritonRunner)
+    with pytest.raises(ChsError, match="served as exported: no --backend, no --ccr"):
+        open_runner(url, ccr=1)
+    remote = CliRunner().invoke(eval_app, [url, "--data", str(fixtures_dir / "pts"), "--json"])
+    local = CliRunner().invoke(eval_app, [str(DEFAULT_MODEL), "--data", str(fixtures_dir / "pts"), "--json"])
+    assert remote.exit_code == 0 and local.exit_code == 0, remote.output
+    r, loc = json.loads(remote.output), json.loads(local.output)
+    assert r["n"] == loc["n"] == 4 and abs(r["nme_iod"] - loc["nme_iod"]) < 1e-6

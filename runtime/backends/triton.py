@@ -1,5 +1,5 @@
 """A runner that infers on a remote Triton Inference Server: ``triton://HOST:PORT/NAME`` (HTTP) or
-``triton+grpc://HOST:PORT/NAME`` (gRPC), optionally ``/NAME/VERSION``.
+``triton+grpc://HOST:PORT/NAME`` (gRPC), optionally ``/NAME/VERSION`` and ``?timeout=SECONDS``.
 
 Cropping and mapping back stay local (``LandmarkRuntime``); only the crop batch travels. The model's
 metadata (crop rule, input size, scheme) is read from the server: every repository ``chs-export --triton``
@@ -12,7 +12,7 @@ Thread-safe: each thread gets its own client (the HTTP client is gevent-based an
 from __future__ import annotations
 
 import threading
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from chs.runtime.artifact import INPUT_NAME, META_KEY, OUTPUT_LANDMARKS, OUTPUT_
 from chs.runtime.errors import ChsError
 
 SCHEMES = {"triton": "http", "triton+http": "http", "triton+grpc": "grpc"}
+DEFAULT_TIMEOUT = 30.0  # seconds per call; a URL's ?timeout=S or the constructor's timeout overrides it
 _NP_TYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16}
 
 
@@ -56,10 +57,19 @@ def _one_line(e: BaseException) -> str:
 
 
 class TritonRunner:
-    """The Runner protocol over ``tritonclient`` (HTTP or gRPC); ``timeout`` (s) bounds every call."""
+    """The Runner protocol over ``tritonclient`` (HTTP or gRPC); ``timeout`` (s) bounds every call (default:
+    the URL's ``?timeout=``, else 30 s)."""
 
-    def __init__(self, url: str, timeout: float = 30.0):
+    def __init__(self, url: str, timeout: float | None = None):
         self.protocol, self.address, self.model, self.version = parse_triton_url(url)
+        query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+        if set(query) - {"timeout"}:
+            raise ChsError(f"unknown option in '{url}': only ?timeout=SECONDS")
+        if timeout is None:
+            try:
+                timeout = float(query["timeout"][-1]) if "timeout" in query else DEFAULT_TIMEOUT
+            except ValueError:
+                raise ChsError(f"timeout in '{url}' must be a number of seconds") from None
         if not timeout > 0:
             raise ChsError(f"timeout must be > 0 seconds, got {timeout}")
         self.url, self.timeout = url, float(timeout)
