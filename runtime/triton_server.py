@@ -152,16 +152,20 @@ def _get(url: str, timeout: float) -> int:
 
 
 def last_error_line(log: Path | None) -> str:
-    """The server log's last error line, shortened to its message."""
+    """The server log's most telling error, shortened to its message: a model that failed to load first,
+    then the last error line (not the CPU-only CUDA notices)."""
     if log is None:
         return "no log"
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return "no log"
-    errors = [ln for ln in lines if re.match(r"^E\d{4} ", ln) or "error" in ln.lower()]
-    line = (errors or lines or ["no output"])[-1]
-    return re.sub(r"^[EWI]\d{4} [\d:.]+ \d+ [\w.]+:\d+\] ", "", line).strip()[:300]
+    loads = [ln for ln in lines if re.search(r"failed to load '[^']*' version", ln)]
+    errors = [ln for ln in lines if re.match(r"^E\d{4} ", ln) and "CudaDriverHelper" not in ln]
+    other = [ln for ln in lines if "error" in ln.lower()]
+    line = (loads or errors or other or lines or ["no output"])[-1]
+    line = re.sub(r"^[EWI]\d{4} [\d:.]+ \d+ [\w.]+:\d+\] ", "", line).strip().strip('"')
+    return line.split("\\n")[0].strip()[:300]
 
 
 class TritonServer:

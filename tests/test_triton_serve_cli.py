@@ -134,6 +134,13 @@ def test_serve_errors_are_one_line(repo, tmp_path):
     write_triton_repository(ort_repo, "m", onnx_path=DEFAULT_MODEL, meta=OrtRunner(DEFAULT_MODEL).meta)
     if INSTALL.wheel_root is not None:
         assert "needs onnxruntime: export with --triton-backend python" in _serve_fails(str(ort_repo))
+    broken = tmp_path / "broken"
+    meta = OrtRunner(DEFAULT_MODEL).meta
+    write_triton_repository(broken, "chs", onnx_path=DEFAULT_MODEL, meta=meta, backend="python")
+    (broken / "chs" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    msg = _serve_fails(str(broken), "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+                       "--metrics-port", str(free_port()))
+    assert "failed to load 'chs' version 1" in msg and "cannot load ONNX model" in msg, msg
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)

@@ -221,3 +221,23 @@ def test_chs_eval_measures_nme_through_the_server(server, fixtures_dir):
     assert remote.exit_code == 0 and local.exit_code == 0, remote.output
     r, loc = json.loads(remote.output), json.loads(local.output)
     assert r["n"] == loc["n"] == 4 and abs(r["nme_iod"] - loc["nme_iod"]) < 1e-6
+
+
+def test_a_hung_server_times_out_then_recovers(server, local):
+    """SIGSTOP: the server holds the connection and answers nothing; each call ends at its timeout."""
+    import signal
+
+    x = np.zeros((1, 3, 128, 128), np.float32)
+    runners = [TritonRunner(f"triton://{server.http_url}/{NAME}?timeout=2"),
+               TritonRunner(f"triton+grpc://{server.grpc_url}/{NAME}?timeout=2")]
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        for r in runners:
+            t0 = time.monotonic()
+            with pytest.raises(ChsError, match="timed out after 2 s") as e:
+                r.infer(x)
+            assert time.monotonic() - t0 < 8 and "\n" not in str(e.value)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    for r in runners:  # the same runners work again once the server does
+        assert np.abs(r.infer(x)["landmarks"] - local.infer(x)["landmarks"]).max() <= 1e-4
