@@ -5,9 +5,9 @@ detector's box is centred and sized differently, so feeding it straight in shift
 Each detector therefore carries a :class:`BoxMap` fitted on annotated data that turns its boxes into
 GT-landmark-like boxes before cropping.
 
-Default detector: dlib's HOG frontal-face detector (``pip install chs[detect]`` = ``dlib-bin``, a ~4 MB
-wheel). Its model is compiled into the library, so nothing is downloaded at run time. It is imported
-lazily: ``chs.runtime`` works without dlib as long as the caller passes boxes.
+Default detector: YuNet (``chs.runtime.yunet``), bundled in the package and run by ONNX Runtime, so
+``pip install chs`` alone finds faces. dlib's HOG frontal-face detector stays available
+(``make_detector("dlib")``; ``pip install chs[detect]`` = ``dlib-bin``), imported lazily.
 """
 
 from __future__ import annotations
@@ -126,9 +126,28 @@ class DlibHogDetector:
         return boxes[keep], sc[keep]
 
 
+DETECTOR_NAMES = ("auto", "yunet", "dlib")
+
+
+def make_detector(name: str = "auto") -> FaceDetector:
+    """A detector by name: ``auto``/``yunet`` = the bundled YuNet, ``dlib`` = dlib HOG (one-line ChsError
+    naming the extra when dlib is missing), or a path to a YuNet ``.onnx`` file."""
+    if name in ("auto", "yunet"):
+        from chs.runtime.yunet import YuNetDetector
+
+        return YuNetDetector()
+    if name == "dlib":
+        return DlibHogDetector()
+    if name.lower().endswith(".onnx"):
+        from chs.runtime.yunet import YuNetDetector
+
+        return YuNetDetector(name)
+    raise ChsError(f"unknown detector '{name}' (yunet, dlib, or a YuNet .onnx file)")
+
+
 def default_detector() -> FaceDetector:
-    """The offline default detector, or one-line ChsError naming the extra to install."""
-    return DlibHogDetector()
+    """The offline default detector: the bundled YuNet."""
+    return make_detector("auto")
 
 
 def landmark_boxes(detector: FaceDetector, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +159,6 @@ def landmark_boxes(detector: FaceDetector, image: np.ndarray) -> tuple[np.ndarra
 
 
 __all__ = [
-    "DLIB_HOG_BOX_MAP", "IDENTITY_MAP", "NO_DETECTOR", "BoxMap", "DlibHogDetector", "FaceDetector",
-    "default_detector", "dlib_available", "landmark_boxes",
+    "DETECTOR_NAMES", "DLIB_HOG_BOX_MAP", "IDENTITY_MAP", "NO_DETECTOR", "BoxMap", "DlibHogDetector",
+    "FaceDetector", "default_detector", "dlib_available", "landmark_boxes", "make_detector",
 ]

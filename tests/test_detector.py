@@ -21,6 +21,7 @@ from chs.runtime.detector import (
     default_detector,
     dlib_available,
     landmark_boxes,
+    make_detector,
 )
 from chs.runtime.detector_eval import box_iou, detector_miss_rate, fit_box_map
 from chs.runtime.errors import ChsError
@@ -114,8 +115,11 @@ def test_missing_dlib_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "dlib", None)
     assert not dlib_available()
     with pytest.raises(ChsError) as e:
-        default_detector()
+        make_detector("dlib")
     assert str(e.value) == NO_DETECTOR and "\n" not in str(e.value)
+    assert default_detector().name == "yunet"  # the default needs no extra
+    with pytest.raises(ChsError, match="unknown detector 'hog'"):
+        make_detector("hog")
 
 
 def test_stored_demo_box_is_sane():
@@ -127,7 +131,7 @@ def test_stored_demo_box_is_sane():
 # ------------------------------------------------------------------------------------------ dlib HOG
 @needs_dlib
 def test_dlib_finds_the_astronaut_and_is_thread_safe():
-    det = default_detector()
+    det = make_detector("dlib")
     img = read_image(DEMO_DIR / "astronaut.png")
     boxes, scores = landmark_boxes(det, img)
     assert len(boxes) >= 1 and np.all(np.diff(scores) <= 0)  # best first
@@ -162,9 +166,9 @@ def test_dlib_miss_rate_on_ytf68_val_slice(shared_data):
     if not val.is_dir():
         pytest.skip("ytf68/val not in the shared data")
     samples = load_dataset(val)[::10]  # 43 of the 429 images, ~1 s
-    res = detector_miss_rate(default_detector(), samples)
+    res = detector_miss_rate(make_detector("dlib"), samples)
     assert res["n"] == len(samples) and res["miss_rate"] <= 0.05 and res["median_best_iou"] > 0.65
-    assert default_detector().box_map == DLIB_HOG_BOX_MAP
+    assert make_detector("dlib").box_map == DLIB_HOG_BOX_MAP
 
 
 def test_gt_box_helper_matches_geometry():

@@ -1,0 +1,111 @@
+"""Face detectors side by side for the landmark model: misses, NME/FR@10 with detector boxes, and ms/image.
+
+Run as ``python -m chs.benchmarks.detectors --data ../shared/data/ytf68/val --out DIR``. Accuracy comes
+from ``chs.runtime.detector_eval`` (the same code as ``chs-eval --boxes detector``); speed is timed in
+one run, the detectors interleaved call by call on the same images, so the ratio holds on a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from chs.runtime.datasets import load_dataset
+from chs.runtime.detector import FaceDetector, make_detector
+from chs.runtime.detector_eval import detector_miss_rate, evaluate_with_detector
+from chs.runtime.landmarks import DEFAULT_MODEL, open_model
+
+SIZES = ((512, 512), (1280, 720))
+
+
+def _test_image(samples, width: int, height: int) -> np.ndarray:
+    """A frame of the given size with a face from the set in it (resized so the face fills ~1/3 of the height)."""
+    img = samples[0].load_image()
+    scale = height / 3 / max(img.shape[:2]) * 2
+    face = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    canvas = np.full((height, width, 3), 110, np.uint8)
+    h, w = min(face.shape[0], height), min(face.shape[1], width)
+    y, x = (height - h) // 2, (width - w) // 2
+    canvas[y : y + h, x : x + w] = face[:h, :w]
+    return canvas
+
+
+def time_detectors(detectors: dict[str, FaceDetector], image: np.ndarray, repeats: int = 20) -> dict[str, float]:
+    """Median ms per call of each detector on ``image``, calls interleaved (a, b, a, b, ...)."""
+    for det in detectors.values():
+        det.detect(image)  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in detectors}
+    for _ in range(repeats):
+        for name, det in detectors.items():
+            t0 = time.perf_counter()
+            det.detect(image)
+            times[name].append((time.perf_counter() - t0) * 1000)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def named_detector(name: str) -> FaceDetector:
+    """``make_detector`` names, plus ``yunet@N`` / ``FILE.onnx@N``: YuNet with ``max_side=N``."""
+    if "@" in name:
+        from chs.runtime.yunet import YuNetDetector
+
+        base, side = name.rsplit("@", 1)
+        return YuNetDetector(None if base == "yunet" else base, max_side=int(side))
+    return make_detector(name)
+
+
+def compare(data: str, names: list[str], model: str = "default", repeats: int = 20) -> dict:
+    samples = load_dataset(data)
+    runner = open_model(model if model != "default" else DEFAULT_MODEL)
+    detectors = {n: named_detector(n) for n in names}
+    rows = []
+    for name, det in detectors.items():
+        miss = detector_miss_rate(det, samples)
+        ev = evaluate_with_detector(runner, det, samples)
+        rows.append({"detector": name, "faces": miss["n"], "misses": miss["misses"],
+                     "detections_per_image": round(miss["detections_per_image"], 4),
+                     "median_best_iou": round(miss["median_best_iou"], 4),
+                     "nme_pct": round(100 * ev["nme"], 3), "fr10_pct": round(100 * ev["fr_10"], 2),
+                     "auc10": round(ev["auc_10"], 4)})
+    speed = {f"{w}x{h}": time_detectors(detectors, _test_image(samples, w, h), repeats) for w, h in SIZES}
+    return {"data": data, "model": model, "rows": rows, "ms_per_image": speed}
+
+
+def format_markdown(result: dict) -> str:
+    lines = ["| detector | misses | NME % | FR@10 % | AUC@10 | median IoU | " +
+             " | ".join(f"ms/image {k}" for k in result["ms_per_image"]) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(result["ms_per_image"])]
+    for r in result["rows"]:
+        ms = " | ".join(f"{v[r['detector']]:.1f}" for v in result["ms_per_image"].values())
+        lines.append(f"| {r['detector']} | {r['misses']}/{r['faces']} | {r['nme_pct']:.2f} | {r['fr10_pct']:.2f} | "
+                     f"{r['auc10']:.3f} | {r['median_best_iou']:.3f} | {ms} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--detectors", default="yunet,dlib")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    result = compare(args.data, args.detectors.split(","), args.model, args.repeats)
+    table = format_markdown(result)
+    print(table)
+    if args.out:
+        from chs.benchmarks.machine import machine_info
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        result["machine"] = machine_info()
+        (out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / "comparison.md").write_text(table)
+
+
+if __name__ == "__main__":
+    main()
