@@ -21,13 +21,14 @@ import numpy as np
 import typer
 
 from chs.errors_cli import fail, one_line_errors, printable
-from chs.runtime.assets import DEMO_BOX, DEMO_IMAGE
+from chs.runtime.assets import DEMO_IMAGE
 from chs.runtime.datasets import IMAGE_EXTENSIONS
 from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, write_image
 from chs.runtime.errors import ChsError
 from chs.runtime.files import atomic_output, check_input, check_output_dir
 from chs.runtime.imageio import read_image
 from chs.runtime.landmarks import Face, LandmarkRuntime
+from chs.runtime.tracking import FaceTracker, TrackerSettings
 
 DEMO_OUT = "chs-demo"
 
@@ -148,13 +149,17 @@ def _emit(name: str, faces: list[Face], as_json: bool, frame: int | None = None)
             rec: dict[str, Any] = {"image": name}
             if frame is not None:
                 rec["frame"] = frame
-            rec.update({"face": j, "box": [round(float(v), 3) for v in f.box], "score": round(f.score, 6),
+            rec["face"] = j
+            if f.track_id is not None:
+                rec["track"] = f.track_id
+            rec.update({"box": [round(float(v), 3) for v in f.box], "score": round(f.score, 6),
                         "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in f.landmarks]})
             sys.stdout.write(json.dumps(rec) + "\n")
         else:
             where = f"{printable(name)} frame {frame}" if frame is not None else printable(name)
             box = ", ".join(f"{v:.1f}" for v in f.box)
-            typer.echo(f"{where}  face {j}  score {f.score:.3f}  box [{box}]  {len(f.landmarks)} landmarks")
+            track = f"  track {f.track_id}" if f.track_id is not None else ""
+            typer.echo(f"{where}  face {j}{track}  score {f.score:.3f}  box [{box}]  {len(f.landmarks)} landmarks")
 
 
 @contextmanager
@@ -194,15 +199,24 @@ def align(
                                        "<out or ./chs-demo>/astronaut_landmarks.png.")] = False,
     backend: Annotated[str, typer.Option(help="auto (by file type), ort or tensorrt.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Faces per inference batch.")] = 32,
+    detector: Annotated[str, typer.Option(help="Face detector for images without boxes: yunet (bundled), dlib "
+                                          "(pip install chs[detect]) or a YuNet .onnx file.")] = "yunet",
+    smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="Video: One-Euro smoothing of the tracked "
+                                         "landmarks (never applied to still images).")] = True,
+    redetect_every: Annotated[int | None, typer.Option(help="Video: run the detector at least every N frames to "
+                                                       "pick up new faces (0 = only when a face is lost) "
+                                                       "[default: TrackerSettings.redetect_every].")] = None,
 ) -> None:
-    """Predict facial landmarks in images, folders and videos."""
+    """Predict facial landmarks in images, folders and videos (videos: faces tracked, landmarks smoothed)."""
     if batch_size < 1:
         raise ChsError(f"--batch-size must be >= 1, got {batch_size}")
+    settings = TrackerSettings(smooth=smooth) if redetect_every is None else \
+        TrackerSettings(smooth=smooth, redetect_every=redetect_every)
     if demo:
         if inputs:
             raise ChsError("--demo takes no inputs")
         check_output_dir(out or DEMO_OUT)
-        _run_demo(model, boxes, Path(out or DEMO_OUT), as_json, backend, batch_size)
+        _run_demo(model, boxes, Path(out or DEMO_OUT), as_json, backend, batch_size, detector)
         return
     if not inputs:
         raise ChsError("no inputs: give image files, folders or videos (or try --demo)")
@@ -212,9 +226,9 @@ def align(
     if not items:
         raise ChsError("no images or videos found in the given folders")
     book = BoxBook.read(boxes) if boxes else BoxBook({})
-    runtime = LandmarkRuntime.load(model, backend=backend, max_batch=batch_size)
+    runtime = LandmarkRuntime.load(model, backend=backend, max_batch=batch_size, detector=detector)
     names = OutputNames(Path(out)) if out else None
-    stats = {"images": 0, "faces": 0, "skipped": 0, "videos": 0, "frames": 0}
+    stats = {"images": 0, "faces": 0, "skipped": 0, "videos": 0, "frames": 0, "detector_calls": 0}
     show_bar = any(i.root is not None or i.video for i in items)
     with _progress(show_bar) as progress:
         images = [i for i in items if not i.video]
@@ -222,12 +236,14 @@ def align(
             _align_images(runtime, images[start : start + batch_size], book, names, as_json, stats)
             progress("images", advance=len(images[start : start + batch_size]), total=len(images))
         for item in (i for i in items if i.video):
-            _align_video(runtime, item, book, names, as_json, stats, progress, batch_size)
+            _align_video(runtime, item, book, names, as_json, stats, progress, batch_size, settings)
     if stats["skipped"] and not stats["images"] and not stats["videos"]:
         fail(f"none of the {stats['skipped']} images could be read")
     parts = [f"{stats['faces']} face(s) in {stats['images']} image(s)"]
     if stats["videos"]:
-        parts.append(f"{stats['frames']} frame(s) of {stats['videos']} video(s)")
+        parts.append(f"{stats['frames']} frame(s) of {stats['videos']} video(s), detector on "
+                     f"{stats['detector_calls']} frame(s) ({stats['detector_calls'] / max(stats['frames'], 1):.3f}"
+                     " per frame)")
     if stats["skipped"]:
         parts.append(f"{stats['skipped']} unreadable image(s) skipped")
     if names is not None:
@@ -269,48 +285,55 @@ def _align_images(runtime: LandmarkRuntime, chunk: list[Item], book: BoxBook, na
 
 
 def _align_video(runtime: LandmarkRuntime, item: Item, book: BoxBook, names: OutputNames | None, as_json: bool,
-                 stats: dict[str, int], progress: Callable[..., Any], batch_size: int) -> None:
+                 stats: dict[str, int], progress: Callable[..., Any], batch_size: int,
+                 settings: TrackerSettings) -> None:
+    """One video: tracked (and smoothed) unless ``--boxes`` lists boxes for it, which are then used as given."""
     probe = VideoReader(item.path)  # fails early, with one line, on an unreadable video
-    total = probe.frame_count or None
+    total, fps = probe.frame_count or None, probe.fps
     probe.close()
+    given = any(k == key or k.startswith(key + "#") for key in book.keys_for(item) for k in book.entries)
 
     def frame_boxes(i: int) -> np.ndarray | None:
         b = book.lookup(item, f"#{i}")
         return b if b is not None else book.lookup(item)
 
+    tracker = None if given else runtime.tracker(fps, settings)
     if names is None:
-        _video_frames(runtime, item, None, frame_boxes, as_json, stats, progress, total, batch_size)
+        _video_frames(runtime, item, None, frame_boxes, as_json, stats, progress, total, batch_size, tracker)
     else:
         with atomic_output(names(item)) as partial:  # renamed into place only when every frame is written
-            _video_frames(runtime, item, partial, frame_boxes, as_json, stats, progress, total, batch_size)
+            _video_frames(runtime, item, partial, frame_boxes, as_json, stats, progress, total, batch_size, tracker)
     stats["videos"] += 1
 
 
 def _video_frames(runtime: LandmarkRuntime, item: Item, dst: Path | None, frame_boxes: Callable[[int], Any],
                   as_json: bool, stats: dict[str, int], progress: Callable[..., Any], total: int | None,
-                  batch_size: int) -> None:
-    with closing(annotate_video(runtime, item.path, dst, frame_boxes, batch_size=min(batch_size, 16))) as frames:
+                  batch_size: int, tracker: FaceTracker | None = None) -> None:
+    """Frames of one video: tracked by ``tracker``, or each on its own with ``frame_boxes`` (None = detector)."""
+    frames = annotate_video(runtime, item.path, dst, frame_boxes, batch_size=min(batch_size, 16), tracker=tracker)
+    with closing(frames):
         for idx, faces in frames:
             stats["frames"] += 1
             stats["faces"] += len(faces)
+            if tracker is None and frame_boxes(idx) is None:
+                stats["detector_calls"] += 1
             _emit(str(item.path), faces, as_json, frame=idx)
             progress(item.path.name, advance=1, total=total)
+    if tracker is not None:
+        stats["detector_calls"] += tracker.detector_calls
 
 
-def _run_demo(model: str, boxes: str | None, out: Path, as_json: bool, backend: str, batch_size: int) -> None:
-    """The bundled photo: detector if installed (best face only: the photo holds one), else the stored box."""
-    from chs.runtime.detector import dlib_available
-
-    runtime = LandmarkRuntime.load(model, backend=backend, max_batch=batch_size)
+def _run_demo(model: str, boxes: str | None, out: Path, as_json: bool, backend: str, batch_size: int,
+              detector: str = "yunet") -> None:
+    """The bundled photo: the face detector (best face only: the photo holds one), or ``--boxes``."""
+    runtime = LandmarkRuntime.load(model, backend=backend, max_batch=batch_size, detector=detector)
     image = read_image(DEMO_IMAGE)
     item = Item(DEMO_IMAGE, None, False)
     if boxes:
         box = BoxBook.read(boxes).lookup(item)
         source = boxes
-    elif dlib_available():
-        box, source = runtime.detect(image)[0][:1], runtime.detector.name
     else:
-        box, source = BoxBook.read(str(DEMO_BOX)).lookup(item), "stored box"
+        box, source = runtime.detect(image)[0][:1], runtime.detector.name
     if box is None or not len(box):
         raise ChsError(f"no face box for the demo image from {source}")
     faces = runtime.predict(image, box)

@@ -19,6 +19,7 @@ from chs.runtime.files import atomic_output
 
 if TYPE_CHECKING:
     from chs.runtime.landmarks import Face, LandmarkRuntime
+    from chs.runtime.tracking import FaceTracker
 
 IMAGE_WRITE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
@@ -39,6 +40,10 @@ def draw_faces(image: np.ndarray, faces: Sequence[Face], point_color: tuple[int,
         thick = max(1, round(side * 0.01))
         if box_color is not None:
             cv2.rectangle(out, (round(x0), round(y0)), (round(x1), round(y1)), box_color, thick, cv2.LINE_AA)
+            if getattr(face, "track_id", None) is not None:  # video: the face's track id above its box
+                font = max(0.35, side / 250)
+                cv2.putText(out, str(face.track_id), (round(x0), max(round(y0) - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX,
+                            font, box_color, max(1, round(font * 2)), cv2.LINE_AA)
         for x, y in np.asarray(face.landmarks, dtype=np.float64):
             if np.isfinite(x) and np.isfinite(y):
                 # 4 fractional bits: sub-pixel centres, so small faces are not drawn on a jittery grid
@@ -94,56 +99,100 @@ class VideoReader:
 
 
 class VideoWriter:
-    """mp4v video writer taking RGB frames; the size is fixed by the first frame."""
+    """mp4v video writer taking RGB frames; the size is fixed by the first frame (later frames of another
+    size are resized to it).
+
+    The file is written under a temporary name beside the target and renamed when ``close()`` completes,
+    so an interrupted run leaves either a complete, playable video or none (``abort()`` deletes the part).
+    """
 
     def __init__(self, path: str | os.PathLike, fps: float):
         self.path = Path(path)
+        self.part = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
         self.fps = fps
+        self.frames = 0
+        self._size: tuple[int, int] | None = None
         self._writer: cv2.VideoWriter | None = None
 
     def write(self, frame: np.ndarray) -> None:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             h, w = frame.shape[:2]
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            self._size = (w, h)
+            self._writer = cv2.VideoWriter(str(self.part), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
             if not self._writer.isOpened():
+                self.abort()
                 raise ChsError(f"cannot write video {self.path} (mp4v codec unavailable or bad path)")
+        if (frame.shape[1], frame.shape[0]) != self._size:
+            frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        self.frames += 1
 
     def close(self) -> None:
+        """Finish the file and move it to its name (nothing is written for a video without frames)."""
         if self._writer is not None:
             self._writer.release()
+            self._writer = None
+            os.replace(self.part, self.path)
+
+    def abort(self) -> None:
+        """Drop a partly written video."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        self.part.unlink(missing_ok=True)
 
     def __enter__(self) -> VideoWriter:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def annotate_video(runtime: LandmarkRuntime, src: str | os.PathLike, dst: str | os.PathLike | None = None,
-                   boxes: Callable[[int], Any] | None = None, batch_size: int = 8
-                   ) -> Iterator[tuple[int, list[Face]]]:
-    """Predict faces frame by frame (``batch_size`` frames per inference); yields (frame index, faces) and,
-    with ``dst``, writes the annotated video (mp4v). ``boxes(frame_index)`` gives that frame's boxes, or
-    None to run the detector on it."""
+                   boxes: Callable[[int], Any] | None = None, batch_size: int = 8,
+                   tracker: FaceTracker | None = None) -> Iterator[tuple[int, list[Face]]]:
+    """Predict faces frame by frame; yields (frame index, faces) and, with ``dst``, writes the annotated video
+    (mp4v; complete or not at all).
+
+    With a ``tracker`` (``runtime.tracker(fps)``) faces are tracked and smoothed frame by frame; otherwise
+    each frame is predicted on its own, ``batch_size`` frames per inference, with ``boxes(frame_index)``
+    giving that frame's boxes, or None to run the detector on it. A video without a readable frame is a
+    ChsError."""
     reader = VideoReader(src)
     writer = VideoWriter(dst, reader.fps) if dst is not None else None
+    n = 0
     try:
-        frames: list[np.ndarray] = []
-        start = 0
-        for frame in reader:
-            frames.append(frame)
-            if len(frames) == batch_size:
-                yield from _video_chunk(runtime, frames, start, boxes, writer)
-                start += len(frames)
-                frames = []
-        if frames:
-            yield from _video_chunk(runtime, frames, start, boxes, writer)
+        if tracker is not None:
+            for n, frame in enumerate(reader, start=1):
+                faces = tracker.update(frame)
+                if writer is not None:
+                    writer.write(draw_faces(frame, faces, copy=False))
+                yield n - 1, faces
+        else:
+            frames: list[np.ndarray] = []
+            for frame in reader:
+                frames.append(frame)
+                if len(frames) == batch_size:
+                    yield from _video_chunk(runtime, frames, n, boxes, writer)
+                    n += len(frames)
+                    frames = []
+            if frames:
+                yield from _video_chunk(runtime, frames, n, boxes, writer)
+                n += len(frames)
+        if n == 0:
+            raise ChsError(f"video {reader.path} has no readable frames (empty, truncated or corrupt)")
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     finally:
         reader.close()
-        if writer is not None:
-            writer.close()
+    if writer is not None:
+        writer.close()
 
 
 def _video_chunk(runtime: LandmarkRuntime, frames: list[np.ndarray], start: int,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +22,12 @@ import numpy as np
 from chs.runtime.assets import DEFAULT_MODEL
 from chs.runtime.backends.base import Runner
 from chs.runtime.backends.opener import open_model
-from chs.runtime.detector import FaceDetector, landmark_boxes
+from chs.runtime.detector import DETECTOR_NAMES, FaceDetector, landmark_boxes, make_detector
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import crop_batch, to_image_coords
 from chs.runtime.geometry import check_box
 from chs.runtime.imageio import check_pixel_count, read_image
+from chs.runtime.tracking import FaceTracker, TrackerSettings
 
 ImageLike = str | os.PathLike | np.ndarray
 
@@ -35,13 +36,15 @@ ImageLike = str | os.PathLike | np.ndarray
 class Face:
     """One face: ``landmarks`` (n, 2) float64 image pixels (0-based, pixel centres on integers), the
     ``box`` the crop was cut from (GT-landmark convention), ``score`` = mean heatmap peak, ``scores`` (n,)
-    per landmark, and the detector's score when the box came from a detector."""
+    per landmark, the detector's score when the box came from a detector, and in video the ``track_id``
+    that stays with one face from frame to frame."""
 
     landmarks: np.ndarray
     box: np.ndarray
     score: float
     scores: np.ndarray
     detection_score: float | None = None
+    track_id: int | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready: plain lists and floats."""
@@ -50,6 +53,8 @@ class Face:
              "scores": [float(s) for s in self.scores]}
         if self.detection_score is not None:
             d["detection_score"] = float(self.detection_score)
+        if self.track_id is not None:
+            d["track_id"] = int(self.track_id)
         return d
 
 
@@ -96,8 +101,9 @@ def check_boxes(boxes: Any, image_shape: tuple[int, ...]) -> np.ndarray:
 class LandmarkRuntime:
     """Predicts landmarks with one runner (ONNX Runtime, TensorRT, or any Runner) and an optional detector.
 
-    ``detector``: a FaceDetector, ``"auto"`` (the offline default, created when first needed; a missing
-    install is reported only when a call actually needs it) or ``None`` (boxes must always be given).
+    ``detector``: any object with the FaceDetector protocol, a name (``"auto"`` = the bundled YuNet,
+    ``"yunet"``, ``"dlib"``; created when first needed, so a missing install is reported only when a call
+    actually needs it) or ``None`` (boxes must always be given).
     """
 
     def __init__(self, runner: Runner, detector: FaceDetector | str | None = "auto", max_batch: int = 32):
@@ -105,8 +111,11 @@ class LandmarkRuntime:
             raise ChsError(f"{type(runner).__name__} is not a runner (needs .name, .meta and .infer(batch))")
         if max_batch < 1:
             raise ChsError(f"max_batch must be >= 1, got {max_batch}")
-        if isinstance(detector, str) and detector != "auto":
-            raise ChsError(f"detector must be a FaceDetector, 'auto' or None, got '{detector}'")
+        if isinstance(detector, str) and detector not in DETECTOR_NAMES and not detector.endswith(".onnx"):
+            raise ChsError(f"unknown detector '{detector}' ({', '.join(DETECTOR_NAMES)}, or a FaceDetector object)")
+        if detector is not None and not isinstance(detector, str) and not callable(getattr(detector, "detect", None)):
+            raise ChsError(f"{type(detector).__name__} is not a face detector (needs .detect(image) -> "
+                           "(boxes, scores), and .box_map to map its boxes)")
         self.runner = runner
         self.meta = runner.meta
         self.max_batch = int(max_batch)
@@ -134,19 +143,19 @@ class LandmarkRuntime:
         if isinstance(det, str):
             with self._detector_lock:  # created once, then read-only
                 if isinstance(self._detector, str):
-                    from chs.runtime.detector import default_detector
-
-                    self._detector = default_detector()
+                    self._detector = make_detector(self._detector)
                 det = self._detector
         return det  # type: ignore[return-value]
 
-    def detect(self, image: ImageLike) -> tuple[np.ndarray, np.ndarray]:
-        """GT-landmark-like boxes (k, 4) and detector scores (k,) for one image."""
+    def detect(self, image: ImageLike, detector: FaceDetector | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """GT-landmark-like boxes (k, 4) and detector scores (k,) for one image (``detector``: instead of
+        this runtime's own)."""
         img = as_rgb_image(image)
+        det = detector if detector is not None else self.detector
         if self.meta.crop.box_source != "landmarks":  # a model trained on detector boxes takes them raw
-            boxes, scores = self.detector.detect(img)
+            boxes, scores = det.detect(img)
             return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(scores, dtype=np.float64)
-        return landmark_boxes(self.detector, img)
+        return landmark_boxes(det, img)
 
     # ------------------------------------------------------------------------------------------ predict
     def predict(self, image: ImageLike, boxes: Any = None) -> list[Face]:
@@ -182,6 +191,17 @@ class LandmarkRuntime:
                 k += 1
             out.append(faces)
         return out
+
+    # ------------------------------------------------------------------------------------------ video
+    def tracker(self, fps: float = 30.0, settings: TrackerSettings | None = None) -> FaceTracker:
+        """A :class:`~chs.runtime.tracking.FaceTracker` for one video stream (one per stream; not shared)."""
+        return FaceTracker(self, settings, fps=fps)
+
+    def track(self, frames: Iterable[ImageLike], fps: float = 30.0, settings: TrackerSettings | None = None
+              ) -> Iterator[list[Face]]:
+        """Faces per frame of a video stream, tracked (stable ``track_id``) and One-Euro smoothed (set
+        ``TrackerSettings(smooth=False)`` for raw landmarks). ``fps`` sets the smoothing's time base."""
+        return self.tracker(fps, settings).track(frames)
 
     def _infer(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Crop, run in chunks, map back: (N, n, 2) float64 image pixels and (N, n) float32 scores."""

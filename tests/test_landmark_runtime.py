@@ -267,7 +267,14 @@ def test_no_detector(runner, monkeypatch):
         LandmarkRuntime(runner, detector=None).predict(_image())
     monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib -> ImportError
     with pytest.raises(ChsError, match=r"^no face detector installed: pass --boxes or pip install chs\[detect\]$"):
-        LandmarkRuntime(runner).predict(_image())
+        LandmarkRuntime(runner, detector="dlib").predict(_image())
+    assert LandmarkRuntime(runner).detector.name == "yunet"  # the default needs no extra
+    with pytest.raises(ChsError, match="unknown detector 'hog'"):
+        LandmarkRuntime(runner, detector="hog")
+    with pytest.raises(ChsError, match="is not a face detector"):
+        LandmarkRuntime(runner, detector=object())
+    with pytest.raises(ChsError, match="face detector model not found"):
+        LandmarkRuntime(runner, detector="missing.onnx").predict(_image())
 
 
 # ------------------------------------------------------------------------------------------ torch-free

@@ -1,0 +1,154 @@
+"""Video tracking and smoothing with the bundled model and detector: one stable id per face, the detector
+called only when needed, faces leaving and re-entering, several faces, changing frame sizes, no faces, and
+the smoother's promises (no lag on pure head motion, less jitter)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from group_photo import group_photo
+
+from chs.benchmarks.video import ClipSpec, make_clip, score
+from chs.runtime.datasets import load_dataset
+from chs.runtime.errors import ChsError
+from chs.runtime.landmarks import LandmarkRuntime
+from chs.runtime.metrics import nme
+from chs.runtime.smoothing import LandmarkSmoother, OneEuroFilter, OneEuroSettings, fit_similarity
+from chs.runtime.tracking import TrackerSettings
+
+SPEC = ClipSpec(frames=24, fps=30.0)
+
+
+@pytest.fixture(scope="module")
+def rt() -> LandmarkRuntime:
+    return LandmarkRuntime.load("default", providers="cpu")
+
+
+@pytest.fixture(scope="module")
+def clip(fixtures_dir):
+    takeo = [s for s in load_dataset(fixtures_dir / "pts") if s.image_path.stem == "takeo"][0]
+    return make_clip(takeo, SPEC)
+
+
+def test_one_face_one_id_few_detector_calls(rt, clip):
+    tracker = rt.tracker(clip.fps, TrackerSettings(redetect_every=30))
+    out = [tracker.update(f) for f in clip.frames]
+    assert all(len(faces) == 1 for faces in out)
+    assert {faces[0].track_id for faces in out} == {0}
+    assert tracker.detector_calls == 1 and tracker.frames == SPEC.frames  # the first frame only
+    errs = nme(np.stack([f[0].landmarks for f in out]), clip.truth, "68")
+    assert errs.mean() < 0.08, errs.mean()
+    assert out[3][0].to_dict()["track_id"] == 0
+
+
+def test_smoothing_lowers_jitter_without_losing_accuracy(rt, clip):
+    results = {}
+    for smooth in (False, True):
+        preds = [f[0].landmarks for f in rt.track(clip.frames, clip.fps, TrackerSettings(smooth=smooth))]
+        results[smooth] = score(clip, preds, "68")
+    raw, smoothed = results[False], results[True]
+    assert smoothed["jitter_sum"] < 0.8 * raw["jitter_sum"]
+    assert smoothed["nme_sum"] < raw["nme_sum"] * 1.03
+
+
+def test_face_leaves_and_reenters(rt, clip):
+    gray = np.full_like(clip.frames[0], 127)
+    frames = clip.frames[:6] + [gray] * 4 + clip.frames[6:12]
+    tracker = rt.tracker(clip.fps)
+    out = [tracker.update(f) for f in frames]
+    assert [len(f) for f in out] == [1] * 6 + [0] * 4 + [1] * 6
+    assert out[0][0].track_id == out[5][0].track_id == 0
+    assert out[10][0].track_id == out[15][0].track_id == 1  # a new track after the face came back
+    assert tracker.detector_calls == 1 + 4 + 1  # first frame, every empty frame, the re-entry
+
+
+def test_face_moving_out_of_the_frame_ends_its_track(rt, clip):
+    frame = clip.frames[0]
+    h, w = frame.shape[:2]
+    tracker = rt.tracker(clip.fps)
+    seen = []
+    for dx in range(0, w + 1, max(1, w // 8)):  # slide the picture out to the right
+        shifted = np.full_like(frame, 127)
+        shifted[:, dx:] = frame[:, : w - dx]
+        seen.append(len(tracker.update(shifted)))
+    assert seen[0] == 1 and seen[-1] == 0
+
+
+def test_several_faces_keep_their_ids(rt):
+    img, truth = group_photo()
+    tracker = rt.tracker(25.0, TrackerSettings(redetect_every=3))
+    frames = [tracker.update(np.roll(img, k, axis=1)) for k in range(7)]  # a slow pan
+    ids = [sorted(f.track_id for f in faces) for faces in frames]
+    assert len(ids[0]) >= 3 and all(i == ids[0] for i in ids)  # same faces, same ids, no duplicates
+    assert tracker.detector_calls == 3  # frames 0, 3 and 6
+    first = {f.track_id: f.landmarks[:, 0].mean() for f in frames[0]}
+    last = {f.track_id: f.landmarks[:, 0].mean() for f in frames[-1]}
+    shifts = [last[k] - first[k] for k in first]
+    assert all(4 < d < 8 for d in shifts), shifts  # every track followed its own face by the 6 px pan
+
+
+def test_no_faces_and_changing_frame_sizes(rt, clip):
+    tracker = rt.tracker(30.0)
+    assert [tracker.update(np.full((90, 120, 3), v, np.uint8)) for v in (0, 128, 255)] == [[], [], []]
+    assert tracker.detector_calls == 3
+    big = clip.frames[0]
+    small = np.ascontiguousarray(big[: big.shape[0] // 2, : big.shape[1] // 2])
+    tracker = rt.tracker(30.0)
+    for frame in (big, small, big):
+        faces = tracker.update(frame)
+        for f in faces:
+            assert np.isfinite(f.landmarks).all()
+    with pytest.raises(ChsError, match="uint8"):
+        tracker.update(np.zeros((10, 10, 3), np.float32))
+
+
+def test_tracker_settings_are_checked():
+    with pytest.raises(ChsError, match="redetect_every"):
+        TrackerSettings(redetect_every=-1)
+    with pytest.raises(ChsError, match="min_cutoff"):
+        OneEuroSettings(min_cutoff=0)
+    with pytest.raises(ChsError, match="mode"):
+        OneEuroSettings(mode="kalman")
+
+
+# ------------------------------------------------------------------------------------------ smoothing
+def _shape(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(68, 2)) * 20 + 100
+
+
+def test_fit_similarity_recovers_a_known_motion():
+    pts = _shape()
+    a = 0.3
+    m = np.array([[1.2 * np.cos(a), -1.2 * np.sin(a), 7.0], [1.2 * np.sin(a), 1.2 * np.cos(a), -4.0]])
+    np.testing.assert_allclose(fit_similarity(pts, pts @ m[:, :2].T + m[:, 2]), m, atol=1e-9)
+
+
+def test_aligned_smoother_has_no_lag_on_pure_head_motion_and_filters_noise():
+    shape = _shape()
+    rng = np.random.default_rng(1)
+    aligned, pixels = LandmarkSmoother(), LandmarkSmoother(OneEuroSettings(mode="pixels"))
+    lag_aligned = lag_pixels = noise_in = noise_out = 0.0
+    for t in range(60):
+        a, s = 0.02 * t, 1 + 0.01 * t
+        m = np.array([[s * np.cos(a), -s * np.sin(a), 3.0 * t], [s * np.sin(a), s * np.cos(a), 1.5 * t]])
+        truth = shape @ m[:, :2].T + m[:, 2]
+        lag_aligned = max(lag_aligned, np.abs(aligned(truth, t / 30) - truth).max())
+        lag_pixels = max(lag_pixels, np.abs(pixels(truth, t / 30) - truth).max())
+    assert lag_aligned < 1e-6 and lag_pixels > 1.0  # head motion passes through the aligned filter untouched
+    still = LandmarkSmoother()
+    for t in range(60):
+        noisy = shape + rng.normal(scale=1.0, size=shape.shape)
+        out = still(noisy, t / 30)
+        if t > 10:
+            noise_in += np.abs(noisy - shape).mean()
+            noise_out += np.abs(out - shape).mean()
+    assert noise_out < 0.5 * noise_in
+
+
+def test_one_euro_constant_and_time_order():
+    f = OneEuroFilter()
+    x = np.array([[1.0, 2.0]])
+    for t in range(5):
+        np.testing.assert_allclose(f(x, t / 10), x)
+    with pytest.raises(ChsError, match="increase"):
+        f(x, 0.0)
