@@ -226,5 +226,69 @@ def plot(result: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["Clip", "ClipSpec", "Row", "default_rows", "format_table", "make_clip", "plot", "run_pipeline",
-           "run_video_benchmark", "score"]
+__all__ = [
+    "Clip", "ClipSpec", "Row", "VideoBench", "default_rows", "format_table", "make_clip", "plot", "run_pipeline",
+    "run_video_benchmark", "run_video_command", "score",
+]
+
+
+@dataclass(frozen=True)
+class VideoBench:
+    """What ``chs-bench video`` runs: ``clips`` stills spread evenly over ``data``, each a ``spec`` clip."""
+
+    data: str
+    model: str = "default"
+    clips: int = 20
+    spec: ClipSpec = field(default_factory=ClipSpec)
+    detectors: tuple[str, ...] = ("yunet", "dlib")
+
+    @classmethod
+    def from_options(cls, data: str, model: str, clips: int | None, frames: int | None,
+                     detectors: Sequence[str]) -> VideoBench:
+        from chs.runtime.detector import DETECTOR_NAMES
+        from chs.runtime.errors import ChsError
+
+        if clips is not None and clips < 1:
+            raise ChsError(f"--clips must be >= 1, got {clips}")
+        if frames is not None and frames < 2:
+            raise ChsError(f"--frames must be >= 2, got {frames}")
+        for d in detectors:
+            if d not in DETECTOR_NAMES and not d.endswith(".onnx"):
+                raise ChsError(f"unknown detector '{d}' (yunet, dlib, or a YuNet .onnx file)")
+        kw: dict = {"data": data, "model": model, "detectors": tuple(detectors)}
+        if clips is not None:
+            kw["clips"] = clips
+        if frames is not None:
+            kw["spec"] = ClipSpec(frames=frames)
+        return cls(**kw)
+
+
+def run_video_command(bench: VideoBench, out: str | None, command: str, log=None) -> dict:
+    """The benchmark, its table, and (with ``out``) the files: video.json, video.md, jitter_vs_nme.png,
+    machine.json, command.txt."""
+    import json
+
+    from chs.benchmarks.machine import machine_info, machine_line
+    from chs.runtime.datasets import load_dataset
+    from chs.runtime.errors import ChsError
+
+    samples = load_dataset(bench.data)
+    if not samples:
+        raise ChsError(f"no annotated images in {bench.data}")
+    step = max(1, len(samples) // bench.clips)
+    chosen = samples[::step][: bench.clips]
+    result = run_video_benchmark(bench.model, chosen, default_rows(bench.detectors), bench.spec, log=log)
+    info = machine_info()
+    info["load_avg_1m_after"] = round(__import__("os").getloadavg()[0], 2)
+    result.update(data=bench.data, model=bench.model, machine=info, command=command)
+    result["table"] = table = format_table(result)
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "video.json").write_text(json.dumps({k: v for k, v in result.items() if k != "table"},
+                                                      indent=1, default=str) + "\n")
+        (folder / "video.md").write_text(f"{machine_line(info)}\n\n{table}")
+        (folder / "command.txt").write_text(command + "\n")
+        (folder / "machine.json").write_text(json.dumps(info, indent=1) + "\n")
+        plot(result, folder / "jitter_vs_nme.png")
+    return result

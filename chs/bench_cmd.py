@@ -376,3 +376,26 @@ def serve(
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "serve.md").write_text(text + "\n")
     _emit(ctx, out, "serve.json", {"machine": info, **result}, as_json, text)
+
+
+@bench_app.command()
+@one_line_errors
+def video(
+    ctx: typer.Context,
+    data: Annotated[str, typer.Option(help="Annotated stills to make clips from, e.g. ../shared/data/ytf68/val.")],
+    model: Annotated[str, typer.Option(help="'default' (the bundled model) or an .onnx file.")] = "default",
+    clips: Annotated[int | None, typer.Option(help="Clips, spread over the set [default: VideoBench.clips].")] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per clip [default: ClipSpec.frames].")] = None,
+    detectors: Annotated[str, typer.Option(help="Comma list: per-frame rows for each; the first one tracks.")
+                         ] = "yunet,dlib",
+    out: Annotated[str | None, typer.Option(help="Write video.json/.md, jitter_vs_nme.png, machine.json, "
+                                            "command.txt here.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Video stability: NME, jitter (known motion removed), detector calls/frame and frames/s of per-frame
+    detection, tracking and tracking + smoothing on clips made from annotated stills."""
+    from chs.benchmarks.video import VideoBench, run_video_command
+
+    bench = VideoBench.from_options(data, model, clips, frames, _list(detectors, "--detectors"))
+    result = run_video_command(bench, out, _command_line(ctx), log=_log)
+    sys.stdout.write(json.dumps(result["overall"], indent=2) + "\n" if as_json else result["table"])
