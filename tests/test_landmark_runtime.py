@@ -294,6 +294,10 @@ def test_runtime_imports_and_predicts_without_torch(tiny_onnx, tmp_path):
         rt = LandmarkRuntime.load({str(tiny_onnx)!r}, providers="cpu")
         faces = rt.predict({str(DEMO)!r}, [{DEMO_BOX!r}])
         assert faces[0].landmarks.shape == (68, 2) and np.isfinite(faces[0].landmarks).all()
+        import chs.runtime.yunet, chs.runtime.tracking, chs.runtime.smoothing
+        from chs.runtime import YuNetDetector, TrackerSettings
+        assert len(rt.predict({str(DEMO)!r})) >= 1  # the bundled YuNet detector, no extras
+        assert list(rt.track([{str(DEMO)!r}] * 2))[1][0].track_id == 0
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch got imported"
         print("ok", faces[0].landmarks[0].tolist())
     """)
