@@ -109,6 +109,8 @@ def evaluate(
     boxes: Annotated[str, typer.Option(help="gt (boxes from the ground-truth landmarks) or detector.")] = "gt",
     split: Annotated[str | None, typer.Option(help="Part of a set that defines splits (mtfl5: all, train, "
                                               "val).")] = None,
+    detector: Annotated[str, typer.Option(help="With --boxes detector: yunet (bundled), dlib or a YuNet .onnx."
+                                          )] = "yunet",
 ) -> None:
     """NME / FR / AUC of a model on a dataset (ground-truth-landmark boxes, or the face detector's)."""
     from chs.model.runner import open_runner
@@ -125,10 +127,11 @@ def evaluate(
         check_plot_path(plot)
     runner = open_runner(model, ccr=ccr, backend="auto")
     if boxes == "detector":
-        from chs.runtime.detector import default_detector
+        from chs.runtime.detector import make_detector
         from chs.runtime.detector_eval import evaluate_with_detector
 
-        res = evaluate_with_detector(runner, default_detector(), load_dataset(data, split), batch_size=batch_size)
+        res = evaluate_with_detector(runner, make_detector(detector), load_dataset(data, split),
+                                     batch_size=batch_size)
         if as_json:
             _print_json(res)
         else:
