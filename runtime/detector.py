@@ -20,7 +20,7 @@ import numpy as np
 
 from chs.runtime.errors import ChsError
 
-NO_DETECTOR = "no face detector installed: pass --boxes or pip install chs[detect]"
+NO_DETECTOR = "the dlib detector is not installed: pip install chs[detect], or use the bundled yunet detector"
 
 
 @dataclass(frozen=True)

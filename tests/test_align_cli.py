@@ -207,7 +207,7 @@ def test_bad_inputs_are_one_line(tiny_onnx, tmp_path, monkeypatch, foreign_onnx)
     _one_error_line(_run(good, "--demo", *m), "--demo takes no inputs")
     monkeypatch.setitem(sys.modules, "dlib", None)
     _one_error_line(_run(good, *m, "--detector", "dlib"),
-                    "no face detector installed: pass --boxes or pip install chs[detect]")
+                    "the dlib detector is not installed: pip install chs[detect], or use the bundled yunet")
     _one_error_line(_run(good, *m, "--detector", "hog"), "unknown detector 'hog'")
     _one_error_line(_run(good, *m, "--detector", tmp_path / "none.onnx"), "face detector model not found")
     _one_error_line(_run(good, *m, "--detector", foreign_onnx), "is not a YuNet face detector")

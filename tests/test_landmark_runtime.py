@@ -266,7 +266,8 @@ def test_no_detector(runner, monkeypatch):
     with pytest.raises(ChsError, match="no face detector: pass boxes"):
         LandmarkRuntime(runner, detector=None).predict(_image())
     monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib -> ImportError
-    with pytest.raises(ChsError, match=r"^no face detector installed: pass --boxes or pip install chs\[detect\]$"):
+    with pytest.raises(ChsError, match=r"^the dlib detector is not installed: pip install chs\[detect\], or use the "
+                                       r"bundled yunet detector$"):
         LandmarkRuntime(runner, detector="dlib").predict(_image())
     assert LandmarkRuntime(runner).detector.name == "yunet"  # the default needs no extra
     with pytest.raises(ChsError, match="unknown detector 'hog'"):
