@@ -211,13 +211,14 @@ def plot(result: dict, path: str | Path) -> None:
                     (r["jitter_pct"], r["nme_pct"]), fontsize=7, xytext=(5, 5), textcoords="offset points")
     ax.set_xlabel("jitter (% IOD per frame, known motion removed)")
     ax.set_ylabel("NME (% IOD) vs moved ground truth")
-    ax.set_xlim(left=0)
+    ax.set_xlim(0, 1.6 * max(r["jitter_pct"] for r in result["overall"]))
     ax.grid(alpha=0.3)
     labels = [r["row"] for r in result["overall"]]
     x = np.arange(len(result["clips"]))
     width = 0.8 / len(labels)
     for j, lab in enumerate(labels):
         bx.bar(x + j * width, [c["rows"][lab]["jitter_pct"] for c in result["clips"]], width, label=lab)
+    bx.set_xticks(x + 0.4 - width / 2, [str(i + 1) for i in x], fontsize=7)
     bx.set_xlabel("clip")
     bx.set_ylabel("jitter (% IOD)")
     bx.legend(fontsize=7)
