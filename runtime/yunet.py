@@ -5,6 +5,7 @@ anchor-free detector that finds faces from ~10 px up. The bundled file takes any
 multiple of 32, so an image is run at its own size (padded bottom/right) instead of being squeezed into a
 fixed square: small faces in large frames survive. It runs through the same ONNX Runtime provider choice as
 the landmark model (``pick_providers``), so it also runs on CUDA and builds into a TensorRT engine.
+Images larger than ``max_side`` (640) are downscaled first: see the class doc for the measured trade-off.
 
 Output (per face): the box, a score and 5 keypoints (right eye, left eye, nose tip, right and left mouth
 corner; image-left first), all in image pixels. ``box_map`` turns the box into the landmark model's
@@ -80,15 +81,18 @@ class YuNetDetector:
     ``score_threshold`` on sqrt(cls * obj); ``nms_threshold`` = IoU above which the weaker box goes.
     ``fallback_threshold``: when nothing passes ``score_threshold``, keep the single best box above this
     lower one, since a still image handed to a landmark tool almost always holds a face. ``None`` (what
-    video tracking uses) returns nothing instead. ``max_side``: downscale larger images to this longer side
-    first (``None`` = run at full size; faster on big frames, loses the smallest faces).
+    video tracking uses) returns nothing instead. ``max_side``: larger images are downscaled to this longer
+    side first. YuNet's cost grows with the pixel count: at 1280x720 full size it took 0.6-0.9x dlib HOG's
+    time on the 2-core machine, at 640 about 0.1x (benchmarks/results/detector-ytf68/). At 640 a 1280 px
+    frame still yields faces from ~20 px (dlib HOG without upsampling: ~80 px); ``None`` runs at full size
+    for tiny faces in big photos.
     """
 
     name = "yunet"
 
     def __init__(self, model: str | os.PathLike | None = None, providers: str = "auto",
                  score_threshold: float = 0.6, nms_threshold: float = 0.3, fallback_threshold: float | None = 0.2,
-                 max_side: int | None = None, box_map: BoxMap = YUNET_BOX_MAP, threads: int = 0):
+                 max_side: int | None = 640, box_map: BoxMap = YUNET_BOX_MAP, threads: int = 0):
         import onnxruntime as ort
 
         from chs.runtime.backends.ort import pick_providers

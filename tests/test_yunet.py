@@ -63,6 +63,19 @@ def test_group_photo_every_face_including_one_under_40px():
     assert len(set(iou.argmax(axis=0).tolist())) == len(gt)
 
 
+def test_large_images_are_downscaled_and_boxes_come_back_in_image_pixels():
+    img, _ = group_photo()
+    big = cv2.resize(img, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)  # 1280 x 480 -> run at 640 x 240
+    det = YuNetDetector(score_threshold=0.5, fallback_threshold=None)
+    assert det.max_side == 640
+    small_boxes, _ = det.detect(img)
+    big_boxes, _ = det.detect(big)
+    assert len(big_boxes) == len(small_boxes)
+    assert box_iou(big_boxes / 2, small_boxes).max(axis=1).min() > 0.9  # same faces, in the big image's pixels
+    full, _ = YuNetDetector(score_threshold=0.5, fallback_threshold=None, max_side=None).detect(big)
+    assert box_iou(full, big_boxes).max(axis=1).min() > 0.7  # full size finds the same faces
+
+
 def test_nms_keeps_the_best_of_overlapping_boxes():
     boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 9.0]])
     scores = np.array([0.8, 0.9, 0.5, 0.1])
