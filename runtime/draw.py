@@ -76,6 +76,8 @@ class VideoReader:
         self.path = Path(path)
         if not self.path.is_file():
             raise ChsError(f"video not found: {self.path}")
+        # FFmpeg writes its own complaints about broken files to stderr; the ChsError below says it in one line
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         self._cap = cv2.VideoCapture(str(self.path))
         if not self._cap.isOpened():
             raise ChsError(f"cannot open video {self.path}: not a readable video file")

@@ -279,6 +279,15 @@ def test_video_is_tracked_and_smoothed_by_default(fixtures_dir, tmp_path):
     assert raw_recs[3]["box"] == recs[3]["box"]  # smoothing never moves the crop
 
 
+def test_bad_videos_are_one_line_in_a_real_process(fixtures_dir, tmp_path):
+    """FFmpeg's own messages about a broken file must not reach stderr beside the error line."""
+    (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    res = subprocess.run([sys.executable, "-m", "chs", "align", str(tmp_path / "junk.mp4")], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: cannot open video {tmp_path / 'junk.mp4'}: not a readable video file"]
+
+
 def test_bad_videos_are_one_line_and_leave_no_file(fixtures_dir, tmp_path, monkeypatch):
     (tmp_path / "zero.mp4").write_bytes(b"")
     _one_error_line(_run(tmp_path / "zero.mp4", "--out", tmp_path / "o"), "zero.mp4")
