@@ -129,19 +129,20 @@ class DlibHogDetector:
 DETECTOR_NAMES = ("auto", "yunet", "dlib")
 
 
-def make_detector(name: str = "auto") -> FaceDetector:
+def make_detector(name: str = "auto", providers: str = "auto") -> FaceDetector:
     """A detector by name: ``auto``/``yunet`` = the bundled YuNet, ``dlib`` = dlib HOG (one-line ChsError
-    naming the extra when dlib is missing), or a path to a YuNet ``.onnx`` file."""
+    naming the extra when dlib is missing), or a path to a YuNet ``.onnx`` file. ``providers``: ONNX
+    Runtime's provider choice for YuNet (``LandmarkRuntime`` passes the landmark model's)."""
     if name in ("auto", "yunet"):
         from chs.runtime.yunet import YuNetDetector
 
-        return YuNetDetector()
+        return YuNetDetector(providers=providers)
     if name == "dlib":
         return DlibHogDetector()
     if name.lower().endswith(".onnx"):
         from chs.runtime.yunet import YuNetDetector
 
-        return YuNetDetector(name)
+        return YuNetDetector(name, providers=providers)
     raise ChsError(f"unknown detector '{name}' (yunet, dlib, or a YuNet .onnx file)")
 
 

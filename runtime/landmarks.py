@@ -143,7 +143,7 @@ class LandmarkRuntime:
         if isinstance(det, str):
             with self._detector_lock:  # created once, then read-only
                 if isinstance(self._detector, str):
-                    self._detector = make_detector(self._detector)
+                    self._detector = make_detector(self._detector, runner_providers(self.runner))
                 det = self._detector
         return det  # type: ignore[return-value]
 
@@ -221,4 +221,12 @@ class LandmarkRuntime:
         return np.concatenate(lms), np.concatenate(scs)
 
 
-__all__ = ["DEFAULT_MODEL", "Face", "LandmarkRuntime", "as_rgb_image", "check_boxes", "open_model"]
+def runner_providers(runner: Runner) -> str:
+    """The ONNX Runtime provider choice that matches a runner ("ort-cuda" -> "cuda"), so the detector runs
+    where the landmark model runs; "auto" for other runners (TensorRT engines, torch)."""
+    name = str(getattr(runner, "name", ""))
+    provider = name[4:] if name.startswith("ort-") else ""
+    return provider if provider in ("cpu", "cuda", "tensorrt") else "auto"
+
+
+__all__ = ["DEFAULT_MODEL", "Face", "LandmarkRuntime", "as_rgb_image", "check_boxes", "open_model", "runner_providers"]

@@ -270,6 +270,7 @@ def test_no_detector(runner, monkeypatch):
                                        r"bundled yunet detector$"):
         LandmarkRuntime(runner, detector="dlib").predict(_image())
     assert LandmarkRuntime(runner).detector.name == "yunet"  # the default needs no extra
+    assert LandmarkRuntime(runner).detector.provider == "CPUExecutionProvider"  # the landmark model's choice
     with pytest.raises(ChsError, match="unknown detector 'hog'"):
         LandmarkRuntime(runner, detector="hog")
     with pytest.raises(ChsError, match="is not a face detector"):
@@ -305,3 +306,13 @@ def test_runtime_imports_and_predicts_without_torch(tiny_onnx, tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("ok")
+
+
+def test_detector_follows_the_landmark_models_provider():
+    from types import SimpleNamespace
+
+    from chs.runtime.landmarks import runner_providers
+
+    names = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-tensorrt": "tensorrt", "trt": "auto", "torch": "auto"}
+    for name, expected in names.items():
+        assert runner_providers(SimpleNamespace(name=name)) == expected
