@@ -15,10 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from chs.runtime.assets import DEFAULT_MODEL
+from chs.runtime.backends.opener import open_model
 from chs.runtime.datasets import load_dataset
 from chs.runtime.detector import FaceDetector, make_detector
 from chs.runtime.detector_eval import detector_miss_rate, evaluate_with_detector
-from chs.runtime.landmarks import DEFAULT_MODEL, open_model
 
 SIZES = ((512, 512), (1280, 720))
 

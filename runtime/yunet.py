@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from chs.runtime.assets import ASSETS
 from chs.runtime.detector import BoxMap
 from chs.runtime.errors import ChsError
 
-YUNET_MODEL = Path(__file__).resolve().parent / "assets" / "yunet" / "yunet_n_dynamic.onnx"
+YUNET_MODEL = ASSETS / "yunet" / "yunet_n_dynamic.onnx"
 STRIDES = (8, 16, 32)
 MIN_INPUT = 64  # images are upscaled so that their shorter side is at least this (tiny crops hold big faces)
 
