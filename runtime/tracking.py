@@ -21,7 +21,7 @@ import numpy as np
 
 from chs.runtime.detector_eval import box_iou
 from chs.runtime.errors import ChsError
-from chs.runtime.geometry import box_from_landmarks
+from chs.runtime.geometry import box_from_landmarks, check_box
 from chs.runtime.smoothing import LandmarkSmoother, OneEuroSettings
 
 if TYPE_CHECKING:
@@ -70,12 +70,19 @@ def video_detector(detector: FaceDetector) -> FaceDetector:
 
 
 def _inside(box: np.ndarray, shape: tuple[int, ...], min_fraction: float = 0.5) -> bool:
-    """True when at least ``min_fraction`` of the box's area lies in the image."""
+    """True when at least ``min_fraction`` of the box's area lies in the image and the runtime's box rules
+    (``check_box``: size, overlap) accept it."""
     h, w = shape[:2]
     iw = min(box[2], w) - max(box[0], 0)
     ih = min(box[3], h) - max(box[1], 0)
     area = (box[2] - box[0]) * (box[3] - box[1])
-    return iw > 0 and ih > 0 and area > 0 and iw * ih >= min_fraction * area
+    if not (iw > 0 and ih > 0 and area > 0 and iw * ih >= min_fraction * area):
+        return False
+    try:
+        check_box(box, shape)
+    except ChsError:
+        return False
+    return True
 
 
 class FaceTracker:
@@ -129,11 +136,11 @@ class FaceTracker:
         due = s.redetect_every > 0 and self.frames - self._last_detection >= s.redetect_every
         # 2. the detector: on the first frame, when due, when a track is weak, or while nothing is tracked
         if not tracks or due or not all(ok):
-            det = self._detect(image)
+            det = np.array([b for b in self._detect(image) if _inside(b, image.shape, 0.0)]).reshape(-1, 4)
             current = np.array([f.box for f in faces]).reshape(-1, 4)
-            iou = box_iou(det, current) if len(det) and len(current) else np.zeros((len(det), len(current)))
             claimed: set[int] = set()
             retry: list[tuple[int, np.ndarray]] = []  # (track index or -1 for a new face, box)
+            iou = box_iou(det, current) if len(det) and len(current) else np.zeros((len(det), len(current)))
             for d in np.argsort(-iou.max(axis=1) if iou.size else np.zeros(len(det)), kind="stable"):
                 j = int(iou[d].argmax()) if iou.shape[1] else -1
                 if j >= 0 and iou[d, j] >= s.match_iou and j not in claimed:
