@@ -94,24 +94,12 @@ class YuNetDetector:
     def __init__(self, model: str | os.PathLike | None = None, providers: str = "auto",
                  score_threshold: float = 0.6, nms_threshold: float = 0.3, fallback_threshold: float | None = 0.2,
                  max_side: int | None = 640, box_map: BoxMap = YUNET_BOX_MAP, threads: int = 0):
-        import onnxruntime as ort
-
-        from chs.runtime.backends.ort import pick_providers
+        from chs.runtime.backends.ort import open_session
 
         path = Path(model) if model is not None else YUNET_MODEL
         if not path.is_file():
             raise ChsError(f"face detector model not found: {path}")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=pick_providers(providers))
-        except ChsError:
-            raise
-        except Exception as e:  # onnxruntime's own exception types for unreadable files
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ChsError(f"cannot load face detector {path}: {first[:200]}") from None
+        self.session = open_session(path, "face detector", providers, threads)
         inputs = self.session.get_inputs()
         outputs = {o.name for o in self.session.get_outputs()}
         expected = {f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in STRIDES}

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from chs.runtime.backends.cuda_interop import _DLDataType, _DLDevice, _DLManagedTensor  # the layout the runner parses
+
 ENGINE_MAGIC = b"FAKETRT1"
 CORRUPT_CACHE = b"CORRUPT"  # create_timing_cache returns None for these bytes
 OTHER_GPU_CACHE = b"OTHERGPU"  # set_timing_cache refuses these (another device or TensorRT version)
@@ -648,30 +650,6 @@ class FakeCudaArray:
             "strides": strides,
             "stream": stream,
         }
-
-
-class _DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-
-
-class _DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
-class _DLTensor(ctypes.Structure):
-    _fields_ = [
-        ("data", ctypes.c_void_p),
-        ("device", _DLDevice),
-        ("ndim", ctypes.c_int32),
-        ("dtype", _DLDataType),
-        ("shape", ctypes.POINTER(ctypes.c_int64)),
-        ("strides", ctypes.POINTER(ctypes.c_int64)),
-        ("byte_offset", ctypes.c_uint64),
-    ]
-
-
-class _DLManagedTensor(ctypes.Structure):
-    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
 
 
 _capsule_new = ctypes.pythonapi.PyCapsule_New

@@ -30,6 +30,21 @@ def pick_providers(requested: str = "auto") -> list[str]:
     return [name, "CPUExecutionProvider"] if name != "CPUExecutionProvider" else [name]
 
 
+def open_session(path: Path, what: str, providers: str = "auto", threads: int = 0) -> ort.InferenceSession:
+    """One ONNX Runtime session opener (landmark model and face detector): quiet logs, the provider choice,
+    thread count, and ORT's own exception types turned into one line naming ``what``."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), opts, providers=pick_providers(providers))
+    except ChsError:
+        raise
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable models
+        raise ChsError(f"cannot load {what} {path}: {first_line(e)}") from None
+
+
 class OrtRunner(RunnerBase):
     """Runs an exported CHS model; InferenceSession.run is thread-safe, so one runner serves many threads."""
 
@@ -37,16 +52,7 @@ class OrtRunner(RunnerBase):
         p = Path(path)
         if not p.is_file():
             raise ChsError(f"model not found: {p}")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(p), opts, providers=pick_providers(providers))
-        except ChsError:
-            raise
-        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            raise ChsError(f"cannot load ONNX model {p}: {first_line(e)}") from None
+        self.session = open_session(p, "ONNX model", providers, threads)
         props = self.session.get_modelmeta().custom_metadata_map
         self.meta = ModelMeta.from_props(props, source=f"ONNX model {p.name}")
         names = {o.name for o in self.session.get_outputs()}
