@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 
 from chs.align_cmd import align
 from chs.runtime.landmarks import LandmarkRuntime
+from tests.test_align_cli import _boxes_file as _boxes
+from tests.test_align_cli import _image, _write
 from tests.test_hostile_images import png_declaring, truncated_jpeg_with_eoi
 
 app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
@@ -41,25 +43,6 @@ def _one_error_line(res, pattern: str = "") -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert pattern in lines[0], lines[0]
     return lines[0]
-
-
-def _image(h: int = 120, w: int = 150, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
-    return np.ascontiguousarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC))
-
-
-def _write(path: Path, rgb: np.ndarray) -> Path:
-    ok, buf = cv2.imencode(path.suffix, rgb[..., ::-1])
-    assert ok
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.tobytes())
-    return path
-
-
-def _boxes(path: Path, entries: dict) -> Path:
-    path.write_text(json.dumps(entries))
-    return path
 
 
 def _video(path: Path, frames: int, size: tuple[int, int] = (96, 80)) -> Path:
