@@ -13,9 +13,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _python_blocks() -> list[str]:
+def _python_blocks(remote: bool = False) -> list[str]:
+    """The README's Python blocks; ``remote``: only those that talk to a Triton server (``triton://``), which
+    tests/test_triton_server.py runs against its own server; otherwise all the others."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if ("triton://" in b) == remote]
 
 
 def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):

@@ -241,3 +241,24 @@ def test_a_hung_server_times_out_then_recovers(server, local):
         os.kill(server.process.pid, signal.SIGCONT)
     for r in runners:  # the same runners work again once the server does
         assert np.abs(r.infer(x)["landmarks"] - local.infer(x)["landmarks"]).max() <= 1e-4
+
+
+def test_readme_triton_block_runs(server, local, tmp_path, monkeypatch):
+    """The README's triton:// example, as written but for this server's ports, gives local ONNX Runtime's
+    landmarks."""
+    import shutil
+
+    from chs.runtime import DEMO_IMAGE
+    from tests.test_readme import _python_blocks
+
+    (block,) = _python_blocks(remote=True)
+    http_port, grpc_port = server.http_url.rsplit(":", 1)[1], server.grpc_url.rsplit(":", 1)[1]
+    block = block.replace("127.0.0.1:8000", f"127.0.0.1:{http_port}").replace("127.0.0.1:8001",
+                                                                             f"127.0.0.1:{grpc_port}")
+    shutil.copy(DEMO_IMAGE, tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "README.md triton block", "exec"), namespace)
+    (face,) = namespace["faces"]
+    want = LandmarkRuntime.load(DEFAULT_MODEL).predict("photo.jpg", boxes=[face.box])
+    assert np.abs(face.landmarks - want[0].landmarks).max() <= 1e-4
