@@ -25,7 +25,7 @@ from chs.runtime.assets import DEMO_IMAGE
 from chs.runtime.datasets import IMAGE_EXTENSIONS
 from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, write_image
 from chs.runtime.errors import ChsError
-from chs.runtime.files import atomic_output, check_input, check_output_dir
+from chs.runtime.files import check_input, check_output_dir
 from chs.runtime.imageio import read_image
 from chs.runtime.landmarks import Face, LandmarkRuntime
 from chs.runtime.tracking import FaceTracker, TrackerSettings
@@ -298,11 +298,8 @@ def _align_video(runtime: LandmarkRuntime, item: Item, book: BoxBook, names: Out
         return b if b is not None else book.lookup(item)
 
     tracker = None if given else runtime.tracker(fps, settings)
-    if names is None:
-        _video_frames(runtime, item, None, frame_boxes, as_json, stats, progress, total, batch_size, tracker)
-    else:
-        with atomic_output(names(item)) as partial:  # renamed into place only when every frame is written
-            _video_frames(runtime, item, partial, frame_boxes, as_json, stats, progress, total, batch_size, tracker)
+    dst = names(item) if names is not None else None  # VideoWriter renames it into place only when complete
+    _video_frames(runtime, item, dst, frame_boxes, as_json, stats, progress, total, batch_size, tracker)
     stats["videos"] += 1
 
 
