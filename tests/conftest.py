@@ -11,6 +11,22 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+@pytest.fixture
+def cu():
+    """A fake CUDA runtime (tests/fake_tensorrt.py) for the TensorRT runner tests."""
+    from fake_tensorrt import FakeCudart
+
+    return FakeCudart()
+
+
+@pytest.fixture
+def trt(cu):
+    """A fake TensorRT 11 module bound to ``cu``."""
+    from fake_tensorrt import make_fake_trt
+
+    return make_fake_trt("11.0.0", cudart=cu)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """tests/fixtures: small real samples of each format, copied in so the suite runs without shared data."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from fake_tensorrt import FakeCudaArray, FakeCudart, landmark_engine_bytes, make_fake_trt
+from fake_tensorrt import FakeCudaArray, landmark_engine_bytes, make_fake_trt
 from onnx import TensorProto, helper
 
 from chs.export.tensorrt import build_engine
@@ -55,16 +55,6 @@ def _write_engine(
     sc.update(sidecar or {})
     (tmp / "model.engine.json").write_text(json.dumps(sc))
     return engine
-
-
-@pytest.fixture
-def cu() -> FakeCudart:
-    return FakeCudart()
-
-
-@pytest.fixture
-def trt(cu):
-    return make_fake_trt("11.0.0", cudart=cu)
 
 
 def _runner(tmp: Path, trt, cu, **kw) -> TensorRTRunner:

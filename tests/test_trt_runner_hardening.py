@@ -22,16 +22,6 @@ from chs.runtime.backends.trt_env import shared_logger
 from chs.runtime.errors import ChsError
 
 
-@pytest.fixture
-def cu() -> FakeCudart:
-    return FakeCudart()
-
-
-@pytest.fixture
-def trt(cu):
-    return make_fake_trt("11.0.0", cudart=cu)
-
-
 def _runner(tmp: Path, trt, cu, **facts) -> TensorRTRunner:
     return TensorRTRunner(_write_engine(tmp, landmark_engine_bytes(S, N_PTS), engine_facts=facts), trt=trt, cudart=cu)
 
