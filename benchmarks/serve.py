@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from chs.runtime.errors import ChsError
+from chs.runtime.options import comma_list, option
 
 TOLERANCE_PX = 1e-4
 PROTOCOLS = ("http", "grpc")
@@ -25,16 +26,17 @@ PROTOCOLS = ("http", "grpc")
 
 @dataclass(frozen=True)
 class ServeBenchOptions:
-    model: str = "default"  # an exported .onnx file or 'default'
-    clients: int = 8
-    requests: int = 100  # per client and pass
-    batch: int = 1  # crops per request
-    protocols: tuple[str, ...] = PROTOCOLS
-    passes: int = 2
-    data: str | None = None  # annotated faces to crop (default: the bundled demo photo)
+    model: str = option("default", "Exported .onnx file or 'default' (the bundled model).")
+    clients: int = option(8, "Client threads.")
+    requests: int = option(100, "Requests per client and pass.")
+    batch: int = option(1, "Crops per request.")
+    protocols: tuple[str, ...] = option(PROTOCOLS, "Comma list of http, grpc.", flag="--protocol",
+                                        parse=lambda text: tuple(comma_list(text, "--protocol")), show=",".join)
+    passes: int = option(2, "Interleaved rounds over all rows.")
+    data: str | None = option(None, "Annotated faces to crop (default: the demo photo).")
     faces: int = 64  # at most this many faces from ``data``
     timeout: float = 30.0
-    url: str | None = None  # bench this running server (triton://HOST:PORT/NAME) instead of starting one
+    url: str | None = option(None, "Bench this running server (triton://HOST:PORT/NAME) instead of starting one.")
 
 
 def check_options(o: ServeBenchOptions) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 from typing import Annotated
@@ -12,10 +11,11 @@ import typer
 from chs.benchmarks.request import BACKENDS, PRECISIONS, BenchRequest
 from chs.benchmarks.serve import ServeBenchOptions
 from chs.errors_cli import one_line_errors
+from chs.options_cli import options_command, with_options
 from chs.runtime.errors import ChsError
+from chs.runtime.options import comma_list
 
 D = BenchRequest  # the option defaults: BenchRequest's field defaults
-S = ServeBenchOptions  # chs-bench serve's
 
 bench_app = typer.Typer(help="Benchmarks: complexity (Table 9), latency, accuracy, trade-off, serving.",
                         no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -66,9 +66,12 @@ MaxSamples = Annotated[int | None, typer.Option(help="Evaluate this many faces, 
 
 def _request_options(model: Model = D.model, backend: Backends = ",".join(D.backends),
                      precision: Precisions = ",".join(D.precisions), ccr: Ccrs = None, calib: Calib = D.calib,
-                     device: Device = D.device, work_dir: WorkDir = None, threads: Threads = D.threads,
-                     as_json: AsJson = False) -> None:
-    """The options every latency/accuracy/trade-off command takes (declared once, see :func:`_with_options`)."""
+                     device: Device = D.device, work_dir: WorkDir = None, threads: Threads = D.threads) -> None:
+    """The options every latency/accuracy/trade-off command takes (declared once, see ``with_options``)."""
+
+
+def _json_option(as_json: AsJson = False) -> None:
+    """Tables on stdout, or JSON."""
 
 
 def _timing_options(batch: Batches = ",".join(map(str, D.batches)), repeats: Repeats = D.repeats,
@@ -77,28 +80,9 @@ def _timing_options(batch: Batches = ",".join(map(str, D.batches)), repeats: Rep
     """The options of the commands that time rows."""
 
 
-def _with_options(*templates):
-    """Append the templates' options to a command's own; typer passes them in its ``**opts``."""
-
-    def decorate(fn):
-        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
-        shared = [p for t in templates for p in inspect.signature(t, eval_str=True).parameters.values()]
-        fn.__signature__ = inspect.Signature([p.replace(kind=p.KEYWORD_ONLY) for p in own + shared])
-        return fn
-
-    return decorate
-
-
-def _list(text: str, option: str) -> list[str]:
-    items = [t.strip() for t in text.split(",")]
-    if not text.strip() or any(not t for t in items):
-        raise ChsError(f"{option} must be a comma list, got '{text}'")
-    return list(dict.fromkeys(items))
-
-
 def _ints(text: str, option: str, minimum: int) -> list[int]:
     out = []
-    for t in _list(text, option):
+    for t in comma_list(text, option):
         try:
             v = int(t)
         except ValueError:
@@ -110,7 +94,7 @@ def _ints(text: str, option: str, minimum: int) -> list[int]:
 
 
 def _choices(text: str, option: str, allowed: tuple[str, ...]) -> list[str]:
-    items = [t.lower() for t in _list(text, option)]
+    items = [t.lower() for t in comma_list(text, option)]
     bad = [t for t in items if t not in allowed]
     if bad:
         raise ChsError(f"{option}: unknown value '{bad[0]}' (choose from {', '.join(allowed)})")
@@ -150,13 +134,12 @@ def _command_line(ctx: typer.Context) -> str:
     import shlex
 
     resolved = ctx.command_path.split()
-    for name, value in ctx.params.items():
-        if name == "as_json":
-            resolved += ["--json"] if value else []
-        elif isinstance(value, bool):
-            resolved.append(f"--{'' if value else 'no-'}{name.replace('_', '-')}")
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(value, bool):  # --x/--no-x, or an on-only switch such as --json
+            resolved += [param.opts[0]] if value else param.secondary_opts[:1]
         elif value is not None:
-            resolved += ["--" + name.replace("_", "-"), str(value)]
+            resolved += [param.opts[0], str(value)]
     return f"{shlex.join(sys.argv)}\n# resolved: {shlex.join(resolved)}"
 
 
@@ -183,7 +166,7 @@ def _emit(ctx: typer.Context, out: str | None, name: str, payload: dict, as_json
 
 @bench_app.command()
 @one_line_errors
-@_with_options(_request_options, _timing_options)
+@with_options(_request_options, _timing_options, _json_option)
 def latency(
     ctx: typer.Context,
     out: Annotated[str | None, typer.Option(help="Also write latency.json, machine.json, command.txt here.")] = None,
@@ -233,7 +216,7 @@ def _format_accuracy(rows: list[dict], machine: str) -> str:
 
 @bench_app.command()
 @one_line_errors
-@_with_options(_request_options)
+@with_options(_request_options, _json_option)
 def accuracy(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated dataset split to evaluate on.")],
@@ -256,7 +239,7 @@ def accuracy(
 
 @bench_app.command()
 @one_line_errors
-@_with_options(_request_options, _timing_options)
+@with_options(_request_options, _timing_options, _json_option)
 def tradeoff(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated dataset split for NME / FR / AUC.")],
@@ -345,30 +328,21 @@ def gpu(
     raise typer.Exit(run_gpu_check(**{k: v for k, v in given.items() if v is not None}))
 
 
+def _serve_extra(ctx: typer.Context, as_json: AsJson = False, out: Annotated[str | None, typer.Option(
+        help="Also write serve.json/.md, machine.json, command.txt here.")] = None) -> None:
+    """chs-bench serve's output options."""
+
+
 @bench_app.command()
 @one_line_errors
-def serve(
-    ctx: typer.Context,
-    model: Annotated[str, typer.Option(help="Exported .onnx file or 'default' (the bundled model).")] = S.model,
-    clients: Annotated[int, typer.Option(help="Client threads.")] = S.clients,
-    requests: Annotated[int, typer.Option(help="Requests per client and pass.")] = S.requests,
-    batch: Annotated[int, typer.Option(help="Crops per request.")] = S.batch,
-    protocol: Annotated[str, typer.Option(help="Comma list of http, grpc.")] = ",".join(S.protocols),
-    passes: Annotated[int, typer.Option(help="Interleaved rounds over all rows.")] = S.passes,
-    data: Annotated[str | None, typer.Option(help="Annotated faces to crop (default: the demo photo).")] = S.data,
-    url: Annotated[str | None, typer.Option(help="Bench this running server (triton://HOST:PORT/NAME) "
-                                                 "instead of starting one.")] = S.url,
-    as_json: AsJson = False,
-    out: Annotated[str | None, typer.Option(help="Also write serve.json/.md, machine.json, command.txt here.")] = None,
-) -> None:
+@options_command(ServeBenchOptions, extra=_serve_extra)
+def serve(opts: ServeBenchOptions, ctx: typer.Context, as_json: bool, out: str | None) -> None:
     """Throughput and p50/p99 per face through a Triton server on loopback, beside the same load in-process."""
     from pathlib import Path
 
     from chs.benchmarks.machine import machine_info, machine_line
     from chs.benchmarks.serve import format_serve, run_serve_bench
 
-    opts = S(model=model, clients=clients, requests=requests, batch=batch,
-             protocols=tuple(_list(protocol, "--protocol")), passes=passes, data=data, url=url)
     info = machine_info(None)
     result = run_serve_bench(opts, log=_log)
     text = format_serve(result, machine_line(info))
@@ -396,6 +370,6 @@ def video(
     detection, tracking and tracking + smoothing on clips made from annotated stills."""
     from chs.benchmarks.video import VideoBench, run_video_command
 
-    bench = VideoBench.from_options(data, model, clips, frames, _list(detectors, "--detectors"))
+    bench = VideoBench.from_options(data, model, clips, frames, comma_list(detectors, "--detectors"))
     result = run_video_command(bench, out, _command_line(ctx), log=_log)
     sys.stdout.write(json.dumps(result["overall"], indent=2) + "\n" if as_json else result["table"])

@@ -12,9 +12,8 @@ import typer
 
 from chs.errors_cli import one_line_errors
 from chs.model.training.options import TrainOptions
+from chs.options_cli import options_command
 from chs.runtime.errors import ChsError
-
-T = TrainOptions  # the option defaults: TrainOptions' field defaults
 
 app = typer.Typer(help="CHS face alignment: train, evaluate, export, align, benchmark.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -32,45 +31,18 @@ def _print_json(obj) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- train
-@one_line_errors
-def train(
-    data: Annotated[str, typer.Option(help="Training set (pts folder, COCO json, WFLW txt, COFW mat, AFLW csv).")],
-    out: Annotated[str, typer.Option(help="Run folder: epoch_NNN/, last/ and best/ checkpoints.")] = "runs/chs",
+def _train_extra(
     preset: Annotated[str, typer.Option(help="Model preset: wflw, 300w, cofw, aflw, awing, ytf68, tiny.")] = "ytf68",
-    val: Annotated[str | None, typer.Option(help="Validation set; best/ is chosen on its NME.")] = T.val,
-    epochs: int = T.epochs,
-    batch_size: int = T.batch_size,
-    lr: float = T.lr,
-    optimizer: Annotated[str, typer.Option(help="sgd (the paper) or adam.")] = T.optimizer,
-    schedule: Annotated[str, typer.Option(help="paper (x0.75 steps, scaled) or cosine.")] = T.schedule,
-    sigma: Annotated[float, typer.Option(help="Gaussian heatmap sigma in heatmap cells.")] = T.sigma,
     ccr: Annotated[int | None, typer.Option(help="CCR stages to train (default: the preset's).")] = None,
     backward: Annotated[str | None, typer.Option(help="Backward connection: ccr, task or full.")] = None,
-    seed: int = T.seed,
-    device: str = T.device,
-    amp: Annotated[str, typer.Option(help="none, bf16 (CUDA or CPU) or fp16 (CUDA only).")] = T.amp,
-    channels_last: Annotated[bool, typer.Option(help="NHWC activations (faster convolutions on CPU).")] = (
-        T.channels_last),
-    threads: int = T.threads,
-    workers: int = T.workers,
-    max_samples: int = T.max_samples,
     resume: Annotated[str | None, typer.Option(help="Checkpoint folder to resume from (e.g. RUN/last).")] = None,
-    init: Annotated[str | None, typer.Option(help="Warm start: copy matching weights from this checkpoint.")] = (
-        T.init),
-    ema: Annotated[float, typer.Option(help="EMA decay of weights and BN statistics; 0 = off.")] = T.ema,
-    init_lr_scale: Annotated[float, typer.Option(help="lr multiplier for the weights --init copied.")] = (
-        T.init_lr_scale),
-    flip: Annotated[float, typer.Option(help="Probability of a mirrored training crop (0: labels not "
-                                        "mirror-symmetric; see chs-eval's offset_x).")] = T.flip,
-    data5: Annotated[str | None, typer.Option(help="5-point faces trained beside --data (mtfl5 folder; its train "
-                                              "split): mixed supervision.")] = T.data5,
-    val5: Annotated[str | None, typer.Option(help="5-point validation (mtfl5 folder; its val split), "
-                                             "reported per epoch.")] = T.val5,
-    mix: Annotated[float, typer.Option(help="Share of each batch from --data5.")] = T.mix,
-    flip5: Annotated[float, typer.Option(help="Mirrored-crop probability for --data5 faces.")] = T.flip5,
-    offset_lr_scale: Annotated[float, typer.Option(help="lr multiplier of the --data5 labels' learned "
-                                                   "offset.")] = T.offset_lr_scale,
 ) -> None:
+    """The model's options beside TrainOptions' (the preset and what overrides it)."""
+
+
+@one_line_errors
+@options_command(TrainOptions, extra=_train_extra)
+def train(opts: TrainOptions, preset: str, ccr: int | None, backward: str | None, resume: str | None) -> None:
     """Train a CHS model (multi-task: heatmaps + cascaded coordinate regression)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -79,22 +51,17 @@ def train(
 
     overrides = {k: v for k, v in {"ccr_stages": ccr, "backward": backward}.items() if v is not None}
     cfg = get_preset(preset, **overrides)
-    opts = TrainOptions(data=data, out=out, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
-                        optimizer=optimizer, schedule=schedule, sigma=sigma, seed=seed, device=device, amp=amp,
-                        channels_last=channels_last, threads=threads, workers=workers, max_samples=max_samples,
-                        init=init, ema=ema, init_lr_scale=init_lr_scale, flip=flip, data5=data5, val5=val5,
-                        mix=mix, flip5=flip5, offset_lr_scale=offset_lr_scale)
     with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),
                   transient=True) as bar:
-        task = bar.add_task("train", total=1, epoch=0, loss=0.0, lr=lr)
+        task = bar.add_task("train", total=1, epoch=0, loss=0.0, lr=opts.lr)
 
         def progress(epoch, step, steps, loss, cur_lr):
             bar.update(task, completed=step, total=steps, epoch=epoch, loss=loss, lr=cur_lr)
 
         trainer = Trainer(cfg, opts, resume=resume, log=bar.console.print)
         result = trainer.fit(progress)
-    typer.echo(f"best val NME (IOD): {result['best_val_nme_iod']}  checkpoints in {out}")
+    typer.echo(f"best val NME (IOD): {result['best_val_nme_iod']}  checkpoints in {opts.out}")
 
 
 # ---------------------------------------------------------------------------------------------- eval

@@ -5,34 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chs.runtime.errors import ChsError
-
-
-@dataclass
-class ExportOptions:
-    model: str
-    out: str
-    ccr: int | None = None
-    fp16: bool = False
-    int8: bool = False
-    calib: str | None = None
-    calib_method: str = "minmax"
-    calib_images: int = 256
-    parity_data: str | None = None
-    batch: tuple[int, int, int] = (1, 8, 32)
-    opset: int = 18
-    engine: str = "auto"  # auto | always | never
-    triton: str | None = None
-    triton_backend: str = "onnxruntime"  # onnxruntime | python | tensorrt (see chs.export.triton)
-    time_int8: bool = True
-    gate_faces: int = 128  # faces held out from a calibration set for the gate (never calibrated on)
-    gate: bool = True  # False: timing-only exports (random weights): parity is reported, never enforced
-    golden_faces: int = 16  # crops written as golden inputs/outputs for a later engine check
-    if_exists: str = "refuse"  # an existing non-empty out: refuse | replace (a previous export) | merge
-
-    def __post_init__(self) -> None:
-        from chs.export.options_checks import check_export_options
-
-        check_export_options(self)  # option values before any work (they once failed after 18 s of it)
+from chs.runtime.options import option
 
 
 def parse_batch(text: str) -> tuple[int, int, int]:
@@ -43,3 +16,33 @@ def parse_batch(text: str) -> tuple[int, int, int]:
     if not 1 <= lo <= opt <= hi:
         raise ChsError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {text}")
     return lo, opt, hi
+
+
+@dataclass
+class ExportOptions:
+    model: str = option(help="Checkpoint folder or 'default' (the bundled model).")
+    out: str = option("export", "Output folder.")
+    ccr: int | None = option(None, "Keep the first K CCR stages (default: all trained).")
+    fp16: bool = option(False, "Also write an FP16 ONNX (coordinates kept FP32).", flag="--fp16")
+    int8: bool = option(False, "Also write INT8 Q/DQ ONNX files (needs --calib).", flag="--int8")
+    calib: str | None = option(None, "Calibration images: a face folder or a dataset split.")
+    calib_method: str = option("minmax", "minmax, entropy or percentile.")
+    calib_images: int = option(256, "Calibration images used at most.")
+    parity_data: str | None = option(None, "Annotated faces for the parity gate (default: the bundled demo face).")
+    batch: tuple[int, int, int] = option((1, 8, 32), "TensorRT optimisation profile MIN:OPT:MAX.",
+                                         parse=parse_batch, show=lambda b: ":".join(map(str, b)))
+    opset: int = option(18, "ONNX opset.")
+    engine: str = option("auto", "auto (if TensorRT + GPU), always, never.")
+    triton: str | None = option(None, "Also write a Triton model repository with this name.")
+    triton_backend: str = option("onnxruntime", "Triton backend: onnxruntime, python (what chs-serve's binary "
+                                 "runs) or tensorrt.")
+    time_int8: bool = True
+    gate_faces: int = 128  # faces held out from a calibration set for the gate (never calibrated on)
+    gate: bool = True  # False: timing-only exports (random weights): parity is reported, never enforced
+    golden_faces: int = 16  # crops written as golden inputs/outputs for a later engine check
+    if_exists: str = "refuse"  # an existing non-empty out: refuse | replace (a previous export) | merge
+
+    def __post_init__(self) -> None:
+        from chs.export.options_checks import check_export_options
+
+        check_export_options(self)  # option values before any work (they once failed after 18 s of it)

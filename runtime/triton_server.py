@@ -33,6 +33,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from chs.runtime.errors import ChsError
+from chs.runtime.options import option
 
 PYTRITON_HINT = "pip install --no-deps nvidia-pytriton==0.7.0"
 
@@ -42,16 +43,17 @@ class ServeOptions:
     """How ``chs-serve`` starts Triton. ``host`` is the address every endpoint binds (loopback by default;
     0.0.0.0 serves other machines). ``tritonserver``: a binary path; default the wheel's, else PATH's."""
 
-    repository: str
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    host: str = "127.0.0.1"
-    tritonserver: str | None = None
-    startup_timeout: float = 120.0
+    repository: str = option(help="Model repository (chs-export ... --triton NAME writes OUT/triton).")
+    http_port: int = option(8000, "HTTP/REST port.")
+    grpc_port: int = option(8001, "gRPC port.")
+    metrics_port: int = option(8002, "Prometheus metrics port.")
+    host: str = option("127.0.0.1", "Address every endpoint binds (0.0.0.0 serves other machines).")
+    tritonserver: str | None = option(None, "tritonserver binary (default: the nvidia-pytriton wheel's, else "
+                                      "PATH's).")
+    startup_timeout: float = option(120.0, "Seconds to wait for the models to be ready.")
     exit_timeout: int = 5  # Triton's own drain on SIGTERM: it waits this long for open client connections
     kill_after: float = 10.0  # then this much more before the whole process group is killed
-    log_file: str | None = None
+    log_file: str | None = option(None, "Write the server's log here (default: a temp file).")
 
 
 @dataclass(frozen=True)
