@@ -18,7 +18,7 @@ from pathlib import Path
 
 from chs.runtime.artifact import INPUT_NAME, META_KEY, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta
 from chs.runtime.backends.trt_sidecar import EngineSidecar, read_sidecar, sidecar_path_for
-from chs.runtime.contract import CONTRACT_FILE, io_contract
+from chs.runtime.contract import CONTRACT_FILE, io_contract, write_contract
 from chs.runtime.errors import ChsError
 
 _TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
@@ -179,7 +179,7 @@ def write_triton_repository(
     if backend == "python":
         (model_dir / "1" / "model.py").write_text(PYTHON_MODEL_PY)
     (model_dir / "config.pbtxt").write_text("\n".join(lines) + "\n")
-    (model_dir / CONTRACT_FILE).write_text(json.dumps(contract, indent=2, sort_keys=True) + "\n")
+    write_contract(model_dir / CONTRACT_FILE, contract)
     return model_dir
 
 
