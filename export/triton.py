@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from chs.runtime.artifact import INPUT_NAME, META_KEY, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta
@@ -76,6 +77,34 @@ def check_model_name(model_name: str) -> None:
         raise ChsError(f"Triton model name {model_name!r} must be letters, digits, '_', '-' or '.'")
 
 
+@dataclass(frozen=True)
+class TritonModelSettings:
+    """How Triton batches and places the model. The input stays TYPE_FP32 (this project's fp16 ONNX still
+    takes float32) unless ``input_dtype`` says otherwise. ``instance_kind`` None: KIND_GPU for an engine,
+    KIND_CPU for the python backend and KIND_AUTO (GPU if present) for ONNX Runtime."""
+
+    max_batch: int = 32
+    preferred_batch: tuple[int, ...] = (8, 16)  # kept sorted, without repeats
+    max_queue_delay_us: int = 2000
+    input_dtype: str = "float32"
+    instance_count: int = 1
+    instance_kind: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ChsError(f"max_batch must be >= 1, got {self.max_batch}")
+        pref = tuple(sorted({int(b) for b in self.preferred_batch}))
+        if any(b < 1 or b > self.max_batch for b in pref):
+            raise ChsError(f"preferred batch sizes {list(self.preferred_batch)} must lie in 1..{self.max_batch}")
+        object.__setattr__(self, "preferred_batch", pref)
+        if self.max_queue_delay_us < 0:
+            raise ChsError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        if self.instance_count < 1:
+            raise ChsError(f"instance_count must be >= 1, got {self.instance_count}")
+        if self.instance_kind is not None and self.instance_kind not in _KINDS:
+            raise ChsError(f"instance_kind must be one of {', '.join(_KINDS)}, got {self.instance_kind!r}")
+
+
 def write_triton_repository(
     out_dir: str | Path,
     model_name: str,
@@ -83,22 +112,15 @@ def write_triton_repository(
     onnx_path: str | Path | None = None,
     engine_path: str | Path | None = None,
     meta: ModelMeta,
-    max_batch: int = 32,
-    preferred_batch: tuple[int, ...] = (8, 16),
-    max_queue_delay_us: int = 2000,
-    input_dtype: str = "float32",
-    instance_count: int = 1,
-    instance_kind: str | None = None,
+    settings: TritonModelSettings = TritonModelSettings(),
     backend: str | None = None,
 ) -> Path:
     """Write ``out_dir/model_name/{config.pbtxt, chs_contract.json, 1/model.onnx|model.plan}``.
 
     Exactly one of ``onnx_path`` / ``engine_path``. ``backend``: ``onnxruntime`` (the default for ONNX),
     ``python`` (ONNX served by ``chs.runtime.triton_model``; adds ``1/model.py``) or ``tensorrt`` (needs
-    ``engine_path``). The input stays TYPE_FP32 (this project's fp16 ONNX still takes float32) unless
-    ``input_dtype`` says otherwise; for an engine, its sidecar's dtypes win and ``max_batch`` must fit the
-    engine's profile. ``instance_kind`` defaults to KIND_GPU for an engine, KIND_CPU for the python backend
-    and KIND_AUTO (GPU if present) for ONNX Runtime. Returns the model directory.
+    ``engine_path``). For an engine, its sidecar's dtypes win over ``settings.input_dtype`` and
+    ``settings.max_batch`` must fit the engine's profile. Returns the model directory.
     """
     if (onnx_path is None) == (engine_path is None):
         raise ChsError("give exactly one of onnx_path or engine_path for the Triton model")
@@ -109,24 +131,15 @@ def write_triton_repository(
     if (backend == "tensorrt") != (engine_path is not None):
         raise ChsError("the tensorrt Triton backend serves a TensorRT engine; onnxruntime and python serve ONNX"
                        f" (got backend {backend!r} with {'an engine' if engine_path is not None else 'an ONNX file'})")
-    if max_batch < 1:
-        raise ChsError(f"max_batch must be >= 1, got {max_batch}")
-    pref = sorted({int(b) for b in preferred_batch})
-    if any(b < 1 or b > max_batch for b in pref):
-        raise ChsError(f"preferred batch sizes {list(preferred_batch)} must lie in 1..{max_batch}")
-    if max_queue_delay_us < 0:
-        raise ChsError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
-    if instance_count < 1:
-        raise ChsError(f"instance_count must be >= 1, got {instance_count}")
 
     src = Path(onnx_path if onnx_path is not None else engine_path)  # type: ignore[arg-type]
     if not src.is_file():
         raise ChsError(f"model file {src} does not exist")
     s, n = int(meta.input_size), int(meta.num_points)
-    in_dtype, out_dtype = input_dtype, "float32"
+    in_dtype, out_dtype, kind, max_batch = settings.input_dtype, "float32", settings.instance_kind, settings.max_batch
     contract = None
     if engine_path is not None:
-        platform, target, kind = "tensorrt_plan", "model.plan", instance_kind or "KIND_GPU"
+        platform, target, kind = "tensorrt_plan", "model.plan", kind or "KIND_GPU"
         sidecar = _engine_sidecar(src)
         if sidecar is not None:
             dtypes = {t["name"]: t.get("dtype", "float32") for t in sidecar.inputs + sidecar.outputs}
@@ -140,11 +153,9 @@ def write_triton_repository(
                 )
             contract = sidecar.contract
     elif backend == "python":
-        platform, target, kind = "python", "model.onnx", instance_kind or "KIND_CPU"
+        platform, target, kind = "python", "model.onnx", kind or "KIND_CPU"
     else:
-        platform, target, kind = "onnxruntime_onnx", "model.onnx", instance_kind or "KIND_AUTO"
-    if kind not in _KINDS:
-        raise ChsError(f"instance_kind must be one of {', '.join(_KINDS)}, got {kind!r}")
+        platform, target, kind = "onnxruntime_onnx", "model.onnx", kind or "KIND_AUTO"
 
     inputs = [(INPUT_NAME, _triton_type(in_dtype), [3, s, s])]
     outputs = [
@@ -155,10 +166,10 @@ def write_triton_repository(
     lines = [f'name: "{model_name}"', engine_line, f"max_batch_size: {int(max_batch)}"]
     lines += _tensor_block("input", inputs) + _tensor_block("output", outputs)
     lines += ["dynamic_batching {"]
-    if pref:
-        lines += [f"  preferred_batch_size: [ {', '.join(str(b) for b in pref)} ]"]
-    lines += [f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}", "}"]
-    lines += ["instance_group [", "  {", f"    count: {int(instance_count)}", f"    kind: {kind}", "  }", "]"]
+    if settings.preferred_batch:
+        lines += [f"  preferred_batch_size: [ {', '.join(str(b) for b in settings.preferred_batch)} ]"]
+    lines += [f"  max_queue_delay_microseconds: {int(settings.max_queue_delay_us)}", "}"]
+    lines += ["instance_group [", "  {", f"    count: {int(settings.instance_count)}", f"    kind: {kind}", "  }", "]"]
     lines += ["parameters {", f'  key: "{META_KEY}"', f"  value: {{ string_value: {_pbtxt_string(meta.to_json())} }}",
               "}"]
 
