@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from fake_tensorrt import make_fake_trt
+from triton_pbtxt import parse_pbtxt_minimal
 
 from chs.export.tensorrt import build_engine
-from chs.export.triton import TritonModelSettings, parse_pbtxt_minimal, write_triton_repository
+from chs.export.triton import TritonModelSettings, write_triton_repository
 from chs.runtime.artifact import ModelMeta
 from chs.runtime.backends.triton import TritonRunner, is_triton_url, parse_triton_url
 from chs.runtime.contract import read_contract
