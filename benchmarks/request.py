@@ -78,22 +78,20 @@ class BenchRequest:
 
 def trained_ccr(model: str | os.PathLike) -> int:
     """CCR stages the checkpoint was trained with (one-line ChsError if it is not a checkpoint)."""
-    from chs.model.checkpoint import read_checkpoint_config
-    from chs.model.config import ChsConfig
+    from chs.model.checkpoint import checkpoint_config
 
-    return ChsConfig.from_dict(read_checkpoint_config(model)["config"]).ccr_stages
+    return checkpoint_config(model).ccr_stages
 
 
 def model_complexity(model: str | os.PathLike, ccr: int) -> tuple[int, int]:
     """(params, MACs per face) of the checkpoint's architecture pruned to ``ccr`` stages, built on ``meta``."""
     import torch
 
-    from chs.model.checkpoint import read_checkpoint_config
+    from chs.model.checkpoint import checkpoint_config
     from chs.model.chs import build_model
     from chs.model.complexity import count_complexity
-    from chs.model.config import ChsConfig
 
-    cfg = ChsConfig.from_dict(read_checkpoint_config(model)["config"]).replace(ccr_stages=ccr)
+    cfg = checkpoint_config(model).replace(ccr_stages=ccr)
     with torch.device("meta"):
         net = build_model(cfg)
     c = count_complexity(net, cfg.input_size)

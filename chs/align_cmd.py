@@ -142,6 +142,20 @@ class OutputNames:
         return target
 
 
+@dataclass(frozen=True)
+class Job:
+    """What every input of one run shares: the model, the boxes, where and how to report, and the counts."""
+
+    runtime: LandmarkRuntime
+    book: BoxBook
+    names: OutputNames | None
+    as_json: bool
+    stats: dict[str, int]
+    progress: Callable[..., Any]
+    batch_size: int
+    settings: TrackerSettings
+
+
 # ------------------------------------------------------------------------------------------------ output
 def _emit(name: str, faces: list[Face], as_json: bool, frame: int | None = None) -> None:
     for j, f in enumerate(faces):
@@ -231,12 +245,13 @@ def align(
     stats = {"images": 0, "faces": 0, "skipped": 0, "videos": 0, "frames": 0, "detector_calls": 0}
     show_bar = any(i.root is not None or i.video for i in items)
     with _progress(show_bar) as progress:
+        job = Job(runtime, book, names, as_json, stats, progress, batch_size, settings)
         images = [i for i in items if not i.video]
         for start in range(0, len(images), batch_size):
-            _align_images(runtime, images[start : start + batch_size], book, names, as_json, stats)
+            _align_images(job, images[start : start + batch_size])
             progress("images", advance=len(images[start : start + batch_size]), total=len(images))
         for item in (i for i in items if i.video):
-            _align_video(runtime, item, book, names, as_json, stats, progress, batch_size, settings)
+            _align_video(job, item)
     if stats["skipped"] and not stats["images"] and not stats["videos"]:
         fail(f"none of the {stats['skipped']} images could be read")
     parts = [f"{stats['faces']} face(s) in {stats['images']} image(s)"]
@@ -251,9 +266,9 @@ def align(
     typer.echo("; ".join(parts), err=True)
 
 
-def _align_images(runtime: LandmarkRuntime, chunk: list[Item], book: BoxBook, names: OutputNames | None,
-                  as_json: bool, stats: dict[str, int]) -> None:
+def _align_images(job: Job, chunk: list[Item]) -> None:
     """Read a chunk of images (folder images that fail are skipped), predict them in one batch, report."""
+    runtime, stats = job.runtime, job.stats
     kept: list[tuple[Item, np.ndarray]] = []
     for item in chunk:
         try:
@@ -263,7 +278,7 @@ def _align_images(runtime: LandmarkRuntime, chunk: list[Item], book: BoxBook, na
                 raise  # a file named on the command line: a bad input, exit 2
             typer.echo(f"warning: skipped {printable(str(item.path))}: {printable(str(e))}", err=True)
             stats["skipped"] += 1
-    box_list = [book.lookup(item) for item, _ in kept]
+    box_list = [job.book.lookup(item) for item, _ in kept]
     try:
         results = runtime.predict_batch([img for _, img in kept], box_list)
     except ChsError as e:
@@ -279,15 +294,14 @@ def _align_images(runtime: LandmarkRuntime, chunk: list[Item], book: BoxBook, na
         stats["faces"] += len(faces)
         if not faces:
             typer.echo(f"warning: no face found in {printable(str(item.path))}", err=True)
-        _emit(str(item.path), faces, as_json)
-        if names is not None:
-            write_image(names(item), draw_faces(img, faces))
+        _emit(str(item.path), faces, job.as_json)
+        if job.names is not None:
+            write_image(job.names(item), draw_faces(img, faces))
 
 
-def _align_video(runtime: LandmarkRuntime, item: Item, book: BoxBook, names: OutputNames | None, as_json: bool,
-                 stats: dict[str, int], progress: Callable[..., Any], batch_size: int,
-                 settings: TrackerSettings) -> None:
+def _align_video(job: Job, item: Item) -> None:
     """One video: tracked (and smoothed) unless ``--boxes`` lists boxes for it, which are then used as given."""
+    book = job.book
     probe = VideoReader(item.path)  # fails early, with one line, on an unreadable video
     total, fps = probe.frame_count or None, probe.fps
     probe.close()
@@ -297,25 +311,26 @@ def _align_video(runtime: LandmarkRuntime, item: Item, book: BoxBook, names: Out
         b = book.lookup(item, f"#{i}")
         return b if b is not None else book.lookup(item)
 
-    tracker = None if given else runtime.tracker(fps, settings)
-    dst = names(item) if names is not None else None  # VideoWriter renames it into place only when complete
-    _video_frames(runtime, item, dst, frame_boxes, as_json, stats, progress, total, batch_size, tracker)
-    stats["videos"] += 1
+    tracker = None if given else job.runtime.tracker(fps, job.settings)
+    dst = job.names(item) if job.names is not None else None  # VideoWriter renames it into place only when complete
+    _video_frames(job, item, dst, frame_boxes, total, tracker)
+    job.stats["videos"] += 1
 
 
-def _video_frames(runtime: LandmarkRuntime, item: Item, dst: Path | None, frame_boxes: Callable[[int], Any],
-                  as_json: bool, stats: dict[str, int], progress: Callable[..., Any], total: int | None,
-                  batch_size: int, tracker: FaceTracker | None = None) -> None:
+def _video_frames(job: Job, item: Item, dst: Path | None, frame_boxes: Callable[[int], Any], total: int | None,
+                  tracker: FaceTracker | None = None) -> None:
     """Frames of one video: tracked by ``tracker``, or each on its own with ``frame_boxes`` (None = detector)."""
-    frames = annotate_video(runtime, item.path, dst, frame_boxes, batch_size=min(batch_size, 16), tracker=tracker)
+    stats = job.stats
+    frames = annotate_video(job.runtime, item.path, dst, frame_boxes, batch_size=min(job.batch_size, 16),
+                            tracker=tracker)
     with closing(frames):
         for idx, faces in frames:
             stats["frames"] += 1
             stats["faces"] += len(faces)
             if tracker is None and frame_boxes(idx) is None:
                 stats["detector_calls"] += 1
-            _emit(str(item.path), faces, as_json, frame=idx)
-            progress(item.path.name, advance=1, total=total)
+            _emit(str(item.path), faces, job.as_json, frame=idx)
+            job.progress(item.path.name, advance=1, total=total)
     if tracker is not None:
         stats["detector_calls"] += tracker.detector_calls
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from chs.runtime.errors import ChsError
+from chs.runtime.errors import ChsError, first_line
 
 EXIT_BAD_INPUT = 2
 
@@ -60,7 +60,7 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as e:  # a bug, not bad input: still one line, the traceback on request
             if os.environ.get("CHS_DEBUG"):
                 raise
-            first = (str(e).strip().splitlines() or [""])[0][:300]
+            first = first_line(e, 300, empty="")
             typer.echo(f"error: internal error ({type(e).__name__}: {first}); set CHS_DEBUG=1 for the traceback",
                        err=True)
             raise typer.Exit(1) from None

@@ -181,17 +181,17 @@ def _export_into(tmp: Path, opts: ExportOptions, model, meta, parity: tuple, cal
     golden = write_golden(tmp, crops[:g], {"landmarks": reference[:g], "scores": torch_out["scores"][:g]}, "torch")
     engine = _engine_step(tmp, opts, files, meta, log)
     if opts.triton:
-        from chs.export.triton import write_triton_repository
+        from chs.export.triton import TritonModelSettings, write_triton_repository
 
         if opts.triton_backend == "tensorrt":
             if not engine.get("built"):
                 raise ChsError(f"--triton-backend tensorrt needs the TensorRT engine: {engine.get('reason')}")
             write_triton_repository(tmp / "triton", opts.triton, engine_path=tmp / "model.engine", meta=meta,
-                                    max_batch=opts.batch[2])
+                                    settings=TritonModelSettings(max_batch=opts.batch[2]))
         else:  # the python backend runs ONNX Runtime on CPU, where FP32 is the fast file
             src = files["fp32"] if opts.triton_backend == "python" else files.get("fp16", files["fp32"])
             write_triton_repository(tmp / "triton", opts.triton, onnx_path=src, meta=meta,
-                                    max_batch=opts.batch[2], backend=opts.triton_backend)
+                                    settings=TritonModelSettings(max_batch=opts.batch[2]), backend=opts.triton_backend)
     report = {
         "model": str(opts.model), "ccr": k, "meta": meta.to_dict(), "parity_data": parity_source,
         "parity_gate": {"faces": int(len(crops)), "source": parity_source, "enforced": opts.gate,

@@ -11,14 +11,14 @@ the tests start on loopback.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from chs.runtime.artifact import INPUT_NAME, META_KEY, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta
 from chs.runtime.backends.trt_sidecar import EngineSidecar, read_sidecar, sidecar_path_for
-from chs.runtime.contract import CONTRACT_FILE, io_contract
+from chs.runtime.contract import CONTRACT_FILE, io_contract, write_contract
 from chs.runtime.errors import ChsError
 
 _TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
@@ -76,6 +76,34 @@ def check_model_name(model_name: str) -> None:
         raise ChsError(f"Triton model name {model_name!r} must be letters, digits, '_', '-' or '.'")
 
 
+@dataclass(frozen=True)
+class TritonModelSettings:
+    """How Triton batches and places the model. The input stays TYPE_FP32 (this project's fp16 ONNX still
+    takes float32) unless ``input_dtype`` says otherwise. ``instance_kind`` None: KIND_GPU for an engine,
+    KIND_CPU for the python backend and KIND_AUTO (GPU if present) for ONNX Runtime."""
+
+    max_batch: int = 32
+    preferred_batch: tuple[int, ...] = (8, 16)  # kept sorted, without repeats
+    max_queue_delay_us: int = 2000
+    input_dtype: str = "float32"
+    instance_count: int = 1
+    instance_kind: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ChsError(f"max_batch must be >= 1, got {self.max_batch}")
+        pref = tuple(sorted({int(b) for b in self.preferred_batch}))
+        if any(b < 1 or b > self.max_batch for b in pref):
+            raise ChsError(f"preferred batch sizes {list(self.preferred_batch)} must lie in 1..{self.max_batch}")
+        object.__setattr__(self, "preferred_batch", pref)
+        if self.max_queue_delay_us < 0:
+            raise ChsError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        if self.instance_count < 1:
+            raise ChsError(f"instance_count must be >= 1, got {self.instance_count}")
+        if self.instance_kind is not None and self.instance_kind not in _KINDS:
+            raise ChsError(f"instance_kind must be one of {', '.join(_KINDS)}, got {self.instance_kind!r}")
+
+
 def write_triton_repository(
     out_dir: str | Path,
     model_name: str,
@@ -83,22 +111,15 @@ def write_triton_repository(
     onnx_path: str | Path | None = None,
     engine_path: str | Path | None = None,
     meta: ModelMeta,
-    max_batch: int = 32,
-    preferred_batch: tuple[int, ...] = (8, 16),
-    max_queue_delay_us: int = 2000,
-    input_dtype: str = "float32",
-    instance_count: int = 1,
-    instance_kind: str | None = None,
+    settings: TritonModelSettings = TritonModelSettings(),
     backend: str | None = None,
 ) -> Path:
     """Write ``out_dir/model_name/{config.pbtxt, chs_contract.json, 1/model.onnx|model.plan}``.
 
     Exactly one of ``onnx_path`` / ``engine_path``. ``backend``: ``onnxruntime`` (the default for ONNX),
     ``python`` (ONNX served by ``chs.runtime.triton_model``; adds ``1/model.py``) or ``tensorrt`` (needs
-    ``engine_path``). The input stays TYPE_FP32 (this project's fp16 ONNX still takes float32) unless
-    ``input_dtype`` says otherwise; for an engine, its sidecar's dtypes win and ``max_batch`` must fit the
-    engine's profile. ``instance_kind`` defaults to KIND_GPU for an engine, KIND_CPU for the python backend
-    and KIND_AUTO (GPU if present) for ONNX Runtime. Returns the model directory.
+    ``engine_path``). For an engine, its sidecar's dtypes win over ``settings.input_dtype`` and
+    ``settings.max_batch`` must fit the engine's profile. Returns the model directory.
     """
     if (onnx_path is None) == (engine_path is None):
         raise ChsError("give exactly one of onnx_path or engine_path for the Triton model")
@@ -109,24 +130,15 @@ def write_triton_repository(
     if (backend == "tensorrt") != (engine_path is not None):
         raise ChsError("the tensorrt Triton backend serves a TensorRT engine; onnxruntime and python serve ONNX"
                        f" (got backend {backend!r} with {'an engine' if engine_path is not None else 'an ONNX file'})")
-    if max_batch < 1:
-        raise ChsError(f"max_batch must be >= 1, got {max_batch}")
-    pref = sorted({int(b) for b in preferred_batch})
-    if any(b < 1 or b > max_batch for b in pref):
-        raise ChsError(f"preferred batch sizes {list(preferred_batch)} must lie in 1..{max_batch}")
-    if max_queue_delay_us < 0:
-        raise ChsError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
-    if instance_count < 1:
-        raise ChsError(f"instance_count must be >= 1, got {instance_count}")
 
     src = Path(onnx_path if onnx_path is not None else engine_path)  # type: ignore[arg-type]
     if not src.is_file():
         raise ChsError(f"model file {src} does not exist")
     s, n = int(meta.input_size), int(meta.num_points)
-    in_dtype, out_dtype = input_dtype, "float32"
+    in_dtype, out_dtype, kind, max_batch = settings.input_dtype, "float32", settings.instance_kind, settings.max_batch
     contract = None
     if engine_path is not None:
-        platform, target, kind = "tensorrt_plan", "model.plan", instance_kind or "KIND_GPU"
+        platform, target, kind = "tensorrt_plan", "model.plan", kind or "KIND_GPU"
         sidecar = _engine_sidecar(src)
         if sidecar is not None:
             dtypes = {t["name"]: t.get("dtype", "float32") for t in sidecar.inputs + sidecar.outputs}
@@ -140,11 +152,9 @@ def write_triton_repository(
                 )
             contract = sidecar.contract
     elif backend == "python":
-        platform, target, kind = "python", "model.onnx", instance_kind or "KIND_CPU"
+        platform, target, kind = "python", "model.onnx", kind or "KIND_CPU"
     else:
-        platform, target, kind = "onnxruntime_onnx", "model.onnx", instance_kind or "KIND_AUTO"
-    if kind not in _KINDS:
-        raise ChsError(f"instance_kind must be one of {', '.join(_KINDS)}, got {kind!r}")
+        platform, target, kind = "onnxruntime_onnx", "model.onnx", kind or "KIND_AUTO"
 
     inputs = [(INPUT_NAME, _triton_type(in_dtype), [3, s, s])]
     outputs = [
@@ -155,10 +165,10 @@ def write_triton_repository(
     lines = [f'name: "{model_name}"', engine_line, f"max_batch_size: {int(max_batch)}"]
     lines += _tensor_block("input", inputs) + _tensor_block("output", outputs)
     lines += ["dynamic_batching {"]
-    if pref:
-        lines += [f"  preferred_batch_size: [ {', '.join(str(b) for b in pref)} ]"]
-    lines += [f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}", "}"]
-    lines += ["instance_group [", "  {", f"    count: {int(instance_count)}", f"    kind: {kind}", "  }", "]"]
+    if settings.preferred_batch:
+        lines += [f"  preferred_batch_size: [ {', '.join(str(b) for b in settings.preferred_batch)} ]"]
+    lines += [f"  max_queue_delay_microseconds: {int(settings.max_queue_delay_us)}", "}"]
+    lines += ["instance_group [", "  {", f"    count: {int(settings.instance_count)}", f"    kind: {kind}", "  }", "]"]
     lines += ["parameters {", f'  key: "{META_KEY}"', f"  value: {{ string_value: {_pbtxt_string(meta.to_json())} }}",
               "}"]
 
@@ -179,86 +189,5 @@ def write_triton_repository(
     if backend == "python":
         (model_dir / "1" / "model.py").write_text(PYTHON_MODEL_PY)
     (model_dir / "config.pbtxt").write_text("\n".join(lines) + "\n")
-    (model_dir / CONTRACT_FILE).write_text(json.dumps(contract, indent=2, sort_keys=True) + "\n")
+    write_contract(model_dir / CONTRACT_FILE, contract)
     return model_dir
-
-
-_TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([^\s{}\[\]:,"#]+))')
-
-
-def _tokens(text: str) -> list[str]:
-    out, pos = [], 0
-    text = text.rstrip()
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if not m or m.end() == pos:
-            raise ChsError(f"pbtxt: cannot read {text[pos : pos + 20]!r}")
-        pos = m.end()
-        if m.group(1) is None:
-            out.append(next(g for g in m.groups()[1:] if g is not None))
-    return out
-
-
-def _scalar(tok: str) -> object:
-    if tok.startswith('"'):
-        return json.loads(tok)
-    for cast in (int, float):
-        try:
-            return cast(tok)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(tok, tok)  # enums (TYPE_FP32, KIND_GPU) stay strings
-
-
-def parse_pbtxt_minimal(text: str) -> dict:
-    """Parse the protobuf text format subset Triton configs use: ``key: value``, ``key { ... }``,
-    ``key [ v, ... ]`` and ``key [ { ... }, ... ]``. Repeated keys collect into lists."""
-    toks = _tokens(text)
-    pos = 0
-
-    def value() -> object:
-        nonlocal pos
-        tok = toks[pos]
-        if tok == "{":
-            pos += 1
-            return message("}")
-        if tok == "[":
-            pos += 1
-            items = []
-            while toks[pos] != "]":
-                items.append(value())
-                if toks[pos] == ",":
-                    pos += 1
-            pos += 1
-            return items
-        pos += 1
-        return _scalar(tok)
-
-    def message(end: str | None) -> dict:
-        nonlocal pos
-        msg: dict = {}
-        while pos < len(toks) and toks[pos] != end:
-            key = toks[pos]
-            pos += 1
-            if pos < len(toks) and toks[pos] == ":":
-                pos += 1
-            if pos >= len(toks):
-                raise ChsError(f"pbtxt: '{key}' has no value")
-            v = value()
-            if key in msg:
-                prev = msg[key]
-                msg[key] = (prev if isinstance(prev, list) else [prev]) + (v if isinstance(v, list) else [v])
-            else:
-                msg[key] = v
-            if pos < len(toks) and toks[pos] in (",", ";"):
-                pos += 1
-        if end is not None:
-            if pos >= len(toks):
-                raise ChsError(f"pbtxt: missing '{end}'")
-            pos += 1
-        return msg
-
-    try:
-        return message(None)
-    except IndexError:
-        raise ChsError("pbtxt: unexpected end of text") from None

@@ -69,6 +69,11 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict:
     return meta
 
 
+def checkpoint_config(directory: str | os.PathLike) -> ChsConfig:
+    """The :class:`ChsConfig` a checkpoint (folder or its ``config.json``) was trained with."""
+    return ChsConfig.from_dict(read_checkpoint_config(directory)["config"])
+
+
 def _kept(name: str, k: int) -> bool:
     """Tensors of the first k CCR stages and everything outside the cascade."""
     return not name.startswith("ccr.") or int(name.split(".")[1]) < k
@@ -107,8 +112,7 @@ def load_checkpoint(directory: str | os.PathLike, ccr: int | None = None,
     path = resolve_model_path(directory)
     if path.is_file():
         path = path.parent
-    meta = read_checkpoint_config(path)
-    cfg = ChsConfig.from_dict(meta["config"])
+    cfg = checkpoint_config(path)
     trained = cfg.ccr_stages
     k = trained if ccr is None else ccr
     if k < 0 or k > trained:

@@ -153,11 +153,8 @@ def validate_contract(contract: object, source: str = "contract") -> dict:
     return contract
 
 
-def write_contract(
-    path: str | Path, meta: ModelMeta, inputs: list[dict], outputs: list[dict], engine: dict | None = None
-) -> dict:
-    """Write the contract as JSON to ``path``; returns it."""
-    contract = io_contract(meta, inputs, outputs, engine)
+def write_contract(path: str | Path, contract: dict) -> dict:
+    """Write a contract (:func:`io_contract`'s, or an engine sidecar's copy) as JSON to ``path``; returns it."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(contract, indent=2, sort_keys=True) + "\n")

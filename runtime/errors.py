@@ -5,7 +5,8 @@ class ChsError(ValueError):
     """A problem with the user's input (file, image, box, model, option) that has a one-line explanation."""
 
 
-def first_line(e: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (its type name when empty), cut to ``limit`` characters."""
+def first_line(e: BaseException, limit: int = 200, empty: str | None = None) -> str:
+    """The first line of an exception's message (``empty``, else its type name, when it has none), cut to
+    ``limit`` characters."""
     lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:limit]
+    return (lines[0] if lines else type(e).__name__ if empty is None else empty)[:limit]

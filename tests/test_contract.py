@@ -64,7 +64,7 @@ def test_contract_affine_equals_geometry(rule, box):
 
 def test_write_read_roundtrip(tmp_path):
     p = tmp_path / "sub" / "chs_contract.json"
-    c = write_contract(p, _meta(), INPUTS, OUTPUTS)
+    c = write_contract(p, io_contract(_meta(), INPUTS, OUTPUTS))
     assert read_contract(p) == c
 
 

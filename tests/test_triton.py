@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from fake_tensorrt import make_fake_trt
+from triton_pbtxt import parse_pbtxt_minimal
 
 from chs.export.tensorrt import build_engine
-from chs.export.triton import parse_pbtxt_minimal, write_triton_repository
+from chs.export.triton import TritonModelSettings, write_triton_repository
 from chs.runtime.artifact import ModelMeta
 from chs.runtime.backends.triton import TritonRunner, is_triton_url, parse_triton_url
 from chs.runtime.contract import read_contract
@@ -68,7 +69,8 @@ def test_engine_repository_uses_sidecar(onnx_file, tmp_path):
     contract = json.loads((d / "chs_contract.json").read_text())
     assert contract["engine"]["tensorrt_version"] == "11.0.0"  # the sidecar's contract, copied
     with pytest.raises(ChsError, match="exceeds the engine's profile maximum 32"):
-        write_triton_repository(tmp_path / "repo", "chs_trt", engine_path=engine, meta=META, max_batch=64)
+        write_triton_repository(tmp_path / "repo", "chs_trt", engine_path=engine, meta=META,
+                                settings=TritonModelSettings(max_batch=64))
 
 
 def test_engine_without_sidecar_and_options(tmp_path):
@@ -79,11 +81,9 @@ def test_engine_without_sidecar_and_options(tmp_path):
         "m",
         engine_path=plan,
         meta=META,
-        max_batch=4,
-        preferred_batch=(4, 2),
-        max_queue_delay_us=100,
-        input_dtype="float16",
-        instance_count=2,
+        settings=TritonModelSettings(
+            max_batch=4, preferred_batch=(4, 2), max_queue_delay_us=100, input_dtype="float16", instance_count=2
+        ),
     )
     cfg = parse_pbtxt_minimal((d / "config.pbtxt").read_text())
     assert cfg["max_batch_size"] == 4 and cfg["input"][0]["data_type"] == "TYPE_FP16"
@@ -99,11 +99,11 @@ def test_argument_errors(onnx_file, tmp_path):
     with pytest.raises(ChsError, match="model name"):
         write_triton_repository(tmp_path, "a/b", onnx_path=onnx_file, meta=META)
     with pytest.raises(ChsError, match="must lie in 1..4"):
-        write_triton_repository(tmp_path, "m", onnx_path=onnx_file, meta=META, max_batch=4)
+        TritonModelSettings(max_batch=4)
     with pytest.raises(ChsError, match="does not exist"):
         write_triton_repository(tmp_path, "m", onnx_path=tmp_path / "x.onnx", meta=META)
     with pytest.raises(ChsError, match="instance_kind"):
-        write_triton_repository(tmp_path, "m", onnx_path=onnx_file, meta=META, instance_kind="GPU")
+        TritonModelSettings(instance_kind="GPU")
 
 
 def test_switching_backend_removes_the_other_model_file(onnx_file, tmp_path):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from chs.runtime.errors import ChsError
+from chs.runtime.errors import ChsError, first_line
 
 ALIGNMENT = 256  # TensorRT refuses tensor addresses that are not 256-byte aligned
 _INSUFFICIENT_DRIVER = 35  # cudaErrorInsufficientDriver
@@ -140,8 +140,7 @@ def parse_dlpack(
             except TypeError:  # a producer without the stream keyword (DLPack before v0.6)
                 capsule = obj.__dlpack__()
     except (RuntimeError, BufferError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ChsError(f"{type(obj).__name__} cannot be shared through DLPack: {first[:200]}") from None
+        raise ChsError(f"{type(obj).__name__} cannot be shared through DLPack: {first_line(e)}") from None
     addr = _capsule_pointer(capsule, b"dltensor")
     if not addr:
         raise ChsError("DLPack capsule is empty or already consumed")
