@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import typer
 
 from chs.errors_cli import fail, one_line_errors, printable
+from chs.options_cli import options_command
 from chs.runtime.assets import DEMO_IMAGE
 from chs.runtime.datasets import IMAGE_EXTENSIONS
 from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, write_image
@@ -28,6 +29,7 @@ from chs.runtime.errors import ChsError
 from chs.runtime.files import check_input, check_output_dir
 from chs.runtime.imageio import read_image
 from chs.runtime.landmarks import Face, LandmarkRuntime
+from chs.runtime.options import option
 from chs.runtime.tracking import FaceTracker, TrackerSettings
 
 DEMO_OUT = "chs-demo"
@@ -197,40 +199,49 @@ def _progress(enabled: bool) -> Iterator[Callable[..., Any]]:
 
 
 # ------------------------------------------------------------------------------------------------ command
+@dataclass(frozen=True)
+class AlignOptions:
+    """``chs-align``'s options (their one home)."""
+
+    inputs: list[str] | None = option(None, "Image files, folders (searched recursively) and videos (.mp4 .avi "
+                                      ".mov .mkv).")
+    model: str = option("default", "'default' (the bundled model), an .onnx file or a TensorRT .engine.")
+    boxes: str | None = option(None, 'JSON file {"image name or path": list of (x0, y0, x1, y1) boxes}: boxes '
+                               "around the face landmarks (brows/jaw to chin); images not listed use the face "
+                               "detector.")
+    out: str | None = option(None, "Folder for annotated images and videos.")
+    as_json: bool = option(False, "JSON lines on stdout, one per face.", flag="--json")
+    demo: bool = option(False, "Run on the bundled astronaut photo and write <out or ./chs-demo>/"
+                        "astronaut_landmarks.png.", flag="--demo")
+    backend: str = option("auto", "auto (by file type), ort or tensorrt.")
+    batch_size: int = option(32, "Faces per inference batch.")
+    detector: str = option("yunet", "Face detector for images without boxes: yunet (bundled), dlib (pip install "
+                           "chs[detect]) or a YuNet .onnx file.")
+    smooth: bool = option(True, "Video: One-Euro smoothing of the tracked landmarks (never applied to still "
+                          "images).", flag="--smooth/--no-smooth")
+    redetect_every: int | None = option(None, "Video: run the detector at least every N frames to pick up new "
+                                        "faces (0 = only when a face is lost) [default: "
+                                        "TrackerSettings.redetect_every].")
+
+    def runtime(self) -> LandmarkRuntime:
+        return LandmarkRuntime.load(self.model, backend=self.backend, max_batch=self.batch_size,
+                                    detector=self.detector)
+
+
 @one_line_errors
-def align(
-    inputs: Annotated[list[str] | None, typer.Argument(
-        help="Image files, folders (searched recursively) and videos (.mp4 .avi .mov .mkv).",
-        show_default=False)] = None,
-    model: Annotated[str, typer.Option(help="'default' (the bundled model), an .onnx file or a TensorRT .engine."
-                                       )] = "default",
-    boxes: Annotated[str | None, typer.Option(
-        help='JSON file {"image name or path": list of (x0, y0, x1, y1) boxes}: boxes around the face '
-             "landmarks (brows/jaw to chin); images not listed use the face detector.")] = None,
-    out: Annotated[str | None, typer.Option(help="Folder for annotated images and videos.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines on stdout, one per face.")] = False,
-    demo: Annotated[bool, typer.Option("--demo", help="Run on the bundled astronaut photo and write "
-                                       "<out or ./chs-demo>/astronaut_landmarks.png.")] = False,
-    backend: Annotated[str, typer.Option(help="auto (by file type), ort or tensorrt.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Faces per inference batch.")] = 32,
-    detector: Annotated[str, typer.Option(help="Face detector for images without boxes: yunet (bundled), dlib "
-                                          "(pip install chs[detect]) or a YuNet .onnx file.")] = "yunet",
-    smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="Video: One-Euro smoothing of the tracked "
-                                         "landmarks (never applied to still images).")] = True,
-    redetect_every: Annotated[int | None, typer.Option(help="Video: run the detector at least every N frames to "
-                                                       "pick up new faces (0 = only when a face is lost) "
-                                                       "[default: TrackerSettings.redetect_every].")] = None,
-) -> None:
+@options_command(AlignOptions, arguments=("inputs",))
+def align(opts: AlignOptions) -> None:
     """Predict facial landmarks in images, folders and videos (videos: faces tracked, landmarks smoothed)."""
+    inputs, out, as_json, batch_size = opts.inputs, opts.out, opts.as_json, opts.batch_size
     if batch_size < 1:
         raise ChsError(f"--batch-size must be >= 1, got {batch_size}")
-    settings = TrackerSettings(smooth=smooth) if redetect_every is None else \
-        TrackerSettings(smooth=smooth, redetect_every=redetect_every)
-    if demo:
+    settings = TrackerSettings(smooth=opts.smooth) if opts.redetect_every is None else \
+        TrackerSettings(smooth=opts.smooth, redetect_every=opts.redetect_every)
+    if opts.demo:
         if inputs:
             raise ChsError("--demo takes no inputs")
         check_output_dir(out or DEMO_OUT)
-        _run_demo(model, boxes, Path(out or DEMO_OUT), as_json, backend, batch_size, detector)
+        _run_demo(opts, Path(out or DEMO_OUT))
         return
     if not inputs:
         raise ChsError("no inputs: give image files, folders or videos (or try --demo)")
@@ -239,8 +250,8 @@ def align(
     items = collect_inputs(inputs)
     if not items:
         raise ChsError("no images or videos found in the given folders")
-    book = BoxBook.read(boxes) if boxes else BoxBook({})
-    runtime = LandmarkRuntime.load(model, backend=backend, max_batch=batch_size, detector=detector)
+    book = BoxBook.read(opts.boxes) if opts.boxes else BoxBook({})
+    runtime = opts.runtime()
     names = OutputNames(Path(out)) if out else None
     stats = {"images": 0, "faces": 0, "skipped": 0, "videos": 0, "frames": 0, "detector_calls": 0}
     show_bar = any(i.root is not None or i.video for i in items)
@@ -335,22 +346,21 @@ def _video_frames(job: Job, item: Item, dst: Path | None, frame_boxes: Callable[
         stats["detector_calls"] += tracker.detector_calls
 
 
-def _run_demo(model: str, boxes: str | None, out: Path, as_json: bool, backend: str, batch_size: int,
-              detector: str = "yunet") -> None:
+def _run_demo(opts: AlignOptions, out: Path) -> None:
     """The bundled photo: the face detector (best face only: the photo holds one), or ``--boxes``."""
-    runtime = LandmarkRuntime.load(model, backend=backend, max_batch=batch_size, detector=detector)
+    runtime = opts.runtime()
     image = read_image(DEMO_IMAGE)
     item = Item(DEMO_IMAGE, None, False)
-    if boxes:
-        box = BoxBook.read(boxes).lookup(item)
-        source = boxes
+    if opts.boxes:
+        box = BoxBook.read(opts.boxes).lookup(item)
+        source = opts.boxes
     else:
         box, source = runtime.detect(image)[0][:1], runtime.detector.name
     if box is None or not len(box):
         raise ChsError(f"no face box for the demo image from {source}")
     faces = runtime.predict(image, box)
     target = write_image(out / "astronaut_landmarks.png", draw_faces(image, faces))
-    if as_json:
+    if opts.as_json:
         _emit(DEMO_IMAGE.name, faces, True)
     else:
         f = faces[0]
@@ -359,7 +369,7 @@ def _run_demo(model: str, boxes: str | None, out: Path, as_json: bool, backend: 
         typer.echo("landmarks (x, y) in image pixels:")
         for i, (x, y) in enumerate(f.landmarks):
             typer.echo(f"  {i:2d}  {x:7.1f} {y:7.1f}")
-    typer.echo(f"wrote {target}", err=as_json)
+    typer.echo(f"wrote {target}", err=opts.as_json)
 
 
 __all__ = ["BoxBook", "align", "collect_inputs"]
