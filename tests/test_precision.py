@@ -145,7 +145,8 @@ def test_fp16_landmarks_match_fp32(fp32_path, fp16_path, crops):
 
 
 def test_fp16_on_the_bundled_trained_model(fixtures_dir, tmp_path):
-    """The shipped ytf68 model (val NME 3.92 %): real peaks, so no argmax flips to allow for."""
+    """The shipped model (ytf68/val NME 3.94 %): real peaks on nearly every point; where two heatmap cells
+    nearly tie, FP16 may pick the other one (the export's parity gate measures what that costs: ΔNME)."""
     import chs.runtime
 
     model = Path(chs.runtime.__file__).resolve().parent / "assets" / "default" / "model.onnx"
@@ -157,8 +158,12 @@ def test_fp16_on_the_bundled_trained_model(fixtures_dir, tmp_path):
     x, _ = crop_batch([s.load_image() for s in samples], [sample_box(s, ref_runner.meta) for s in samples],
                       ref_runner.meta)
     ref, got = ref_runner.infer(x), OrtRunner(tmp_path / "fp16.onnx", providers="cpu").infer(x)
-    # measured: max 0.02 px (128 px crops), scores 2e-3
-    assert np.abs(got["landmarks"] - ref["landmarks"]).max() < 0.1
+    # measured (4 faces x 68 points, 128 px crops): 270/272 within 0.1 px (median 0.006), two points of
+    # the 300W-style fixtures (jaw 5, brow 18) moved 1.0 / 1.6 px: a near-tie of heatmap cells; scores 6e-4.
+    # (The ytf68-only model before it: max 0.02 px.)
+    d = np.linalg.norm(got["landmarks"] - ref["landmarks"], axis=-1)
+    assert (d <= 0.1).mean() >= 0.99
+    assert d.max() < ref_runner.meta.heatmap_stride  # at most a neighbouring heatmap cell
     assert np.abs(got["scores"] - ref["scores"]).max() < 5e-3
 
 
