@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from chs.errors_cli import one_line_errors
 from chs.model.training.options import TrainOptions
 from chs.options_cli import options_command
 from chs.runtime.errors import ChsError
+from chs.runtime.options import option
 
 app = typer.Typer(help="CHS face alignment: train, evaluate, export, align, benchmark.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -65,21 +67,27 @@ def train(opts: TrainOptions, preset: str, ccr: int | None, backward: str | None
 
 
 # ---------------------------------------------------------------------------------------------- eval
+@dataclass(frozen=True)
+class EvalOptions:
+    """``chs-eval``'s options (their one home)."""
+
+    model: str = option(help="Checkpoint folder, exported .onnx, or 'default'.")
+    data: str = option(help="Annotated dataset to evaluate on.")
+    ccr: int | None = option(None, "Serve only the first K CCR stages.")
+    batch_size: int = option(32, "Faces per inference batch.")
+    as_json: bool = option(False, "Print the metrics as JSON.", flag="--json")
+    plot: str | None = option(None, "Write the CED curve to this PNG.")
+    boxes: str = option("gt", "gt (boxes from the ground-truth landmarks) or detector.")
+    split: str | None = option(None, "Part of a set that defines splits (mtfl5: all, train, val).")
+    detector: str = option("yunet", "With --boxes detector: yunet (bundled), dlib or a YuNet .onnx.")
+
+
 @one_line_errors
-def evaluate(
-    model: Annotated[str, typer.Argument(help="Checkpoint folder, exported .onnx, or 'default'.")],
-    data: Annotated[str, typer.Option(help="Annotated dataset to evaluate on.")],
-    ccr: Annotated[int | None, typer.Option(help="Serve only the first K CCR stages.")] = None,
-    batch_size: int = 32,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
-    plot: Annotated[str | None, typer.Option(help="Write the CED curve to this PNG.")] = None,
-    boxes: Annotated[str, typer.Option(help="gt (boxes from the ground-truth landmarks) or detector.")] = "gt",
-    split: Annotated[str | None, typer.Option(help="Part of a set that defines splits (mtfl5: all, train, "
-                                              "val).")] = None,
-    detector: Annotated[str, typer.Option(help="With --boxes detector: yunet (bundled), dlib or a YuNet .onnx."
-                                          )] = "yunet",
-) -> None:
+@options_command(EvalOptions, arguments=("model",))
+def evaluate(opts: EvalOptions) -> None:
     """NME / FR / AUC of a model on a dataset (ground-truth-landmark boxes, or the face detector's)."""
+    model, data, batch_size, as_json, plot, boxes, split = (opts.model, opts.data, opts.batch_size, opts.as_json,
+                                                           opts.plot, opts.boxes, opts.split)
     from chs.model.runner import open_runner
     from chs.runtime.datasets import load_dataset
     from chs.runtime.evaluate import evaluate_runner
@@ -92,12 +100,12 @@ def evaluate(
         from chs.benchmarks.plots import check_plot_path
 
         check_plot_path(plot)
-    runner = open_runner(model, ccr=ccr, backend="auto")
+    runner = open_runner(model, ccr=opts.ccr, backend="auto")
     if boxes == "detector":
         from chs.runtime.detector import make_detector
         from chs.runtime.detector_eval import evaluate_with_detector
 
-        res = evaluate_with_detector(runner, make_detector(detector), load_dataset(data, split),
+        res = evaluate_with_detector(runner, make_detector(opts.detector), load_dataset(data, split),
                                      batch_size=batch_size)
         if as_json:
             _print_json(res)
