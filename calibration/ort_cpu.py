@@ -14,6 +14,10 @@ int8 convolutions save (0.9x FP32 on AMD Zen 4). This form:
 - quantizes Add, Concat, Mul and the ReLUs too (ORT operator format, ``QLinearConv`` /
   ``QLinearAdd`` / ``QLinearConcat``), so activations stay uint8 NHWC from one
   conv to the next and ORT's layout pass drops the Transposes between them;
+- gives each block Concat's inputs the Concat's own range, so the conv producing each part requantizes
+  straight into the Concat's scale and QLinearConcat copies instead of remapping every byte;
+- rewrites the selective-feature attention's ReduceMean over H, W as GlobalAveragePool, which is
+  quantized, instead of a DequantizeLinear pass over the feature map in front of a float ReduceMean;
 - keeps the bilinear Resize in float (quantizing it cost 0.02 NME points on ytf68 val for little time),
   and the float32 region (heatmap head, decode, RoiAlign, CCR regression head) as the Q/DQ files do.
 
@@ -27,13 +31,18 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType
-from onnxruntime.quantization.calibrate import TensorsData
+from onnxruntime.quantization.calibrate import TensorData, TensorsData
 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 from onnxruntime.quantization.quant_utils import QuantizationMode
 
 # op types quantized in the ORT CPU form (Resize stays float: see the module docstring)
-ORT_CPU_OPS = ("Conv", "Gemm", "MatMul", "Add", "Concat", "AveragePool", "MaxPool", "Relu", "Mul")
+ORT_CPU_OPS = ("Conv", "Gemm", "MatMul", "Add", "Concat", "AveragePool", "MaxPool", "Relu", "Mul",
+               "GlobalAveragePool")
 DW_SUFFIX = "_as_depthwise"
+# Concat inputs made by these ops take the Concat's range in their own requantization, at no cost
+QUANTIZED_PRODUCERS = ("Conv", "Add", "Concat", "AveragePool", "MaxPool")
+# ... unless that widens an input's own range more than this (3 bits; the bundled model's widest is 3.7x)
+SHARED_RANGE_MAX_WIDENING = 8.0
 
 
 def batchnorm_as_depthwise_conv(model: onnx.ModelProto, exclude: set[str]) -> int:
@@ -73,6 +82,61 @@ def batchnorm_as_depthwise_conv(model: onnx.ModelProto, exclude: set[str]) -> in
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+    return replaced
+
+
+def shared_concat_ranges(model: onnx.ModelProto, exclude: set[str], tensors: TensorsData,
+                         max_widening: float = SHARED_RANGE_MAX_WIDENING) -> int:
+    """Give the inputs of a quantized Concat the Concat's own range (the union of its inputs' ranges).
+
+    ORT's QLinearConcat copies an input whose scale and zero point equal the output's and requantizes
+    every other one through a lookup table, byte by byte; an input that shares the output's range is made
+    by its producer (a conv's requantization) directly in the Concat's scale, so the Concat is a memcpy for
+    it. An input whose own range is narrower than the union by more than ``max_widening`` keeps its range
+    (it would lose more than log2(max_widening) bits). Repeated until no range changes, since a tensor can
+    feed several Concats. Returns how many Concat inputs now share their Concat's range."""
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    concats = [n for n in model.graph.node if n.op_type == "Concat" and n.name not in exclude and
+               all(t in tensors for t in [*n.input, *n.output] if t) and
+               all(producer.get(t) in QUANTIZED_PRODUCERS for t in n.input if t)]
+
+    def bounds(t: str) -> tuple[float, float]:
+        lo, hi = tensors[t].range_value
+        return float(lo), float(hi)
+
+    for _ in range(10):
+        changed = False
+        for n in concats:
+            names = [t for t in [*n.input, *n.output] if t]
+            lo, hi = min(bounds(t)[0] for t in names), max(bounds(t)[1] for t in names)
+            for t in names:
+                t_lo, t_hi = bounds(t)
+                if (t_lo, t_hi) != (lo, hi) and (hi - lo) <= max_widening * (t_hi - t_lo):
+                    tensors.data[t] = TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+                    changed = True
+        if not changed:
+            break
+    return sum(bounds(t) == bounds(n.output[0]) for n in concats for t in n.input if t)
+
+
+def reducemean_as_global_pool(model: onnx.ModelProto, exclude: set[str]) -> int:
+    """ReduceMean over H and W with keepdims (the selective-feature attention's squeeze) is GlobalAveragePool,
+    which ORT quantizes (QLinearGlobalAveragePool): its input no longer needs a DequantizeLinear pass."""
+    replaced = 0
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "ReduceMean" or node.name in exclude:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1] in inits:
+            axes = numpy_helper.to_array(inits[node.input[1]]).tolist()
+        rank = next((len(vi.type.tensor_type.shape.dim) for vi in [*model.graph.value_info, *model.graph.input]
+                     if vi.name == node.input[0]), None)  # GlobalAveragePool averages every axis after 1
+        if rank != 4 or not attrs.get("keepdims", 1) or axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+            continue
+        node.CopyFrom(helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name))
+        replaced += 1
     return replaced
 
 
@@ -120,8 +184,11 @@ def quantize_ort_cpu(model: onnx.ModelProto, tensors: TensorsData, exclude: set[
     """u8s8 in ONNX Runtime's operator format: uint8 activations, symmetric per-channel int8 weights,
     ``exclude`` left float (they read DequantizeLinear outputs), and so are ops on tensors that have no
     calibrated range (shape arithmetic: int64 Concat/Add/Mul). ``model`` is modified."""
+    tensors = TensorsData(tensors.calibration_method, dict(tensors.items()))  # the caller's ranges stay as given
     batchnorm_as_depthwise_conv(model, exclude)
     avgpool_as_depthwise_conv(model, exclude)
+    reducemean_as_global_pool(model, exclude)
+    shared_concat_ranges(model, exclude, tensors)
     ranged = set(tensors.keys())
     unranged = {n.name for n in model.graph.node
                 if n.op_type in ORT_CPU_OPS and not all(o in ranged for o in n.output if o)}
