@@ -18,11 +18,19 @@ int8 convolutions save (0.9x FP32 on AMD Zen 4). This form:
   straight into the Concat's scale and QLinearConcat copies instead of remapping every byte;
 - rewrites the selective-feature attention's ReduceMean over H, W as GlobalAveragePool, which is
   quantized, instead of a DequantizeLinear pass over the feature map in front of a float ReduceMean;
-- keeps the bilinear Resize in float (quantizing it cost 0.02 NME points on ytf68 val for little time),
+- quantizes the float32 region's Concats that only quantized convs read (each CCR stage's features +
+  heatmap slice): their output was quantized anyway;
+- keeps the bilinear Resize in float (quantizing it cost 0.02-0.03 NME points on ytf68 val for little time),
   and the float32 region (heatmap head, decode, RoiAlign, CCR regression head) as the Q/DQ files do.
 
-Measured (bundled model, 2 CCR, ytf68 val, AMD Zen 4, ORT 1.32): NME 3.930 % vs FP32 3.917 % (the
-conv-only Q/DQ file: 3.924 %).
+Measured (bundled model, ytf68 val, AMD Zen 4 with 2 cores, ORT 1.32, 2 intra-op threads, sessions timed
+in alternating blocks): NME 3.945 % vs FP32 3.926 % (1 CCR), 3.955 % vs 3.941 % (2 CCR); 1.33x / 1.31x FP32
+speed at batch 1 / 8 (1 CCR), 1.33x / 1.36x (2 CCR); on one thread 1.65x / 1.71x. Tried and not kept:
+BN -> ReLU -> Conv as a per-channel Add -> ReLU -> Conv with the BN scale folded into the conv weights
+(exact here, every BN scale is positive, but ORT's broadcasting QLinearAdd is slower than the depthwise
+QLinearConv: 1.0x FP32), per-tensor weights (no gain on 2 threads, +0.008 NME points), quantized Resize
+(+0.03 NME points), ORT's dynamic block size and no-spinning options (no gain / slower), graph
+optimisation below ORT_ENABLE_ALL (1.0x: the NHWC layout pass is what makes the int8 convs fast).
 """
 
 from __future__ import annotations
@@ -95,10 +103,15 @@ def shared_concat_ranges(model: onnx.ModelProto, exclude: set[str], tensors: Ten
     it. An input whose own range is narrower than the union by more than ``max_widening`` keeps its range
     (it would lose more than log2(max_widening) bits). Repeated until no range changes, since a tensor can
     feed several Concats. Returns how many Concat inputs now share their Concat's range."""
-    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
     concats = [n for n in model.graph.node if n.op_type == "Concat" and n.name not in exclude and
-               all(t in tensors for t in [*n.input, *n.output] if t) and
-               all(producer.get(t) in QUANTIZED_PRODUCERS for t in n.input if t)]
+               all(t in tensors for t in [*n.input, *n.output] if t)]
+
+    def free(t: str) -> bool:
+        """Whether ``t`` can take another range at no cost: a quantized op requantizes into it, or a float
+        op's output is quantized by a QuantizeLinear of its own."""
+        p = producer.get(t)
+        return p is not None and (p.op_type in QUANTIZED_PRODUCERS or p.name in exclude)
 
     def bounds(t: str) -> tuple[float, float]:
         lo, hi = tensors[t].range_value
@@ -109,14 +122,14 @@ def shared_concat_ranges(model: onnx.ModelProto, exclude: set[str], tensors: Ten
         for n in concats:
             names = [t for t in [*n.input, *n.output] if t]
             lo, hi = min(bounds(t)[0] for t in names), max(bounds(t)[1] for t in names)
-            for t in names:
+            for t in [t for t in n.input if t and free(t)] + list(n.output):
                 t_lo, t_hi = bounds(t)
                 if (t_lo, t_hi) != (lo, hi) and (hi - lo) <= max_widening * (t_hi - t_lo):
                     tensors.data[t] = TensorData(lowest=np.float32(lo), highest=np.float32(hi))
                     changed = True
         if not changed:
             break
-    return sum(bounds(t) == bounds(n.output[0]) for n in concats for t in n.input if t)
+    return sum(bounds(t) == bounds(n.output[0]) for n in concats for t in n.input if t and free(t))
 
 
 def reducemean_as_global_pool(model: onnx.ModelProto, exclude: set[str]) -> int:
@@ -138,6 +151,28 @@ def reducemean_as_global_pool(model: onnx.ModelProto, exclude: set[str]) -> int:
         node.CopyFrom(helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name))
         replaced += 1
     return replaced
+
+
+def concats_read_only_by_quantized_ops(model: onnx.ModelProto, exclude: set[str]) -> set[str]:
+    """Excluded Concats whose output only quantized ops read (the CCR stages' feature + heatmap Concat).
+
+    Their output is quantized for those readers anyway, so a float Concat only adds work: a
+    DequantizeLinear of its quantized input and a QuantizeLinear of its output. As a QLinearConcat its
+    float input is quantized once, straight into the Concat's range (:func:`shared_concat_ranges`), and the
+    quantized one is copied (ORT still keeps it NCHW between two layout Transposes)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in model.graph.output}
+    found = set()
+    for n in model.graph.node:
+        if n.op_type != "Concat" or n.name not in exclude or any(o in outputs for o in n.output):
+            continue
+        rs = [r for o in n.output for r in readers.get(o, [])]
+        if rs and all(r.name not in exclude and r.op_type in ORT_CPU_OPS for r in rs):
+            found.add(n.name)
+    return found
 
 
 def _channels(model: onnx.ModelProto, tensor: str) -> int | None:
@@ -185,6 +220,7 @@ def quantize_ort_cpu(model: onnx.ModelProto, tensors: TensorsData, exclude: set[
     ``exclude`` left float (they read DequantizeLinear outputs), and so are ops on tensors that have no
     calibrated range (shape arithmetic: int64 Concat/Add/Mul). ``model`` is modified."""
     tensors = TensorsData(tensors.calibration_method, dict(tensors.items()))  # the caller's ranges stay as given
+    exclude = set(exclude) - concats_read_only_by_quantized_ops(model, exclude)
     batchnorm_as_depthwise_conv(model, exclude)
     avgpool_as_depthwise_conv(model, exclude)
     reducemean_as_global_pool(model, exclude)

@@ -248,7 +248,12 @@ def test_u8s8_ort_cpu_form(int8_paths, fp32_path):
             assert x_zp.dtype == np.uint8 and w.dtype == np.int8 and w_zp.dtype == np.int8 and not w_zp.any()
             assert w_scale.shape == (w.shape[0],)  # per output channel
     by_name = {n.name: n for n in model.graph.node}
-    for name in keep:  # the float32 region keeps its float ops
+    from chs.calibration.ort_cpu import concats_read_only_by_quantized_ops
+
+    requantized = concats_read_only_by_quantized_ops(fp32, keep)  # their output is quantized anyway
+    assert requantized and all(f"{name}_quant" in by_name for name in requantized)
+    assert all(by_name[f"{name}_quant"].op_type == "QLinearConcat" for name in requantized)
+    for name in keep - requantized:  # the rest of the float32 region keeps its float ops
         assert by_name[name].op_type in {n.op_type for n in fp32.graph.node if n.name == name}, name
     for n in model.graph.node:
         if n.op_type in ("RoiAlign", "ArgMax"):
