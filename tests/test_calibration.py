@@ -416,7 +416,7 @@ def test_int8_on_held_out_faces(fp32_path, meta, shared_data, tmp_path):
 
 
 def test_int8_on_the_bundled_trained_model(fixtures_dir, tmp_path):
-    """The shipped ytf68 model (val NME 3.92 %; INT8 u8s8 on the 429 val faces 3.92 %, see the README)."""
+    """The shipped model (ytf68/val NME 3.94 %; INT8 u8s8 on the 429 val faces 3.97 %, see the README)."""
     import chs.runtime
 
     model = Path(chs.runtime.__file__).resolve().parent / "assets" / "default" / "model.onnx"
