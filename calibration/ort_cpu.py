@@ -144,8 +144,8 @@ def reducemean_as_global_pool(model: onnx.ModelProto, exclude: set[str]) -> int:
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1 and node.input[1] in inits:
             axes = numpy_helper.to_array(inits[node.input[1]]).tolist()
-        rank = next((len(vi.type.tensor_type.shape.dim) for vi in [*model.graph.value_info, *model.graph.input]
-                     if vi.name == node.input[0]), None)  # GlobalAveragePool averages every axis after 1
+        dims = _dims(model, node.input[0])
+        rank = None if dims is None else len(dims)  # GlobalAveragePool averages every axis after 1
         if rank != 4 or not attrs.get("keepdims", 1) or axes is None or sorted(a % 4 for a in axes) != [2, 3]:
             continue
         node.CopyFrom(helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name))
@@ -175,13 +175,18 @@ def concats_read_only_by_quantized_ops(model: onnx.ModelProto, exclude: set[str]
     return found
 
 
-def _channels(model: onnx.ModelProto, tensor: str) -> int | None:
-    """Dimension 1 of ``tensor`` from the graph's shape information, if known."""
+def _dims(model: onnx.ModelProto, tensor: str) -> list | None:
+    """The dimensions of ``tensor`` from the graph's shape information, if it has any."""
     for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
         if vi.name == tensor:
-            dims = vi.type.tensor_type.shape.dim
-            return int(dims[1].dim_value) if len(dims) > 1 and dims[1].dim_value > 0 else None
+            return list(vi.type.tensor_type.shape.dim)
     return None
+
+
+def _channels(model: onnx.ModelProto, tensor: str) -> int | None:
+    """Dimension 1 of ``tensor`` from the graph's shape information, if known."""
+    dims = _dims(model, tensor) or []
+    return int(dims[1].dim_value) if len(dims) > 1 and dims[1].dim_value > 0 else None
 
 
 def avgpool_as_depthwise_conv(model: onnx.ModelProto, exclude: set[str]) -> int:

@@ -44,12 +44,12 @@ def with_options(*templates: Callable[..., Any]) -> Callable[[Callable[..., Any]
     return decorate
 
 
-def options_command(cls: type, *, arguments: tuple[str, ...] = (), skip: tuple[str, ...] = (),
+def options_command(cls: type, *, arguments: tuple[str, ...] = (),
                     extra: Callable[..., Any] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``fn(opts, **rest)`` as a typer command whose options are ``cls``'s CLI fields (``arguments`` among them
     positional) followed by the parameters of ``extra``'s signature, which arrive in ``rest``."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    fields = [f for f in dataclasses.fields(cls) if "help" in f.metadata and f.name not in skip]
+    fields = [f for f in dataclasses.fields(cls) if "help" in f.metadata]
     own = [_parameter(f, hints[f.name], f.name in arguments) for f in fields]
     more = template_parameters(extra) if extra else []
     parsers = {f.name: f.metadata["parse"] for f in fields if f.metadata.get("parse")}
