@@ -75,8 +75,11 @@ def _plan(req: BenchRequest, factory: RunnerFactory) -> tuple[list[tuple[dict, A
         for b in req.batches:
             params, mac = macs[c.ccr]
             threads = torch.get_num_threads() if c.backend == "torch" else (factory.threads or "default")
+            name = runner.name
+            if getattr(runner, "split", None) and b > 1:  # batch split over single-thread sessions
+                name, threads = f"{name}/{len(runner.split)}x1", 1
             row = base_row(c, b, dev) | {
-                "runner": runner.name, "file": str(getattr(runner, "path", "")) or None, "threads": threads,
+                "runner": name, "file": str(getattr(runner, "path", "")) or None, "threads": threads,
                 "params": params, "macs": mac, "gmacs": mac / 1e9, "peak_dtype": peak_key(c.precision, dev)}
             rows.append(row)
             jobs.append((row, runner, batch_of(crops[size], b)))

@@ -27,8 +27,9 @@ class BenchRequest:
     """Rows of (CCR count, backend, precision[, batch]) of one checkpoint, and how to time/evaluate them.
 
     ``ccrs`` None: 0, 1, 2 as far as the checkpoint was trained. ``threads`` sets torch's and ONNX Runtime's
-    intra-op threads (None: their defaults). ``data`` is the annotated split for accuracy rows (and the
-    exports' parity gate)."""
+    intra-op threads (None: their defaults); ``ort_sessions`` > 1 splits ONNX Runtime CPU batches over that
+    many single-thread sessions (:class:`~chs.runtime.backends.ort.OrtRunner`). ``data`` is the annotated
+    split for accuracy rows (and the exports' parity gate)."""
 
     model: str | os.PathLike = "default"
     backends: Sequence[str] = ("torch", "ort")
@@ -48,6 +49,7 @@ class BenchRequest:
     peer: bool = True
     noise_threshold: float = NOISE_THRESHOLD
     threads: int | None = None
+    ort_sessions: int = 1
     data: str | None = None
     max_samples: int | None = None
     batch_size: int = 32
@@ -64,6 +66,8 @@ class BenchRequest:
         for n in self.batches:
             if n < 1:
                 raise ChsError(f"batch sizes must be >= 1, got {n}")
+        if self.ort_sessions < 1:
+            raise ChsError(f"--ort-sessions must be >= 1, got {self.ort_sessions}")
         if self.passes < 1 or self.repeats < 1:
             raise ChsError("--repeats and passes must be >= 1")
         trained = trained_ccr(self.model)

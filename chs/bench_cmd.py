@@ -60,13 +60,16 @@ Warmup = Annotated[int, typer.Option(help="Untimed calls before the first pass."
 MaxSeconds = Annotated[float, typer.Option(help="Time cap per row and pass.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 Threads = Annotated[int | None, typer.Option(help="Intra-op threads for torch and ONNX Runtime (default: theirs).")]
+OrtSessions = Annotated[int, typer.Option(help="Split ONNX Runtime CPU batches of 2+ crops over this many "
+                                                "single-thread sessions side by side (small CPUs, INT8).")]
 Detector = Annotated[bool, typer.Option(help="Also time the face detector on the demo image.")]
 MaxSamples = Annotated[int | None, typer.Option(help="Evaluate this many faces, spread over the split.")]
 
 
 def _request_options(model: Model = D.model, backend: Backends = ",".join(D.backends),
                      precision: Precisions = ",".join(D.precisions), ccr: Ccrs = None, calib: Calib = D.calib,
-                     device: Device = D.device, work_dir: WorkDir = None, threads: Threads = D.threads) -> None:
+                     device: Device = D.device, work_dir: WorkDir = None, threads: Threads = D.threads,
+                     ort_sessions: OrtSessions = D.ort_sessions) -> None:
     """The options every latency/accuracy/trade-off command takes (declared once, see ``with_options``)."""
 
 

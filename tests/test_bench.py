@@ -76,6 +76,18 @@ def test_skipped_rows_have_reasons(bench):
     assert "calib" in [r for r in rows if r["backend"] == "ort"][0]["reason"]
 
 
+def test_ort_batches_split_over_sessions(bench):
+    """--ort-sessions 2: batches of 2+ crops run on two single-thread sessions, marked in the row."""
+    res = CliRunner().invoke(bench_app, [
+        "latency", "--model", str(bench["ckpt"]), "--backend", "ort", "--ccr", "0", "--batch", "1,3",
+        "--repeats", "2", "--warmup", "1", "--work-dir", str(bench["work"]), "--no-detector", "--threads", "2",
+        "--ort-sessions", "2", "--json"])
+    assert res.exit_code == 0, (res.stdout, res.stderr)
+    lm = [r for r in json.loads(res.stdout)["rows"] if r["kind"] == "landmarks"]
+    assert [(r["batch"], r["runner"], r["threads"], r["status"]) for r in lm] == [
+        (1, "ort-cpu", 2, "ok"), (3, "ort-cpu/2x1", 1, "ok")]
+
+
 def test_detector_row(monkeypatch):
     import chs.runtime.detector as det
 
@@ -145,7 +157,7 @@ def test_tradeoff_cli(bench):
 
 
 @pytest.mark.parametrize("args", [["--ccr", "x"], ["--ccr", "0,5"], ["--backend", "torch,foo"],
-                                  ["--batch", "0"], ["--precision", "fp64"]])
+                                  ["--batch", "0"], ["--precision", "fp64"], ["--ort-sessions", "0"]])
 def test_bad_lists_one_line_error(bench, args):
     res = CliRunner().invoke(bench_app, ["latency", "--model", str(bench["ckpt"]), *args])
     assert res.exit_code == 2, (res.stdout, res.stderr)

@@ -268,3 +268,16 @@ def test_unlabelled_folder_holds_out_images_and_gates_on_shift(fixtures_dir, tmp
     assert "unlabelled images held out" in source and "split by image" in source
     assert judge("int8-u8s8", compare(np.zeros((3, 68, 2)) + np.arange(68)[:, None], np.zeros((3, 68, 2))
                                       + np.arange(68)[:, None], meta.scheme, gt))["criterion"] == "shift_pt"
+
+
+def test_export_times_int8_against_fp32_in_alternating_rounds(tiny_onnx):
+    """The export's speed line: batch 1, 8 and 8 split over two sessions, each a ratio of the same rounds."""
+    from chs.export.pipeline import _int8_speed
+
+    crops = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    lines: list[str] = []
+    speed = _int8_speed(tiny_onnx, tiny_onnx, crops, lines.append)
+    assert list(speed) == ["batch 1", "batch 8", "batch 8 over 2 single-thread sessions"] and len(lines) == 3
+    for row in speed.values():
+        assert row["fp32_ms"] > 0 and row["int8_u8s8_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["fp32_ms"] / row["int8_u8s8_ms"])

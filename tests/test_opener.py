@@ -78,3 +78,22 @@ def test_torch_runner_options_are_checked(ckpt):
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     out = TorchRunner(model).infer(x)
     assert out["stages"].shape == (3, 2, 68, 2) and np.array_equal(out["stages"][-1], out["landmarks"])
+
+
+def test_split_sessions_answer_exactly_as_one_session(tiny_onnx):
+    """ONNX Runtime CPU batches split over single-thread sessions: same numbers, any batch size, closes."""
+    x = np.random.default_rng(1).standard_normal((5, 3, 64, 64)).astype(np.float32)
+    one = open_model(tiny_onnx, "ort", "cpu", threads=2)
+    split = open_model(tiny_onnx, "ort", "cpu", threads=2, sessions=2)
+    assert len(split.split) == 2 and not one.split
+    for n in (1, 2, 5):  # one crop runs on the whole session; 5 splits 3 + 2
+        a, b = one.infer(x[:n]), split.infer(x[:n])
+        assert b["landmarks"].shape == (n, 68, 2)
+        np.testing.assert_array_equal(a["landmarks"], b["landmarks"])
+        np.testing.assert_array_equal(a["scores"], b["scores"])
+    split.close()
+    split.close()  # idempotent
+    with pytest.raises(ChsError, match="closed"):
+        split.infer(x)
+    with pytest.raises(ChsError, match="sessions must be >= 1"):
+        open_model(tiny_onnx, "ort", "cpu", sessions=0)

@@ -23,11 +23,13 @@ CheckpointOpener = Callable[[Path, "int | None", str], Runner]
 
 
 def open_model(model: str | os.PathLike, backend: str = "auto", providers: str = "auto", *, ccr: int | None = None,
-               device: str = "cpu", threads: int = 0, checkpoint: CheckpointOpener | None = None) -> Runner:
+               device: str = "cpu", threads: int = 0, sessions: int = 1,
+               checkpoint: CheckpointOpener | None = None) -> Runner:
     """A runner for ``model`` ('default', a checkpoint folder, an .onnx or an .engine/.plan file).
 
     ``backend``: auto (by file type), torch, ort or tensorrt. ``ccr`` prunes a checkpoint to its first
-    stages; ``device`` is the torch device; ``providers``/``threads`` configure ONNX Runtime.
+    stages; ``device`` is the torch device; ``providers``/``threads``/``sessions`` configure ONNX Runtime
+    (:class:`~chs.runtime.backends.ort.OrtRunner`).
     ``triton://HOST:PORT/NAME`` (or ``triton+grpc://``) is a model served by Triton: crops go there."""
     from chs.runtime.backends.triton import TritonRunner, is_triton_url
 
@@ -57,7 +59,7 @@ def open_model(model: str | os.PathLike, backend: str = "auto", providers: str =
     if suffix == ".onnx" and backend in ("auto", "ort", "onnxruntime"):
         from chs.runtime.backends.ort import OrtRunner
 
-        return OrtRunner(path, providers=providers, threads=threads)
+        return OrtRunner(path, providers=providers, threads=threads, sessions=sessions)
     if suffix in (".engine", ".plan") and backend in ("auto", "tensorrt", "trt"):
         from chs.runtime.backends.trt import TensorRTRunner
 
