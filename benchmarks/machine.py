@@ -97,10 +97,9 @@ def machine_line(info: dict) -> str:
 def matmul_peak(dtype: str = "fp32", seconds: float = 2.0, device: str = "cpu", n: int | None = None) -> float:
     """GFLOP/s (GOP/s for int8) of square n x n x n matmuls on ``device``: 2 n^3 / the fastest call.
 
-    The fastest call, not the median: other load only slows calls down, so the minimum is the best estimate
-    of what the hardware can do. Without ``n``, CPU probes 256, 512 and 1024 (``seconds`` split between
-    them) and keeps the best: large GEMMs run closest to peak, small ones fit between preemptions on busy
-    shared cores. CUDA probes 8192."""
+    The fastest call, not the median: other load only slows calls down, so the minimum is the best estimate of what the
+    hardware can do. Without ``n``, CPU probes 256, 512 and 1024 (``seconds`` split between them) and keeps the best:
+    large GEMMs run closest to peak, small ones fit between preemptions on busy shared cores. CUDA probes 8192."""
     import torch
 
     if dtype not in PEAK_DTYPES:

@@ -37,9 +37,8 @@ from chs.runtime.tracking import TrackerSettings
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """One clip: ``frames`` at ``fps``; the still sits on a canvas ``pad`` times its size, shifted by up to
-    ``shift`` of the canvas size, scaled by 1 +- ``zoom`` and rotated by +- ``rotation_deg``, each a sine of
-    its own period (s)."""
+    """One clip: ``frames`` at ``fps``; the still sits on a canvas ``pad`` times its size, shifted by up to ``shift`` of
+    the canvas size, scaled by 1 +- ``zoom`` and rotated by +- ``rotation_deg``, each a sine of its own period (s)."""
 
     frames: int = 60
     fps: float = 30.0

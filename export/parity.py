@@ -5,14 +5,13 @@ Each precision is gated on one criterion, and the limit is always for the quanti
 - ``max_px`` (FP32): the largest landmark difference from PyTorch, in crop pixels.
 - ``dnme_pt`` (FP16, INT8 with annotated faces): the measured ΔNME = NME(file) - NME(PyTorch) on the same
   annotated faces, in NME percentage points.
-- ``shift_pt`` (FP16, INT8 without labels): the mean landmark shift from PyTorch in percent of the
-  inter-ocular distance (of PyTorch's landmarks). It is not a ΔNME and is not compared with a ΔNME limit.
-  Its INT8 limit, 0.75 %, comes from the same budget: a shift s uncorrelated with the model's error e adds
-  about s^2 / 2e to the NME, so s <= 0.75 % keeps that under 0.1 pt at e = 3 % (the label-noise floor of
-  68-point sets; the ΔNME limit is 0.15 pt). It sits between INT8 noise (bundled model, 1 CCR, AMD Zen 4:
-  s8s8 / u8s8 0.27 / 0.42 % on ytf68 val, 0.18 / 0.37 % on the demo face) and damage (a graph whose
-  ReLU/Add quantization went wrong: 3.2 % on val, 3.4 % on the demo face, +1.4 NME points). FP16 moves
-  landmarks by < 0.001 %: its limit is 0.02 %.
+- ``shift_pt`` (FP16, INT8 without labels): the mean landmark shift from PyTorch in percent of the inter-ocular distance
+  (of PyTorch's landmarks). It is not a ΔNME and is not compared with a ΔNME limit. Its INT8 limit, 0.75 %, comes from
+  the same budget: a shift s uncorrelated with the model's error e adds about s^2 / 2e to the NME, so s <= 0.75 % keeps
+  that under 0.1 pt at e = 3 % (the label-noise floor of 68-point sets; the ΔNME limit is 0.15 pt). It sits between INT8
+  noise (bundled model, 1 CCR, AMD Zen 4: s8s8 / u8s8 0.27 / 0.42 % on ytf68 val, 0.18 / 0.37 % on the demo face) and
+  damage (a graph whose ReLU/Add quantization went wrong: 3.2 % on val, 3.4 % on the demo face, +1.4 NME points). FP16
+  moves landmarks by < 0.001 %: its limit is 0.02 %.
 
 The gate faces of an INT8 export are held out from the calibration set (``chs.calibration.data.split_held_out``)
 when it has more than a handful of faces, so the gate never measures the faces the ranges came from.

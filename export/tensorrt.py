@@ -4,12 +4,11 @@ The ONNX file carries the precision (float16 tensors for FP16, Q/DQ pairs for IN
 never sets FP16/INT8/BF16 flags or a calibrator: TensorRT 11 removed them. ``RoiAlign`` is mapped to the
 built-in ``ROIAlign_TRT`` plugin, hence ``init_libnvinfer_plugins`` before parsing.
 
-Status: written against the documented TensorRT Python API, checked for names and enum values against the
-real ``tensorrt_lean`` wheel where it has them, and exercised against the fake in ``tests/fake_tensorrt.py``;
-it has NOT been run with a real TensorRT on a GPU. ``tensorrt`` is never
-imported at module import time (creating TensorRT objects without a driver can crash the interpreter at
-exit): check :func:`tensorrt_available` first, or build in a child process with
-:func:`build_engine_subprocess`.
+Status: written against the documented TensorRT Python API, checked for names and enum values against the real
+``tensorrt_lean`` wheel where it has them, and exercised against the fake in ``tests/fake_tensorrt.py``; it has NOT been
+run with a real TensorRT on a GPU. ``tensorrt`` is never imported at module import time (creating TensorRT objects
+without a driver can crash the interpreter at exit): check :func:`tensorrt_available` first, or build in a child process
+with :func:`build_engine_subprocess`.
 """
 
 from __future__ import annotations

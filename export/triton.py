@@ -1,12 +1,11 @@
 """Triton Inference Server model repository for a CHS model (ONNX Runtime, python or TensorRT backend).
 
-Triton's dynamic batcher groups single-face requests into the batches the model was built for; the
-config must agree with the artifact (input name and size, batch limit within the engine profile), and the
-crop/normalisation rule must travel with it: the I/O contract is copied next to ``config.pbtxt`` and the
-model metadata rides in the config's ``chs.meta`` parameter, so a remote client (``triton://``) reads it
-from the server. The python backend serves the exported ONNX file with the project's own ONNX Runtime
-runner (``chs.runtime.triton_model``): it is what the ``nvidia-pytriton`` server binary can run, and what
-the tests start on loopback.
+Triton's dynamic batcher groups single-face requests into the batches the model was built for; the config must agree
+with the artifact (input name and size, batch limit within the engine profile), and the crop/normalisation rule must
+travel with it: the I/O contract is copied next to ``config.pbtxt`` and the model metadata rides in the config's
+``chs.meta`` parameter, so a remote client (``triton://``) reads it from the server. The python backend serves the
+exported ONNX file with the project's own ONNX Runtime runner (``chs.runtime.triton_model``): it is what the
+``nvidia-pytriton`` server binary can run, and what the tests start on loopback.
 """
 
 from __future__ import annotations

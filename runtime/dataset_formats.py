@@ -1,9 +1,8 @@
 """The landmark annotation formats: one reader per format, all returning the same FaceSample list.
 
-Training, evaluation and calibration then never care where a face came from (``datasets.load_dataset``
-picks the reader by path). Coordinates are image pixels, 0-based, with pixel centres on integers (the
-geometry module's convention); missing points are NaN. Only COFW's MATLAB file is converted (1-based ->
-0-based); other formats are taken as written:
+Training, evaluation and calibration then never care where a face came from (``datasets.load_dataset`` picks the reader
+by path). Coordinates are image pixels, 0-based, with pixel centres on integers (the geometry module's convention);
+missing points are NaN. Only COFW's MATLAB file is converted (1-based -> 0-based); other formats are taken as written:
 
 * ``.pts`` files: the original 300-W release is 1-based, but this project's ``.pts`` data (ytf68) is
   documented 0-based, so ``.pts`` coordinates are used unchanged. Convert 1-based sets before use.

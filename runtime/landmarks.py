@@ -4,9 +4,8 @@ Torch-free: it serves exported models (ONNX Runtime, TensorRT) or any object wit
 Cropping, normalisation and the inverse mapping are the shared ones from ``chs.runtime.evaluate``, so a
 face predicted here matches ``chs-eval`` on the same box exactly.
 
-Thread safety: a runtime holds only read-only state (the runner, whose ``infer`` is thread-safe, and the
-detector, which guards itself), so one instance can serve many threads; results are bit-identical to
-serial calls.
+Thread safety: a runtime holds only read-only state (the runner, whose ``infer`` is thread-safe, and the detector, which
+guards itself), so one instance can serve many threads; results are bit-identical to serial calls.
 """
 
 from __future__ import annotations

@@ -125,9 +125,8 @@ def nme(pred, gt, scheme: str | int | LandmarkScheme, kind: str = "iod", boxes=N
 def mean_offset(pred, gt, scheme: str | int | LandmarkScheme, kind: str = "iod", boxes=None) -> np.ndarray:
     """Mean signed error (x, y) over samples and annotated points, each sample's divided by its normaliser.
 
-    NME cannot tell scatter from a systematic shift; this can. A shift that persists on the training set
-    means the model cannot represent the labels' convention (e.g. labels that are not mirror-symmetric,
-    trained with flip augmentation).
+    NME cannot tell scatter from a systematic shift; this can. A shift that persists on the training set means the model
+    cannot represent the labels' convention (e.g. labels that are not mirror-symmetric, trained with flip augmentation).
     """
     d, norm, valid = _signed_errors(pred, gt, scheme, kind, boxes)
     return (d / norm[:, None, None])[valid].mean(axis=0)

@@ -4,11 +4,10 @@ A 5-point face is a *partially labelled* face for a 68-point model: it carries t
 own scheme ("5": eye centres, nose tip, mouth corners, image-left first), and whoever needs 68-point
 quantities reduces the model's output to 5 (:meth:`LandmarkScheme.to_five`) instead of inventing labels.
 
-The one thing a 5-point face cannot give is the model's crop: models are trained on the box of the 68
-ground-truth points, and the box of 5 points is a different, much smaller box. :func:`box_from_five`
-predicts the 68-point box from the 5 points with constants fitted once on ``ytf68/train`` (see
-:func:`fit_five_point_box`) and stored here, so every caller (evaluation, training, the dlib peer) gets
-the same box from the reader instead of re-deriving its own.
+The one thing a 5-point face cannot give is the model's crop: models are trained on the box of the 68 ground-truth
+points, and the box of 5 points is a different, much smaller box. :func:`box_from_five` predicts the 68-point box from
+the 5 points with constants fitted once on ``ytf68/train`` (see :func:`fit_five_point_box`) and stored here, so every
+caller (evaluation, training, the dlib peer) gets the same box from the reader instead of re-deriving its own.
 """
 
 from __future__ import annotations

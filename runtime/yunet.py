@@ -80,13 +80,12 @@ class YuNetDetector:
     """The bundled YuNet face detector (ONNX Runtime; thread-safe: ``InferenceSession.run`` is).
 
     ``score_threshold`` on sqrt(cls * obj); ``nms_threshold`` = IoU above which the weaker box goes.
-    ``fallback_threshold``: when nothing passes ``score_threshold``, keep the single best box above this
-    lower one, since a still image handed to a landmark tool almost always holds a face. ``None`` (what
-    video tracking uses) returns nothing instead. ``max_side``: larger images are downscaled to this longer
-    side first. YuNet's cost grows with the pixel count: at 1280x720 full size it took 0.6-0.9x dlib HOG's
-    time on the 2-core machine, at 640 about 0.1x (benchmarks/results/detector-ytf68/). At 640 a 1280 px
-    frame still yields faces from ~20 px (dlib HOG without upsampling: ~80 px); ``None`` runs at full size
-    for tiny faces in big photos.
+    ``fallback_threshold``: when nothing passes ``score_threshold``, keep the single best box above this lower one,
+    since a still image handed to a landmark tool almost always holds a face. ``None`` (what video tracking uses)
+    returns nothing instead. ``max_side``: larger images are downscaled to this longer side first. YuNet's cost grows
+    with the pixel count: at 1280x720 full size it took 0.6-0.9x dlib HOG's time on the 2-core machine, at 640 about
+    0.1x (benchmarks/results/detector-ytf68/). At 640 a 1280 px frame still yields faces from ~20 px (dlib HOG without
+    upsampling: ~80 px); ``None`` runs at full size for tiny faces in big photos.
     """
 
     name = "yunet"

@@ -260,14 +260,12 @@ class TensorRTRunner(RunnerBase):
         dtype: str | None = None,
         to_host: bool = False,
     ) -> dict[str, Any]:
-        """Run crops already on the GPU: a DLPack tensor (torch, cupy, jax; preferred, so the producer's
-        stream is ordered before the engine's), a ``__cuda_array_interface__`` object, or a raw int pointer
-        + shape.
+        """Run crops already on the GPU: a DLPack tensor (torch, cupy, jax; preferred, so the producer's stream is
+        ordered before the engine's), a ``__cuda_array_interface__`` object, or a raw int pointer + shape.
 
-        With an external ``stream`` the work is queued on it and nothing waits; otherwise the runner's own
-        stream is synchronised before returning. An input that is not 256-byte aligned is first copied
-        into the runner's own input buffer. Outputs are :class:`DeviceTensor` s (valid until this
-        thread's next call) unless ``to_host``.
+        With an external ``stream`` the work is queued on it and nothing waits; otherwise the runner's own stream is
+        synchronised before returning. An input that is not 256-byte aligned is first copied into the runner's own input
+        buffer. Outputs are :class:`DeviceTensor` s (valid until this thread's next call) unless ``to_host``.
         """
         st = self._state()
         ext = stream_handle(stream)
