@@ -126,8 +126,7 @@ def score(clip: Clip, preds: Sequence[np.ndarray | None], scheme: str) -> dict:
     found = [i for i, p in enumerate(preds) if p is not None]
     errs = nme(np.stack([preds[i] for i in found]), clip.truth[found], scheme) if found else np.zeros(0)
     still = {i: transform_points(preds[i], invert_affine(clip.motions[i])) for i in found}
-    steps = [np.linalg.norm(still[i] - still[i - 1], axis=-1).mean() / clip.iod
-             for i in found if i - 1 in still]
+    steps = [np.linalg.norm(still[i] - still[i - 1], axis=-1).mean() / clip.iod for i in found if i - 1 in still]
     return {"frames": len(preds), "lost": len(preds) - len(found), "nme_sum": float(errs.sum()),
             "nme_n": len(found), "jitter_sum": float(np.sum(steps)), "jitter_n": len(steps)}
 

@@ -224,8 +224,7 @@ class AlignOptions:
                                         "TrackerSettings.redetect_every].")
 
     def runtime(self) -> LandmarkRuntime:
-        return LandmarkRuntime.load(self.model, backend=self.backend, max_batch=self.batch_size,
-                                    detector=self.detector)
+        return LandmarkRuntime.load(self.model, backend=self.backend, max_batch=self.batch_size, detector=self.detector)
 
 
 @one_line_errors

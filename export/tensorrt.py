@@ -178,9 +178,7 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ChsError(
-            f"TensorRT could not parse {onnx_path}: " + ("; ".join(errors) or "unknown parser error")
-        )
+        raise ChsError(f"TensorRT could not parse {onnx_path}: " + ("; ".join(errors) or "unknown parser error"))
 
     inputs = [_tensor_desc(trt, network.get_input(i)) for i in range(network.num_inputs)]
     outputs = [_tensor_desc(trt, network.get_output(i)) for i in range(network.num_outputs)]

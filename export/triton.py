@@ -156,10 +156,7 @@ def write_triton_repository(
         platform, target, kind = "onnxruntime_onnx", "model.onnx", kind or "KIND_AUTO"
 
     inputs = [(INPUT_NAME, _triton_type(in_dtype), [3, s, s])]
-    outputs = [
-        (OUTPUT_LANDMARKS, _triton_type(out_dtype), [n, 2]),
-        (OUTPUT_SCORES, _triton_type(out_dtype), [n]),
-    ]
+    outputs = [(OUTPUT_LANDMARKS, _triton_type(out_dtype), [n, 2]), (OUTPUT_SCORES, _triton_type(out_dtype), [n])]
     engine_line = 'backend: "python"' if backend == "python" else f'platform: "{platform}"'
     lines = [f'name: "{model_name}"', engine_line, f"max_batch_size: {int(max_batch)}"]
     lines += _tensor_block("input", inputs) + _tensor_block("output", outputs)

@@ -36,8 +36,7 @@ def save_checkpoint(model: CHSNet, directory: str | os.PathLike, info: dict | No
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
         if extra_tensors:
-            save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()},
-                      str(tmp / TRAIN_STATE))
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()}, str(tmp / TRAIN_STATE))
         meta = {"config": model.cfg.to_dict(), "info": info or {}}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
         tmp.chmod(0o755)  # mkdtemp makes the folder private; a checkpoint is meant to be shared

@@ -71,9 +71,7 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = conv3x3(cin * groups, cout * groups, groups)
         self.conv2 = conv3x3(cout * groups, cout * groups, groups)
-        self.shortcut = (
-            None if cin == cout else nn.Conv2d(cin * groups, cout * groups, 1, bias=False, groups=groups)
-        )
+        self.shortcut = None if cin == cout else nn.Conv2d(cin * groups, cout * groups, 1, bias=False, groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(F.relu(self.conv1(x)))

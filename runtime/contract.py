@@ -144,9 +144,7 @@ def validate_contract(contract: object, source: str = "contract") -> dict:
     if version < CONTRACT_VERSION:
         raise ChsError(f"{source} has contract_version {version}, older than {CONTRACT_VERSION}: re-export")
     if version > CONTRACT_VERSION:
-        raise ChsError(
-            f"{source} has contract_version {version}; this chs reads {CONTRACT_VERSION}: upgrade chs"
-        )
+        raise ChsError(f"{source} has contract_version {version}; this chs reads {CONTRACT_VERSION}: upgrade chs")
     missing = [k for k in REQUIRED_KEYS if k not in contract]
     if missing:
         raise ChsError(f"{source} lacks required keys: {', '.join(missing)}")

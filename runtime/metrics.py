@@ -17,12 +17,7 @@ from .schemes import WFLW_ATTRIBUTES, LandmarkScheme, get_scheme
 
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2.0 only has trapz
 
-_KIND_WORDS = {
-    "iod": "inter-ocular distance",
-    "ipd": "inter-pupil distance",
-    "box": "box size",
-    "diag": "box diagonal",
-}
+_KIND_WORDS = {"iod": "inter-ocular distance", "ipd": "inter-pupil distance", "box": "box size", "diag": "box diagonal"}
 
 
 

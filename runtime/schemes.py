@@ -160,9 +160,7 @@ SCHEME_98 = LandmarkScheme(
 # ---- 29: COFW (0/1 brow outer, 2/3 brow inner, 4-7 brow top/bottom, 8/9 eye outer, 10/11 eye inner,
 # 12-15 lid top/bottom, 16/17 pupils, 18/19 nostrils, 20 nose tip, 21 subnasale, 22/23 mouth corners,
 # 24-27 lips top to bottom, 28 chin) -------------------------------------------------------------
-_PAIRS_29 = [
-    (0, 1), (2, 3), (4, 6), (5, 7), (8, 9), (10, 11), (12, 14), (13, 15), (16, 17), (18, 19), (22, 23)
-]
+_PAIRS_29 = [(0, 1), (2, 3), (4, 6), (5, 7), (8, 9), (10, 11), (12, 14), (13, 15), (16, 17), (18, 19), (22, 23)]
 SCHEME_29 = LandmarkScheme(
     name="29",
     num_points=29,
@@ -207,9 +205,7 @@ SCHEME_5 = LandmarkScheme(
     to5=None,
 )
 
-SCHEMES: dict[str, LandmarkScheme] = {
-    s.name: s for s in (SCHEME_5, SCHEME_19, SCHEME_29, SCHEME_68, SCHEME_98)
-}
+SCHEMES: dict[str, LandmarkScheme] = {s.name: s for s in (SCHEME_5, SCHEME_19, SCHEME_29, SCHEME_68, SCHEME_98)}
 
 _ALIASES = {
     "300w": "68",

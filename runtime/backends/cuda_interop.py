@@ -84,9 +84,7 @@ def parse_cuda_array(obj: Any) -> tuple[int, tuple[int, ...], str]:
             raise ChsError(f"raw device pointer needs a shape, got {obj[1]!r}") from None
         dtype = np.dtype(obj[2]).name if len(obj) == 3 else "float32"
         return int(obj[0]), shape, dtype
-    raise ChsError(
-        f"{type(obj).__name__} is not a CUDA array (no __cuda_array_interface__, not (ptr, shape))"
-    )
+    raise ChsError(f"{type(obj).__name__} is not a CUDA array (no __cuda_array_interface__, not (ptr, shape))")
 
 
 class _DLDevice(ctypes.Structure):
@@ -147,9 +145,7 @@ def parse_dlpack(
     t = _DLManagedTensor.from_address(addr).dl_tensor
     shape = tuple(int(t.shape[i]) for i in range(t.ndim))
     if t.dtype.lanes != 1 or t.dtype.code != 2 or t.dtype.bits not in (16, 32):
-        raise ChsError(
-            f"DLPack tensor has dtype code {t.dtype.code} / {t.dtype.bits} bits: need float32/float16"
-        )
+        raise ChsError(f"DLPack tensor has dtype code {t.dtype.code} / {t.dtype.bits} bits: need float32/float16")
     dtype = "float32" if t.dtype.bits == 32 else "float16"
     if t.strides:
         strides = tuple(int(t.strides[i]) for i in range(t.ndim))
@@ -309,12 +305,7 @@ class DeviceTensor:
         keepalive: Any = None,
     ) -> None:
         self.ptr, self.shape, self.dtype = int(ptr), tuple(shape), np.dtype(dtype)
-        self._cudart, self._stream, self._sync_stream, self._keepalive = (
-            cudart,
-            stream,
-            sync_stream,
-            keepalive,
-        )
+        self._cudart, self._stream, self._sync_stream, self._keepalive = cudart, stream, sync_stream, keepalive
 
     @property
     def nbytes(self) -> int:

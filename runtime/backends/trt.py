@@ -238,11 +238,7 @@ class TensorRTRunner(RunnerBase):
         st = self._state()
         cu = self._cudart
         h2d, d2h = cu.cudaMemcpyKind.cudaMemcpyHostToDevice, cu.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        cuda_call(
-            cu,
-            cu.cudaMemcpyAsync(st.buffers[INPUT_NAME], x.ctypes.data, x.nbytes, h2d, st.stream),
-            "H2D copy",
-        )
+        cuda_call(cu, cu.cudaMemcpyAsync(st.buffers[INPUT_NAME], x.ctypes.data, x.nbytes, h2d, st.stream), "H2D copy")
         results = {}
         for name, shape, dtype, ptr in self._enqueue(st, st.buffers[INPUT_NAME], x.shape, st.handle):
             out = np.empty(shape, dtype)
