@@ -202,10 +202,8 @@ def build_engine(
         prof = {"input": name, "min": [b_min, *rest], "opt": [b_opt, *rest], "max": [b_max, *rest]}
     else:
         if (b_min, b_max) != (in_shape[0], in_shape[0]):
-            raise ChsError(
-                f"{onnx_path} has a fixed batch of {in_shape[0]}; re-export it with a dynamic batch axis "
-                f"to build for batch {b_min}..{b_max}"
-            )
+            raise ChsError(f"{onnx_path} has a fixed batch of {in_shape[0]}; re-export it with a dynamic batch axis "
+                           f"to build for batch {b_min}..{b_max}")
         prof = {"input": name, "min": in_shape, "opt": in_shape, "max": in_shape}
     cache_path = Path(opts.timing_cache) if opts.timing_cache is not None else None
     cache_status = _load_timing_cache(config, cache_path)

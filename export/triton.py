@@ -145,10 +145,8 @@ def write_triton_repository(
             out_dtype = dtypes.get(OUTPUT_LANDMARKS, out_dtype)
             prof_max = sidecar.profile.get("max")
             if prof_max and max_batch > int(prof_max[0]):
-                raise ChsError(
-                    f"max_batch {max_batch} exceeds the engine's profile maximum {prof_max[0]}: "
-                    "lower it or rebuild the engine"
-                )
+                raise ChsError(f"max_batch {max_batch} exceeds the engine's profile maximum {prof_max[0]}: "
+                               "lower it or rebuild the engine")
             contract = sidecar.contract
     elif backend == "python":
         platform, target, kind = "python", "model.onnx", kind or "KIND_CPU"

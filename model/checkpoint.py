@@ -101,8 +101,7 @@ def check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
     """Refuse weights holding NaN or infinity (e.g. from a diverged run): they only give nonsense later."""
     bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
-        raise ChsError(f"checkpoint weights {source} contain NaN or infinity ({len(bad)} tensor(s), first "
-                       f"'{bad[0]}')")
+        raise ChsError(f"checkpoint weights {source} contain NaN or infinity ({len(bad)} tensor(s), first '{bad[0]}')")
 
 
 def load_checkpoint(directory: str | os.PathLike, ccr: int | None = None,

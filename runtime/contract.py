@@ -46,14 +46,10 @@ REQUIRED_KEYS = (
     "precision",
 )
 
-CROP_FORMULA = (
-    "side = max(x1 - x0, y1 - y0) * scale; centre = ((x0 + x1) / 2, (y0 + y1) / 2 + shift_y * side); "
-    "the square of that side centred there is resampled to input_size x input_size pixels"
-)
-AFFINE_FORMULA = (
-    "s = input_size / side; m = (input_size - 1) / 2; "
-    "A = [[s, 0, m - s * cx], [0, s, m - s * cy]] maps image (x, y, 1) to crop (x, y)"
-)
+CROP_FORMULA = ("side = max(x1 - x0, y1 - y0) * scale; centre = ((x0 + x1) / 2, (y0 + y1) / 2 + shift_y * side); "
+                "the square of that side centred there is resampled to input_size x input_size pixels")
+AFFINE_FORMULA = ("s = input_size / side; m = (input_size - 1) / 2; "
+                  "A = [[s, 0, m - s * cx], [0, s, m - s * cy]] maps image (x, y, 1) to crop (x, y)")
 
 
 def _tensor_list(tensors: list[dict], what: str) -> list[dict]:

@@ -187,8 +187,7 @@ def load_wflw(annotation_txt: PathLike, image_root: PathLike) -> list[FaceSample
         if not parts:
             continue
         if len(parts) != 207:
-            raise ChsError(f"{txt}:{lineno}: expected 207 fields (196 coords, 4 box, 6 flags, name), "
-                           f"got {len(parts)}")
+            raise ChsError(f"{txt}:{lineno}: expected 207 fields (196 coords, 4 box, 6 flags, name), got {len(parts)}")
         try:
             nums = np.array([float(v) for v in parts[:206]])
         except ValueError:

@@ -27,10 +27,8 @@ def _as_batch(points, scheme: LandmarkScheme, what: str) -> np.ndarray:
     if a.ndim == 2:
         a = a[None]
     if a.ndim != 3 or a.shape[1:] != (scheme.num_points, 2):
-        raise ChsError(
-            f"{what} must have shape (N, {scheme.num_points}, 2) for scheme {scheme.name}, "
-            f"got {tuple(a.shape)}"
-        )
+        raise ChsError(f"{what} must have shape (N, {scheme.num_points}, 2) for scheme {scheme.name}, "
+                       f"got {tuple(a.shape)}")
     return a
 
 

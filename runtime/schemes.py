@@ -55,10 +55,8 @@ class LandmarkScheme:
     def _check(self, landmarks: np.ndarray) -> np.ndarray:
         pts = np.asarray(landmarks, dtype=np.float64)
         if pts.ndim < 2 or pts.shape[-2:] != (self.num_points, 2):
-            raise ChsError(
-                f"expected landmarks of shape (..., {self.num_points}, 2) for scheme {self.name}, "
-                f"got {tuple(pts.shape)}"
-            )
+            raise ChsError(f"expected landmarks of shape (..., {self.num_points}, 2) for scheme {self.name}, "
+                           f"got {tuple(pts.shape)}")
         return pts
 
     def flip(self, landmarks: np.ndarray, width: float) -> np.ndarray:

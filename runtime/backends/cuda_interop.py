@@ -125,10 +125,8 @@ def parse_dlpack(
     """
     dev = obj.__dlpack_device__() if hasattr(obj, "__dlpack_device__") else None
     if require_cuda and (dev is None or int(dev[0]) not in (_KDL_CUDA, _KDL_CUDA_MANAGED)):
-        raise ChsError(
-            f"{type(obj).__name__} lives on DLPack device {dev}, not on a CUDA GPU: "
-            "use infer() for host arrays"
-        )
+        raise ChsError(f"{type(obj).__name__} lives on DLPack device {dev}, not on a CUDA GPU: "
+                       "use infer() for host arrays")
     try:
         if stream is None:
             capsule = obj.__dlpack__()
@@ -193,11 +191,9 @@ def driver_mismatch_hint(cudart: Any) -> str:
     if not driver:
         return f"{rt}, and no NVIDIA driver is installed"
     have = _cuda_major(driver)
-    return (
-        f"{rt}, but the NVIDIA driver supports CUDA {have}.{driver % 1000 // 10} only: "
-        f"install chs[tensorrt-cu{have}] (cuda-python {have}.x and TensorRT's -cu{have} flavour) "
-        "or upgrade the driver (CUDA 13 needs R580 or newer)"
-    )
+    return (f"{rt}, but the NVIDIA driver supports CUDA {have}.{driver % 1000 // 10} only: "
+            f"install chs[tensorrt-cu{have}] (cuda-python {have}.x and TensorRT's -cu{have} flavour) "
+            "or upgrade the driver (CUDA 13 needs R580 or newer)")
 
 
 def cuda_call(cudart: Any, ret: Any, what: str) -> Any:
@@ -234,10 +230,8 @@ def import_cudart(required: bool = True) -> Any | None:
     except ImportError:
         if not required:
             return None
-        raise ChsError(
-            "the TensorRT runner needs cuda-python matching the driver: "
-            "pip install 'chs[tensorrt-cu12]' or 'chs[tensorrt-cu13]'"
-        ) from None
+        raise ChsError("the TensorRT runner needs cuda-python matching the driver: "
+                       "pip install 'chs[tensorrt-cu12]' or 'chs[tensorrt-cu13]'") from None
 
 
 def compute_capability(cudart: Any, device: int = 0) -> str:

@@ -132,10 +132,8 @@ class TensorRTRunner(RunnerBase):
             raise ChsError(f"engine lacks output(s) {', '.join(missing)} (tensors: {names})")
         s = self.meta.input_size
         if tuple(self._io[INPUT_NAME].shape[1:]) != (3, s, s):
-            raise ChsError(
-                f"engine input shape {list(self._io[INPUT_NAME].shape)} does not match the sidecar's "
-                f"input_size {s} (expected [-1, 3, {s}, {s}])"
-            )
+            raise ChsError(f"engine input shape {list(self._io[INPUT_NAME].shape)} does not match the sidecar's "
+                           f"input_size {s} (expected [-1, 3, {s}, {s}])")
         if self._io[INPUT_NAME].dtype not in (np.float32, np.float16):
             raise ChsError(f"engine input dtype {self._io[INPUT_NAME].dtype} is not float32/float16")
         for t in self._io.values():
@@ -193,10 +191,8 @@ class TensorRTRunner(RunnerBase):
     def _check_batch_size(self, n: int) -> int:
         """``n`` must fit the engine's optimisation profile (the shape itself is checked by the base)."""
         if n > self.max_batch:
-            raise ChsError(
-                f"batch of {n} exceeds the engine's profile maximum {self.max_batch}: "
-                "split it or rebuild the engine with a larger max batch"
-            )
+            raise ChsError(f"batch of {n} exceeds the engine's profile maximum {self.max_batch}: "
+                           "split it or rebuild the engine with a larger max batch")
         if 0 < n < self.min_batch:
             raise ChsError(f"batch of {n} is below the engine's profile minimum {self.min_batch}")
         return n
