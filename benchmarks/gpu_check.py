@@ -67,9 +67,8 @@ def _load_model() -> tuple[Any, str]:
         return build_model(get_preset("ytf68")), f"ytf68 preset, random weights ({e.name} missing)"
 
 
-def _torch_rows(
-    model: Any, crops: np.ndarray, iters: int, device: str = "cuda", only: tuple[str, ...] | None = None
-) -> list[dict]:
+def _torch_rows(model: Any, crops: np.ndarray, iters: int, device: str = "cuda",
+                only: tuple[str, ...] | None = None) -> list[dict]:
     """torch rows through :class:`TorchRunner` on ``device`` ("cpu" only in tests: the CUDA graph row is
     then skipped with the runner's reason); host batch in, host landmarks out, as in every other row."""
     import torch

@@ -67,8 +67,7 @@ def parity_crops(meta: ModelMeta, data: str | None = None, max_images: int = 64,
     return meta.norm(np.stack(crops)), None, "the bundled demo face, 16 jittered crops (no ground truth)"
 
 
-def annotated_crops(samples: Sequence[FaceSample], meta: ModelMeta, source: str
-                    ) -> tuple[np.ndarray, np.ndarray, int]:
+def annotated_crops(samples: Sequence[FaceSample], meta: ModelMeta, source: str) -> tuple[np.ndarray, np.ndarray, int]:
     """(crops, ground truth in crop pixels, faces used) of annotated samples; unreadable images skipped."""
     kept, images, _ = load_images(list(samples))
     if not kept:

@@ -143,16 +143,9 @@ def _serialized_timing_cache(config: Any) -> bytes | None:
     return None if cache is None else bytes(memoryview(cache.serialize()))
 
 
-def build_engine(
-    onnx_path: str | Path,
-    engine_path: str | Path,
-    options: BuildOptions | None = None,
-    *,
-    trt: Any | None = None,
-    meta: ModelMeta | None = None,
-    cudart: Any | None = None,
-    **overrides: Any,
-) -> dict:
+def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildOptions | None = None, *,
+                 trt: Any | None = None, meta: ModelMeta | None = None, cudart: Any | None = None,
+                 **overrides: Any) -> dict:
     """Build a strongly typed engine with one batch profile; write it and its sidecar (both or neither).
 
     ``overrides`` replace fields of ``options`` (``batch=(1, 8, 32)`` etc.). ``trt`` / ``cudart`` replace
@@ -263,18 +256,10 @@ def interpret_child(rc: int, stdout: str, stderr: str, sidecar: Path) -> dict:
     raise ChsError(f"TensorRT build process failed (exit code {rc}): {tail or 'no output'}")
 
 
-def build_engine_subprocess(
-    onnx_path: str | Path,
-    engine_path: str | Path,
-    options: BuildOptions | None = None,
-    *,
-    meta: ModelMeta | None = None,
-    timeout: float | None = None,
-    python: str | None = None,
-    trt_factory: str | None = None,
-    env: dict[str, str] | None = None,
-    **overrides: Any,
-) -> dict:
+def build_engine_subprocess(onnx_path: str | Path, engine_path: str | Path, options: BuildOptions | None = None, *,
+                            meta: ModelMeta | None = None, timeout: float | None = None, python: str | None = None,
+                            trt_factory: str | None = None, env: dict[str, str] | None = None,
+                            **overrides: Any) -> dict:
     """Run :func:`build_engine` in a child interpreter so a TensorRT crash cannot take this process down.
 
     ``trt_factory`` ("module:callable") makes the child use a fake TensorRT (tests only).

@@ -103,16 +103,9 @@ class TritonModelSettings:
             raise ChsError(f"instance_kind must be one of {', '.join(_KINDS)}, got {self.instance_kind!r}")
 
 
-def write_triton_repository(
-    out_dir: str | Path,
-    model_name: str,
-    *,
-    onnx_path: str | Path | None = None,
-    engine_path: str | Path | None = None,
-    meta: ModelMeta,
-    settings: TritonModelSettings = TritonModelSettings(),
-    backend: str | None = None,
-) -> Path:
+def write_triton_repository(out_dir: str | Path, model_name: str, *, onnx_path: str | Path | None = None,
+                            engine_path: str | Path | None = None, meta: ModelMeta,
+                            settings: TritonModelSettings = TritonModelSettings(), backend: str | None = None) -> Path:
     """Write ``out_dir/model_name/{config.pbtxt, chs_contract.json, 1/model.onnx|model.plan}``.
 
     Exactly one of ``onnx_path`` / ``engine_path``. ``backend``: ``onnxruntime`` (the default for ONNX),

@@ -104,8 +104,7 @@ def check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
         raise ChsError(f"checkpoint weights {source} contain NaN or infinity ({len(bad)} tensor(s), first '{bad[0]}')")
 
 
-def load_checkpoint(directory: str | os.PathLike, ccr: int | None = None,
-                    map_location: str = "cpu") -> CHSNet:
+def load_checkpoint(directory: str | os.PathLike, ccr: int | None = None, map_location: str = "cpu") -> CHSNet:
     """Load a checkpoint, keeping its first ``ccr`` CCR stages (None = all that were trained)."""
     path = resolve_model_path(directory)
     if path.is_file():

@@ -86,16 +86,8 @@ def check_box(box, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
     return b
 
 
-def crop_affine(
-    box,
-    size: int,
-    rule: CropRule = CropRule(),
-    *,
-    rotation_deg: float = 0.0,
-    scale_jitter: float = 1.0,
-    shift_px: tuple[float, float] = (0.0, 0.0),
-    flip: bool = False,
-) -> np.ndarray:
+def crop_affine(box, size: int, rule: CropRule = CropRule(), *, rotation_deg: float = 0.0, scale_jitter: float = 1.0,
+                shift_px: tuple[float, float] = (0.0, 0.0), flip: bool = False) -> np.ndarray:
     """2x3 matrix mapping image coordinates to crop coordinates.
 
     The crop is a square of side ``max(w, h) * rule.scale * scale_jitter`` centred on the box centre

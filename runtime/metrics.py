@@ -53,9 +53,7 @@ def _quiet_nan_warnings() -> Iterator[None]:
         yield
 
 
-def normalizing_distance(
-    gt, scheme: str | int | LandmarkScheme, kind: str = "iod", boxes=None
-) -> np.ndarray:
+def normalizing_distance(gt, scheme: str | int | LandmarkScheme, kind: str = "iod", boxes=None) -> np.ndarray:
     """Per-sample normaliser [N]: "iod" (outer eye corners), "ipd" (eye centres), "box" (sqrt(w*h) of the
     boxes, or of the GT landmarks' bounding box when boxes is None) or "diag" (that box's diagonal)."""
     sch = get_scheme(scheme)
@@ -189,14 +187,8 @@ def primary_normaliser(scheme: str) -> str:
     return "box" if scheme == "19" else "iod"
 
 
-def summarize(
-    pred,
-    gt,
-    scheme: str | int | LandmarkScheme,
-    boxes=None,
-    auc_threshold: float | Sequence[float] | None = None,
-    shift=None,
-) -> dict:
+def summarize(pred, gt, scheme: str | int | LandmarkScheme, boxes=None,
+              auc_threshold: float | Sequence[float] | None = None, shift=None) -> dict:
     """The usual report: mean NME under each normaliser, FR and AUC at 8 % and 10 % (plus 7 % for AFLW-19),
     and the mean signed error (``offset_x``, ``offset_y``, in the customary normaliser).
 
@@ -244,14 +236,8 @@ def summarize(
     return out
 
 
-def subset_summary(
-    pred,
-    gt,
-    scheme: str | int | LandmarkScheme,
-    attributes: list[dict],
-    boxes=None,
-    auc_threshold: float | Sequence[float] | None = None,
-) -> dict[str, dict]:
+def subset_summary(pred, gt, scheme: str | int | LandmarkScheme, attributes: list[dict], boxes=None,
+                   auc_threshold: float | Sequence[float] | None = None) -> dict[str, dict]:
     """summarize() on each non-empty WFLW attribute subset (pose, expression, illumination, makeup,
     occlusion, blur); attributes[i] holds sample i's flags ("make-up" is accepted for "makeup")."""
     sch = get_scheme(scheme)

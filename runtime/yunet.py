@@ -54,8 +54,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
-def decode(outputs: dict[str, np.ndarray], height: int, width: int
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode(outputs: dict[str, np.ndarray], height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """YuNet's 12 raw outputs for one padded input of ``height`` x ``width`` -> boxes (N, 4) [x0, y0, x1, y1],
     scores (N,) = sqrt(cls * obj) (the score OpenCV's FaceDetectorYN reports), keypoints (N, 5, 2)."""
     all_boxes, all_scores, all_kps = [], [], []

@@ -61,10 +61,9 @@ def _occlude(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def augment_crop(
-    image: np.ndarray, landmarks: np.ndarray, box: np.ndarray, size: int, rule: CropRule,
-    scheme: LandmarkScheme, rng: np.random.Generator | None, cfg: AugmentConfig = AugmentConfig(),
-) -> tuple[np.ndarray, np.ndarray]:
+def augment_crop(image: np.ndarray, landmarks: np.ndarray, box: np.ndarray, size: int, rule: CropRule,
+                 scheme: LandmarkScheme, rng: np.random.Generator | None,
+                 cfg: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray]:
     """Crop (and with ``rng``, augment) one face. Returns (crop RGB uint8, landmarks in crop pixels)."""
     if rng is None:
         m = crop_affine(box, size, rule)

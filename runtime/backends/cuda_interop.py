@@ -116,9 +116,7 @@ _capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c
 )
 
 
-def parse_dlpack(
-    obj: Any, stream: int | None = None, *, require_cuda: bool = True
-) -> tuple[int, tuple, str, Any]:
+def parse_dlpack(obj: Any, stream: int | None = None, *, require_cuda: bool = True) -> tuple[int, tuple, str, Any]:
     """(pointer, shape, dtype name, capsule) of a DLPack producer; keep the capsule alive while in use.
 
     ``stream`` is passed to ``__dlpack__`` so the producer orders its pending work before that stream.
@@ -288,16 +286,8 @@ class DeviceTensor:
     It is the runner's per-thread output buffer: valid until the next call from the same thread.
     """
 
-    def __init__(
-        self,
-        ptr: int,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        cudart: Any,
-        stream: int,
-        sync_stream: int | None,
-        keepalive: Any = None,
-    ) -> None:
+    def __init__(self, ptr: int, shape: tuple[int, ...], dtype: np.dtype, cudart: Any, stream: int,
+                 sync_stream: int | None, keepalive: Any = None) -> None:
         self.ptr, self.shape, self.dtype = int(ptr), tuple(shape), np.dtype(dtype)
         self._cudart, self._stream, self._sync_stream, self._keepalive = cudart, stream, sync_stream, keepalive
 

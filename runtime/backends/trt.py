@@ -58,15 +58,8 @@ class TensorRTRunner(RunnerBase):
 
     name = "trt"
 
-    def __init__(
-        self,
-        engine_path: str | Path,
-        sidecar_path: str | Path | None = None,
-        *,
-        device: int = 0,
-        trt: Any | None = None,
-        cudart: Any | None = None,
-    ) -> None:
+    def __init__(self, engine_path: str | Path, sidecar_path: str | Path | None = None, *, device: int = 0,
+                 trt: Any | None = None, cudart: Any | None = None) -> None:
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
             raise ChsError(f"engine file {self.engine_path} does not exist")
@@ -243,15 +236,8 @@ class TensorRTRunner(RunnerBase):
         cuda_call(cu, cu.cudaStreamSynchronize(st.stream), "cudaStreamSynchronize")  # x stays alive until here
         return {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in results.items()}
 
-    def infer_device(
-        self,
-        x: Any,
-        shape: tuple[int, ...] | None = None,
-        stream: Any = None,
-        *,
-        dtype: str | None = None,
-        to_host: bool = False,
-    ) -> dict[str, Any]:
+    def infer_device(self, x: Any, shape: tuple[int, ...] | None = None, stream: Any = None, *,
+                     dtype: str | None = None, to_host: bool = False) -> dict[str, Any]:
         """Run crops already on the GPU: a DLPack tensor (torch, cupy, jax; preferred, so the producer's stream is
         ordered before the engine's), a ``__cuda_array_interface__`` object, or a raw int pointer + shape.
 
