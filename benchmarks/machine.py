@@ -55,10 +55,8 @@ def machine_info(threads: int | None = None) -> dict:
     import numpy as np
 
     cpu, flags = _cpu_model_and_flags()
-    info: dict = {
-        "cpu": cpu, "cpu_flags": flags, "logical_cores": os.cpu_count(),
-        "os": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
-    }
+    info: dict = {"cpu": cpu, "cpu_flags": flags, "logical_cores": os.cpu_count(), "os": platform.platform(),
+                  "python": platform.python_version(), "numpy": np.__version__}
     try:
         info["load_avg_1m"] = round(os.getloadavg()[0], 2)  # other work on the cores skews every timing
     except OSError:

@@ -103,9 +103,8 @@ def _load(infer, crops: np.ndarray, reference: np.ndarray, clients: int, request
     wall = time.perf_counter() - start
     times = np.array([x for per in lat for x in per])
     done = len(times)
-    return {"wall_s": wall, "times": times, "requests": clients * requests, "answered": done,
-            "errors": len(errors), "first_error": errors[0] if errors else None, "wrong": wrong[0],
-            "faces_per_s": done * batch / wall}
+    return {"wall_s": wall, "times": times, "requests": clients * requests, "answered": done, "errors": len(errors),
+            "first_error": errors[0] if errors else None, "wrong": wrong[0], "faces_per_s": done * batch / wall}
 
 
 def run_serve_bench(o: ServeBenchOptions, log=print) -> dict:

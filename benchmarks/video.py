@@ -225,10 +225,8 @@ def plot(result: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-__all__ = [
-    "Clip", "ClipSpec", "Row", "VideoBench", "default_rows", "format_table", "make_clip", "plot", "run_pipeline",
-    "run_video_benchmark", "run_video_command", "score",
-]
+__all__ = ["Clip", "ClipSpec", "Row", "VideoBench", "default_rows", "format_table", "make_clip", "plot", "run_pipeline",
+           "run_video_benchmark", "run_video_command", "score"]
 
 
 @dataclass(frozen=True)

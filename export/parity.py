@@ -34,11 +34,9 @@ from chs.runtime.metrics import nme
 # (criterion, limit) per precision: with ground truth, and without it
 GATES_LABELLED = {"fp32": ("max_px", 0.01), "fp16": ("dnme_pt", 0.02), "int8": ("dnme_pt", 0.15)}
 GATES_UNLABELLED = {"fp32": ("max_px", 0.01), "fp16": ("shift_pt", 0.02), "int8": ("shift_pt", 0.75)}
-CRITERIA = {
-    "max_px": "max landmark difference from PyTorch, crop px",
-    "dnme_pt": "measured ΔNME vs PyTorch on annotated faces, NME points",
-    "shift_pt": "mean landmark shift from PyTorch, % of inter-ocular distance (no labels)",
-}
+CRITERIA = {"max_px": "max landmark difference from PyTorch, crop px",
+            "dnme_pt": "measured ΔNME vs PyTorch on annotated faces, NME points",
+            "shift_pt": "mean landmark shift from PyTorch, % of inter-ocular distance (no labels)"}
 UNITS = {"max_px": "px", "dnme_pt": "pt", "shift_pt": "%IOD"}
 
 

@@ -211,16 +211,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildO
     if cache_path is not None and cache_bytes is None:
         cache_status += ", not saved (TensorRT returned no timing cache)"
 
-    engine = {
-        "file": engine_path.name,
-        "bytes": len(data),
-        "sha256": sha256_bytes(data),
-        "tensorrt_version": tensorrt_version(trt),
-        "gpu": gpu_info(cudart),
-        "profile": prof,
-        "strongly_typed": True,
-        "tf32": bool(config.get_flag(trt.BuilderFlag.TF32)),
-    }
+    engine = {"file": engine_path.name, "bytes": len(data), "sha256": sha256_bytes(data),
+              "tensorrt_version": tensorrt_version(trt), "gpu": gpu_info(cudart), "profile": prof,
+              "strongly_typed": True, "tf32": bool(config.get_flag(trt.BuilderFlag.TF32))}
     record = sidecar_record(
         io_contract(meta, inputs, outputs, engine),
         onnx={"file": onnx_path.name, "sha256": sha256_bytes(onnx_path.read_bytes())},

@@ -34,17 +34,8 @@ from chs.runtime.errors import ChsError
 CONTRACT_VERSION = 1
 CONTRACT_FILE = "chs_contract.json"
 PRODUCER = "chs"
-REQUIRED_KEYS = (
-    "contract_version",
-    "producer",
-    "inputs",
-    "outputs",
-    "normalization",
-    "crop",
-    "output_frame",
-    "landmarks",
-    "precision",
-)
+REQUIRED_KEYS = ("contract_version", "producer", "inputs", "outputs", "normalization", "crop", "output_frame",
+                 "landmarks", "precision")
 
 CROP_FORMULA = ("side = max(x1 - x0, y1 - y0) * scale; centre = ((x0 + x1) / 2, (y0 + y1) / 2 + shift_y * side); "
                 "the square of that side centred there is resampled to input_size x input_size pixels")

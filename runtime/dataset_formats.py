@@ -193,13 +193,8 @@ def load_wflw(annotation_txt: PathLike, image_root: PathLike) -> list[FaceSample
         except ValueError:
             raise ChsError(f"{txt}:{lineno}: non-numeric landmark, box or flag value") from None
         attrs = {k: bool(v) for k, v in zip(WFLW_ATTRIBUTES, nums[200:206], strict=True)}
-        samples.append(FaceSample(
-            image_path=image_root / parts[206],
-            landmarks=nums[:196].reshape(98, 2),
-            scheme="98",
-            box=nums[196:200].copy(),
-            attributes=attrs,
-        ))
+        samples.append(FaceSample(image_path=image_root / parts[206], landmarks=nums[:196].reshape(98, 2), scheme="98",
+                                  box=nums[196:200].copy(), attributes=attrs))
     if not samples:
         raise ChsError(f"{txt} has no annotations")
     return samples
@@ -325,13 +320,8 @@ def load_aflw19(csv_path: PathLike, image_root: PathLike) -> list[FaceSample]:
         cx, cy = _float(r[col["center_w"]], where), _float(r[col["center_h"]], where)
         lm = np.array([_float(v, where) for v in r[first_pt:]]).reshape(19, 2)
         box = np.array([cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2])
-        samples.append(FaceSample(
-            image_path=image_root / r[0].strip(),
-            landmarks=lm,
-            scheme="19",
-            box=box,
-            attributes={"scale": scale, "center": (cx, cy), "box_size": size},
-        ))
+        samples.append(FaceSample(image_path=image_root / r[0].strip(), landmarks=lm, scheme="19", box=box,
+                                  attributes={"scale": scale, "center": (cx, cy), "box_size": size}))
     if not samples:
         raise ChsError(f"{path} has no annotations")
     return samples
@@ -375,11 +365,6 @@ def load_coco_keypoints(json_path: PathLike, image_root: PathLike | None = None)
         for key in ("box_size", "center", "scale"):
             if key in ann:
                 attrs[key] = ann[key]
-        samples.append(FaceSample(
-            image_path=root / info["file_name"],
-            landmarks=lm,
-            scheme=_scheme_for(len(kp), where),
-            box=box,
-            attributes=attrs,
-        ))
+        samples.append(FaceSample(image_path=root / info["file_name"], landmarks=lm, scheme=_scheme_for(len(kp), where),
+                                  box=box, attributes=attrs))
     return samples

@@ -157,7 +157,5 @@ def landmark_boxes(detector: FaceDetector, image: np.ndarray) -> tuple[np.ndarra
     return box_map.apply(boxes), np.asarray(scores, dtype=np.float64).reshape(-1)
 
 
-__all__ = [
-    "DETECTOR_NAMES", "DLIB_HOG_BOX_MAP", "IDENTITY_MAP", "NO_DETECTOR", "BoxMap", "DlibHogDetector",
-    "FaceDetector", "default_detector", "dlib_available", "landmark_boxes", "make_detector",
-]
+__all__ = ["DETECTOR_NAMES", "DLIB_HOG_BOX_MAP", "IDENTITY_MAP", "NO_DETECTOR", "BoxMap", "DlibHogDetector",
+           "FaceDetector", "default_detector", "dlib_available", "landmark_boxes", "make_detector"]

@@ -125,9 +125,8 @@ def transform_points(points: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 def warp_crop(image: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
     """Cut the ``size`` x ``size`` crop that ``m`` describes (bilinear, black outside the image)."""
-    return cv2.warpAffine(
-        image, m.astype(np.float64), (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
-    )
+    return cv2.warpAffine(image, m.astype(np.float64), (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT)
 
 
 def crop_face(image: np.ndarray, box, size: int, rule: CropRule = CropRule()) -> tuple[np.ndarray, np.ndarray]:

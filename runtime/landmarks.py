@@ -48,8 +48,7 @@ class Face:
     def to_dict(self) -> dict:
         """JSON-ready: plain lists and floats."""
         d = {"box": [float(v) for v in self.box], "score": float(self.score),
-             "landmarks": [[float(x), float(y)] for x, y in self.landmarks],
-             "scores": [float(s) for s in self.scores]}
+             "landmarks": [[float(x), float(y)] for x, y in self.landmarks], "scores": [float(s) for s in self.scores]}
         if self.detection_score is not None:
             d["detection_score"] = float(self.detection_score)
         if self.track_id is not None:

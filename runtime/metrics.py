@@ -269,15 +269,5 @@ def group_summary(pred, gt, scheme: str | int | LandmarkScheme, groups: Sequence
     return {n: summarize(p[labels == n], g[labels == n], sch, shift=shift) for n in names}
 
 
-__all__ = [
-    "auc",
-    "ced",
-    "failure_rate",
-    "group_summary",
-    "mean_offset",
-    "nme",
-    "normalizing_distance",
-    "shift_corrected_nme",
-    "subset_summary",
-    "summarize",
-]
+__all__ = ["auc", "ced", "failure_rate", "group_summary", "mean_offset", "nme", "normalizing_distance",
+           "shift_corrected_nme", "subset_summary", "summarize"]

@@ -115,11 +115,9 @@ MTFL_COLUMNS = ("lex", "ley", "rex", "rey", "nx", "ny", "lmx", "lmy", "rmx", "rm
 POSE_SUBSET = {1: "profile", 2: "half", 3: "frontal", 4: "half", 5: "profile"}
 POSE_SUBSETS = ("profile", "half", "frontal")
 # Groups of the same photograph in MTFL's training list (mtfl5-train/README.md): one side of a split each.
-DUPLICATE_GROUPS = (
-    ("lfw_0560", "lfw_3278"), ("lfw_2056", "net_2529"), ("net_0118", "net_0490", "net_1970"),
-    ("net_0797", "net_3632"), ("net_0930", "net_4740"), ("net_1671", "net_3851"),
-    ("net_0955", "net_4993", "net_5248"), ("net_5373", "net_5455"),
-)
+DUPLICATE_GROUPS = (("lfw_0560", "lfw_3278"), ("lfw_2056", "net_2529"), ("net_0118", "net_0490", "net_1970"),
+                    ("net_0797", "net_3632"), ("net_0930", "net_4740"), ("net_1671", "net_3851"),
+                    ("net_0955", "net_4993", "net_5248"), ("net_5373", "net_5455"))
 SPLIT_DIR = Path(__file__).resolve().parent / "assets" / "splits"
 SPLITS = ("all", "train", "val")
 

@@ -205,17 +205,8 @@ SCHEME_5 = LandmarkScheme(
 
 SCHEMES: dict[str, LandmarkScheme] = {s.name: s for s in (SCHEME_5, SCHEME_19, SCHEME_29, SCHEME_68, SCHEME_98)}
 
-_ALIASES = {
-    "300w": "68",
-    "300-w": "68",
-    "ibug": "68",
-    "wflw": "98",
-    "cofw": "29",
-    "aflw": "19",
-    "aflw19": "19",
-    "aflw-19": "19",
-    "five": "5",
-}
+_ALIASES = {"300w": "68", "300-w": "68", "ibug": "68", "wflw": "98", "cofw": "29", "aflw": "19", "aflw19": "19",
+            "aflw-19": "19", "five": "5"}
 
 
 def get_scheme(name: str | int | LandmarkScheme) -> LandmarkScheme:

@@ -312,11 +312,8 @@ class DeviceTensor:
         if out.nbytes:
             cu = self._cudart
             kind = cu.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            cuda_call(
-                cu,
-                cu.cudaMemcpyAsync(out.ctypes.data, self.ptr, out.nbytes, kind, self._stream),
-                "cudaMemcpyAsync",
-            )
+            cuda_call(cu, cu.cudaMemcpyAsync(out.ctypes.data, self.ptr, out.nbytes, kind, self._stream),
+                      "cudaMemcpyAsync")
             cuda_call(cu, cu.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return out.astype(np.float32) if out.dtype == np.float16 else out
 

@@ -207,10 +207,8 @@ class TensorRTRunner(RunnerBase):
             self._bind(ctx, name, st.buffers[name])
         if not ctx.execute_async_v3(stream):
             raise ChsError("TensorRT execution failed (see the TensorRT log above)")
-        return [
-            (name, tuple(int(d) for d in ctx.get_tensor_shape(name)), self._io[name].dtype, st.buffers[name])
-            for name in self._outputs
-        ]
+        return [(name, tuple(int(d) for d in ctx.get_tensor_shape(name)), self._io[name].dtype, st.buffers[name])
+                for name in self._outputs]
 
     def _empty(self) -> dict[str, np.ndarray]:
         out = {}
@@ -272,10 +270,8 @@ class TensorRTRunner(RunnerBase):
             sync = None
         else:
             sync = handle or 1  # CUDA array interface v3: 1 = legacy default stream, 0 is not allowed
-        result = {
-            name: DeviceTensor(ptr_o, shape_o, dtype_o, cu, handle, sync, keepalive=inp.keepalive)
-            for name, shape_o, dtype_o, ptr_o in outs
-        }
+        result = {name: DeviceTensor(ptr_o, shape_o, dtype_o, cu, handle, sync, keepalive=inp.keepalive)
+                  for name, shape_o, dtype_o, ptr_o in outs}
         if to_host:
             return {k: v.to_host() for k, v in result.items()}
         return result
