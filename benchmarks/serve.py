@@ -184,7 +184,6 @@ def format_serve(result: dict, machine: str) -> str:
     for r in result["rows"]:
         sb = f"{r['mean_server_batch']:.2f}" if "mean_server_batch" in r else "–"
         per_pass = ", ".join(f"{v:.1f}" for v in r["faces_per_s_per_pass"])
-        lines.append(f"| {r['row']} | {r['faces_per_s']:.1f} | {per_pass}"
-                     f" | {r['p50_ms_per_face']:.2f} | {r['p99_ms_per_face']:.2f} | {r['answered']} / {r['requests']} "
-                     f"| {r['wrong']} | {sb} |")
+        lines.append(f"| {r['row']} | {r['faces_per_s']:.1f} | {per_pass} | {r['p50_ms_per_face']:.2f} "
+                     f"| {r['p99_ms_per_face']:.2f} | {r['answered']} / {r['requests']} | {r['wrong']} | {sb} |")
     return "\n".join(lines)
