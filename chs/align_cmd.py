@@ -130,10 +130,7 @@ class OutputNames:
         self.used: set[Path] = set()
 
     def __call__(self, item: Item) -> Path:
-        if item.video:
-            ext = ".mp4"
-        else:
-            ext = ".jpg" if item.path.suffix.lower() in (".jpg", ".jpeg") else ".png"
+        ext = ".mp4" if item.video else ".jpg" if item.path.suffix.lower() in (".jpg", ".jpeg") else ".png"
         sub = item.path.parent.relative_to(item.root) if item.root is not None else Path()
         target = self.out / sub / f"{item.path.stem}_landmarks{ext}"
         n = 2

@@ -72,9 +72,7 @@ def parse_cuda_array(obj: Any) -> tuple[int, tuple[int, ...], str]:
             raise ChsError("__cuda_array_interface__ lacks data/shape/typestr") from None
         dtype = _typestr_name(typestr)
         strides = cai.get("strides")
-        if strides is not None and not _c_contiguous(
-            shape, tuple(int(s) for s in strides), np.dtype(dtype).itemsize
-        ):
+        if strides is not None and not _c_contiguous(shape, tuple(int(s) for s in strides), np.dtype(dtype).itemsize):
             raise ChsError(f"CUDA array with shape {shape} and strides {tuple(strides)} is not C-contiguous")
         return ptr, shape, dtype
     if isinstance(obj, (tuple, list)) and len(obj) in (2, 3) and isinstance(obj[0], int):
