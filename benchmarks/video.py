@@ -108,15 +108,11 @@ def run_pipeline(runtime: LandmarkRuntime, clip: Clip, mode: str, settings: Trac
     """One pipeline over one clip: ``detect`` (per frame, the runtime's detector) or ``track`` (``settings``)."""
     preds: list[np.ndarray | None] = []
     t0 = time.perf_counter()
-    if mode == "detect":
-        for frame in clip.frames:
-            preds.append(_pick(runtime.predict(frame), clip.truth[len(preds)]))
-        calls = len(clip.frames)
-    else:
-        tracker = runtime.tracker(clip.fps, settings)
-        for frame in clip.frames:
-            preds.append(_pick(tracker.update(frame), clip.truth[len(preds)]))
-        calls = tracker.detector_calls
+    tracker = None if mode == "detect" else runtime.tracker(clip.fps, settings)
+    for frame in clip.frames:
+        faces = runtime.predict(frame) if tracker is None else tracker.update(frame)
+        preds.append(_pick(faces, clip.truth[len(preds)]))
+    calls = len(clip.frames) if tracker is None else tracker.detector_calls
     seconds = time.perf_counter() - t0
     return score(clip, preds, runtime.meta.scheme) | {"detector_calls": calls, "seconds": seconds}
 
