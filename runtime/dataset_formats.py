@@ -362,9 +362,7 @@ def load_coco_keypoints(json_path: PathLike, image_root: PathLike | None = None)
             x, y, w, h = (float(v) for v in ann["bbox"])
             box = np.array([x, y, x + w, y + h])
         attrs: dict = {"visibility": kp[:, 2].copy(), "image_id": ann["image_id"], "id": ann.get("id")}
-        for key in ("box_size", "center", "scale"):
-            if key in ann:
-                attrs[key] = ann[key]
+        attrs.update({key: ann[key] for key in ("box_size", "center", "scale") if key in ann})
         samples.append(FaceSample(image_path=root / info["file_name"], landmarks=lm, scheme=_scheme_for(len(kp), where),
                                   box=box, attributes=attrs))
     return samples
