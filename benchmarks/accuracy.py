@@ -1,8 +1,7 @@
 """``chs-bench accuracy``: NME / FR / AUC of every (CCR count, backend, precision) on one dataset split.
 
-The runners (and the exported ONNX files in ``work_dir``) are the ones ``chs-bench latency`` times, and
-every row goes through :func:`chs.runtime.evaluate.evaluate_runner`, so latency and accuracy rows describe
-the same artifacts.
+The runners (and the exported ONNX files in ``work_dir``) are the ones ``chs-bench latency`` times, and every row goes
+through :func:`chs.runtime.evaluate.evaluate_runner`, so latency and accuracy rows describe the same artifacts.
 """
 
 from __future__ import annotations

@@ -33,11 +33,9 @@ def complexity_rows(preset: str = "wflw") -> list[dict]:
         with torch.device("meta"):  # shapes only: no weights allocated or initialised
             model = build_model(cfg)
         c = count_complexity(model, cfg.input_size)
-        rows.append({
-            "name": name, "preset": preset, "ccr": k, "params": c.params, "macs": c.macs,
-            "paper_params": paper_p * 1e6 if preset == "wflw" else None,
-            "paper_macs": paper_m * 1e9 if preset == "wflw" else None,
-        })
+        rows.append({"name": name, "preset": preset, "ccr": k, "params": c.params, "macs": c.macs,
+                     "paper_params": paper_p * 1e6 if preset == "wflw" else None,
+                     "paper_macs": paper_m * 1e9 if preset == "wflw" else None})
     return rows
 
 

@@ -74,9 +74,8 @@ def compare(data: str, names: list[str], model: str = "default", repeats: int = 
         ev = evaluate_with_detector(runner, det, samples)
         rows.append({"detector": name, "faces": miss["n"], "misses": miss["misses"],
                      "detections_per_image": round(miss["detections_per_image"], 4),
-                     "median_best_iou": round(miss["median_best_iou"], 4),
-                     "nme_pct": round(100 * ev["nme"], 3), "fr10_pct": round(100 * ev["fr_10"], 2),
-                     "auc10": round(ev["auc_10"], 4)})
+                     "median_best_iou": round(miss["median_best_iou"], 4), "nme_pct": round(100 * ev["nme"], 3),
+                     "fr10_pct": round(100 * ev["fr_10"], 2), "auc10": round(ev["auc_10"], 4)})
     speed, fastest = {}, {}
     for w, h in SIZES:
         image = _test_image(samples, w, h)

@@ -1,12 +1,11 @@
 """One prepared GPU check: latency and parity of every GPU path in one table, in a few minutes.
 
-Rows: torch eager FP32, torch CUDA graph FP32, torch FP16 and BF16 autocast through the project's
-``TorchRunner`` (host batch in, host landmarks out, copies timed as in every host row; each against torch
-CPU FP32 on the same crops), ONNX Runtime CUDA where its provider is installed, and TensorRT (engine build, host
-``infer``, and ``infer_device`` fed by torch CUDA tensors) where TensorRT is installed; the rest are
-listed with the reason they were skipped. It needs no network and no install: ``python
-benchmarks/gpu_check.py`` from a checkout finds the package itself. On a machine without a CUDA device it
-says so and exits 0.
+Rows: torch eager FP32, torch CUDA graph FP32, torch FP16 and BF16 autocast through the project's ``TorchRunner`` (host
+batch in, host landmarks out, copies timed as in every host row; each against torch CPU FP32 on the same crops), ONNX
+Runtime CUDA where its provider is installed, and TensorRT (engine build, host ``infer``, and ``infer_device`` fed by
+torch CUDA tensors) where TensorRT is installed; the rest are listed with the reason they were skipped. It needs no
+network and no install: ``python benchmarks/gpu_check.py`` from a checkout finds the package itself. On a machine
+without a CUDA device it says so and exits 0.
 """
 
 from __future__ import annotations
@@ -68,9 +67,8 @@ def _load_model() -> tuple[Any, str]:
         return build_model(get_preset("ytf68")), f"ytf68 preset, random weights ({e.name} missing)"
 
 
-def _torch_rows(
-    model: Any, crops: np.ndarray, iters: int, device: str = "cuda", only: tuple[str, ...] | None = None
-) -> list[dict]:
+def _torch_rows(model: Any, crops: np.ndarray, iters: int, device: str = "cuda",
+                only: tuple[str, ...] | None = None) -> list[dict]:
     """torch rows through :class:`TorchRunner` on ``device`` ("cpu" only in tests: the CUDA graph row is
     then skipped with the runner's reason); host batch in, host landmarks out, as in every other row."""
     import torch

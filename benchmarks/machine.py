@@ -55,10 +55,8 @@ def machine_info(threads: int | None = None) -> dict:
     import numpy as np
 
     cpu, flags = _cpu_model_and_flags()
-    info: dict = {
-        "cpu": cpu, "cpu_flags": flags, "logical_cores": os.cpu_count(),
-        "os": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
-    }
+    info: dict = {"cpu": cpu, "cpu_flags": flags, "logical_cores": os.cpu_count(), "os": platform.platform(),
+                  "python": platform.python_version(), "numpy": np.__version__}
     try:
         info["load_avg_1m"] = round(os.getloadavg()[0], 2)  # other work on the cores skews every timing
     except OSError:
@@ -97,10 +95,9 @@ def machine_line(info: dict) -> str:
 def matmul_peak(dtype: str = "fp32", seconds: float = 2.0, device: str = "cpu", n: int | None = None) -> float:
     """GFLOP/s (GOP/s for int8) of square n x n x n matmuls on ``device``: 2 n^3 / the fastest call.
 
-    The fastest call, not the median: other load only slows calls down, so the minimum is the best estimate
-    of what the hardware can do. Without ``n``, CPU probes 256, 512 and 1024 (``seconds`` split between
-    them) and keeps the best: large GEMMs run closest to peak, small ones fit between preemptions on busy
-    shared cores. CUDA probes 8192."""
+    The fastest call, not the median: other load only slows calls down, so the minimum is the best estimate of what the
+    hardware can do. Without ``n``, CPU probes 256, 512 and 1024 (``seconds`` split between them) and keeps the best:
+    large GEMMs run closest to peak, small ones fit between preemptions on busy shared cores. CUDA probes 8192."""
     import torch
 
     if dtype not in PEAK_DTYPES:

@@ -1,9 +1,8 @@
 """``chs-bench profile``: where ONNX Runtime spends its time, per operator type.
 
-Answers "why is INT8 not faster here": it shows the int8 convolutions beside the Quantize/Dequantize
-pairs, layout Transposes and float islands (pre-activation BatchNorm) that a Q/DQ model adds. Uses ONNX
-Runtime's own profiler (``SessionOptions.enable_profiling``); times are kernel times, summed per op type
-and averaged over the timed calls.
+Answers "why is INT8 not faster here": it shows the int8 convolutions beside the Quantize/Dequantize pairs, layout
+Transposes and float islands (pre-activation BatchNorm) that a Q/DQ model adds. Uses ONNX Runtime's own profiler
+(``SessionOptions.enable_profiling``); times are kernel times, summed per op type and averaged over the timed calls.
 """
 
 from __future__ import annotations

@@ -14,8 +14,7 @@ def speed_ratios(rows: Sequence[dict], accuracy: Sequence[dict] | None = None) -
     """Ratios measured in this one run: ORT FP32 vs torch eager FP32, and INT8 vs FP32 (with ΔNME if known)."""
     ok = _ok(rows)
     by = {(r["ccr"], r["backend"], r["mode"], r["precision"], r["batch"]): r for r in ok}
-    nme = {(a["ccr"], a["backend"], a["precision"]): a.get("nme") for a in (accuracy or [])
-           if a.get("status") == "ok"}
+    nme = {(a["ccr"], a["backend"], a["precision"]): a.get("nme") for a in (accuracy or []) if a.get("status") == "ok"}
     out = []
     torch_mode = "eager" if any(r["mode"] == "eager" for r in ok) else ""
     for r in ok:

@@ -103,9 +103,8 @@ def _load(infer, crops: np.ndarray, reference: np.ndarray, clients: int, request
     wall = time.perf_counter() - start
     times = np.array([x for per in lat for x in per])
     done = len(times)
-    return {"wall_s": wall, "times": times, "requests": clients * requests, "answered": done,
-            "errors": len(errors), "first_error": errors[0] if errors else None, "wrong": wrong[0],
-            "faces_per_s": done * batch / wall}
+    return {"wall_s": wall, "times": times, "requests": clients * requests, "answered": done, "errors": len(errors),
+            "first_error": errors[0] if errors else None, "wrong": wrong[0], "faces_per_s": done * batch / wall}
 
 
 def run_serve_bench(o: ServeBenchOptions, log=print) -> dict:
@@ -185,7 +184,6 @@ def format_serve(result: dict, machine: str) -> str:
     for r in result["rows"]:
         sb = f"{r['mean_server_batch']:.2f}" if "mean_server_batch" in r else "–"
         per_pass = ", ".join(f"{v:.1f}" for v in r["faces_per_s_per_pass"])
-        lines.append(f"| {r['row']} | {r['faces_per_s']:.1f} | {per_pass}"
-                     f" | {r['p50_ms_per_face']:.2f} | {r['p99_ms_per_face']:.2f} | {r['answered']} / {r['requests']} "
-                     f"| {r['wrong']} | {sb} |")
+        lines.append(f"| {r['row']} | {r['faces_per_s']:.1f} | {per_pass} | {r['p50_ms_per_face']:.2f} "
+                     f"| {r['p99_ms_per_face']:.2f} | {r['answered']} / {r['requests']} | {r['wrong']} | {sb} |")
     return "\n".join(lines)

@@ -37,9 +37,8 @@ from chs.runtime.tracking import TrackerSettings
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """One clip: ``frames`` at ``fps``; the still sits on a canvas ``pad`` times its size, shifted by up to
-    ``shift`` of the canvas size, scaled by 1 +- ``zoom`` and rotated by +- ``rotation_deg``, each a sine of
-    its own period (s)."""
+    """One clip: ``frames`` at ``fps``; the still sits on a canvas ``pad`` times its size, shifted by up to ``shift`` of
+    the canvas size, scaled by 1 +- ``zoom`` and rotated by +- ``rotation_deg``, each a sine of its own period (s)."""
 
     frames: int = 60
     fps: float = 30.0
@@ -109,15 +108,11 @@ def run_pipeline(runtime: LandmarkRuntime, clip: Clip, mode: str, settings: Trac
     """One pipeline over one clip: ``detect`` (per frame, the runtime's detector) or ``track`` (``settings``)."""
     preds: list[np.ndarray | None] = []
     t0 = time.perf_counter()
-    if mode == "detect":
-        for frame in clip.frames:
-            preds.append(_pick(runtime.predict(frame), clip.truth[len(preds)]))
-        calls = len(clip.frames)
-    else:
-        tracker = runtime.tracker(clip.fps, settings)
-        for frame in clip.frames:
-            preds.append(_pick(tracker.update(frame), clip.truth[len(preds)]))
-        calls = tracker.detector_calls
+    tracker = None if mode == "detect" else runtime.tracker(clip.fps, settings)
+    for frame in clip.frames:
+        faces = runtime.predict(frame) if tracker is None else tracker.update(frame)
+        preds.append(_pick(faces, clip.truth[len(preds)]))
+    calls = len(clip.frames) if tracker is None else tracker.detector_calls
     seconds = time.perf_counter() - t0
     return score(clip, preds, runtime.meta.scheme) | {"detector_calls": calls, "seconds": seconds}
 
@@ -127,8 +122,7 @@ def score(clip: Clip, preds: Sequence[np.ndarray | None], scheme: str) -> dict:
     found = [i for i, p in enumerate(preds) if p is not None]
     errs = nme(np.stack([preds[i] for i in found]), clip.truth[found], scheme) if found else np.zeros(0)
     still = {i: transform_points(preds[i], invert_affine(clip.motions[i])) for i in found}
-    steps = [np.linalg.norm(still[i] - still[i - 1], axis=-1).mean() / clip.iod
-             for i in found if i - 1 in still]
+    steps = [np.linalg.norm(still[i] - still[i - 1], axis=-1).mean() / clip.iod for i in found if i - 1 in still]
     return {"frames": len(preds), "lost": len(preds) - len(found), "nme_sum": float(errs.sum()),
             "nme_n": len(found), "jitter_sum": float(np.sum(steps)), "jitter_n": len(steps)}
 
@@ -227,10 +221,8 @@ def plot(result: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-__all__ = [
-    "Clip", "ClipSpec", "Row", "VideoBench", "default_rows", "format_table", "make_clip", "plot", "run_pipeline",
-    "run_video_benchmark", "run_video_command", "score",
-]
+__all__ = ["Clip", "ClipSpec", "Row", "VideoBench", "default_rows", "format_table", "make_clip", "plot", "run_pipeline",
+           "run_video_benchmark", "run_video_command", "score"]
 
 
 @dataclass(frozen=True)

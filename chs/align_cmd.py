@@ -130,10 +130,7 @@ class OutputNames:
         self.used: set[Path] = set()
 
     def __call__(self, item: Item) -> Path:
-        if item.video:
-            ext = ".mp4"
-        else:
-            ext = ".jpg" if item.path.suffix.lower() in (".jpg", ".jpeg") else ".png"
+        ext = ".mp4" if item.video else ".jpg" if item.path.suffix.lower() in (".jpg", ".jpeg") else ".png"
         sub = item.path.parent.relative_to(item.root) if item.root is not None else Path()
         target = self.out / sub / f"{item.path.stem}_landmarks{ext}"
         n = 2
@@ -206,9 +203,8 @@ class AlignOptions:
     inputs: list[str] | None = option(None, "Image files, folders (searched recursively) and videos (.mp4 .avi "
                                       ".mov .mkv).")
     model: str = option("default", "'default' (the bundled model), an .onnx file or a TensorRT .engine.")
-    boxes: str | None = option(None, 'JSON file {"image name or path": list of (x0, y0, x1, y1) boxes}: boxes '
-                               "around the face landmarks (brows/jaw to chin); images not listed use the face "
-                               "detector.")
+    boxes: str | None = option(None, 'JSON file {"image name or path": list of (x0, y0, x1, y1) boxes}: boxes around '
+                               "the face landmarks (brows/jaw to chin); images not listed use the face detector.")
     out: str | None = option(None, "Folder for annotated images and videos.")
     as_json: bool = option(False, "JSON lines on stdout, one per face.", flag="--json")
     demo: bool = option(False, "Run on the bundled astronaut photo and write <out or ./chs-demo>/"
@@ -219,13 +215,11 @@ class AlignOptions:
                            "chs[detect]) or a YuNet .onnx file.")
     smooth: bool = option(True, "Video: One-Euro smoothing of the tracked landmarks (never applied to still "
                           "images).", flag="--smooth/--no-smooth")
-    redetect_every: int | None = option(None, "Video: run the detector at least every N frames to pick up new "
-                                        "faces (0 = only when a face is lost) [default: "
-                                        "TrackerSettings.redetect_every].")
+    redetect_every: int | None = option(None, "Video: run the detector at least every N frames to pick up new faces "
+                                        "(0 = only when a face is lost) [default: TrackerSettings.redetect_every].")
 
     def runtime(self) -> LandmarkRuntime:
-        return LandmarkRuntime.load(self.model, backend=self.backend, max_batch=self.batch_size,
-                                    detector=self.detector)
+        return LandmarkRuntime.load(self.model, backend=self.backend, max_batch=self.batch_size, detector=self.detector)
 
 
 @one_line_errors
@@ -267,9 +261,8 @@ def align(opts: AlignOptions) -> None:
         fail(f"none of the {stats['skipped']} images could be read")
     parts = [f"{stats['faces']} face(s) in {stats['images']} image(s)"]
     if stats["videos"]:
-        parts.append(f"{stats['frames']} frame(s) of {stats['videos']} video(s), detector on "
-                     f"{stats['detector_calls']} frame(s) ({stats['detector_calls'] / max(stats['frames'], 1):.3f}"
-                     " per frame)")
+        parts.append(f"{stats['frames']} frame(s) of {stats['videos']} video(s), detector on {stats['detector_calls']} "
+                     f"frame(s) ({stats['detector_calls'] / max(stats['frames'], 1):.3f} per frame)")
     if stats["skipped"]:
         parts.append(f"{stats['skipped']} unreadable image(s) skipped")
     if names is not None:

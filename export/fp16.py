@@ -46,10 +46,9 @@ def to_fp16(model: ModelLike, keep_float32: set[str] | None = None) -> onnx.Mode
     keep = float32_nodes(proto) if keep_float32 is None else set(keep_float32)
     meta = read_onnx_meta(proto, source="FP32 model")
     _drop_initializer_value_info(proto)  # else the converter types float32-kept weights float16 and Casts them
-    fp16 = convert_float_to_float16(
-        proto, keep_io_types=True, op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(ALWAYS_FLOAT32_OPS)),
-        node_block_list=sorted(keep),
-    )
+    fp16 = convert_float_to_float16(proto, keep_io_types=True,
+                                    op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(ALWAYS_FLOAT32_OPS)),
+                                    node_block_list=sorted(keep))
     _toposort(fp16.graph)  # the converter appends its input/output Casts at the end of the node list
     _drop_initializer_value_info(fp16)
     _drop_round_trip_casts(fp16)
@@ -178,10 +177,8 @@ def fp16_range_scan(fp32_path: ModelLike, crops: np.ndarray, limit: float = FP16
     outputs = {}
     for k, name in enumerate(acts):
         out = f"chs_range_scan_{k}"
-        probe.graph.node.extend([
-            onnx.helper.make_node("Abs", [name], [f"{out}_abs"], name=f"{out}_abs"),
-            onnx.helper.make_node("ReduceMax", [f"{out}_abs"], [out], name=out, keepdims=0),
-        ])
+        probe.graph.node.extend([onnx.helper.make_node("Abs", [name], [f"{out}_abs"], name=f"{out}_abs"),
+                                 onnx.helper.make_node("ReduceMax", [f"{out}_abs"], [out], name=out, keepdims=0)])
         probe.graph.output.append(onnx.helper.make_tensor_value_info(out, TensorProto.FLOAT, []))
         outputs[out] = name
     opts = ort.SessionOptions()
@@ -201,15 +198,9 @@ def fp16_range_scan(fp32_path: ModelLike, crops: np.ndarray, limit: float = FP16
         max_abs[name] = float(np.abs(w).max()) if np.isfinite(w).all() else float("inf")
 
     worst = sorted(max_abs.items(), key=lambda kv: kv[1], reverse=True)
-    return {
-        "limit": float(limit),
-        "n_crops": int(len(x)),
-        "n_tensors": len(max_abs),
-        "max_abs": max_abs,
-        "worst": worst[:top],
-        "overflow": [n for n, v in worst if not v <= limit],
-        "near_overflow": [n for n, v in worst if v > limit / 8],
-    }
+    return {"limit": float(limit), "n_crops": int(len(x)), "n_tensors": len(max_abs), "max_abs": max_abs,
+            "worst": worst[:top], "overflow": [n for n, v in worst if not v <= limit],
+            "near_overflow": [n for n, v in worst if v > limit / 8]}
 
 
 def require_fp16_safe(report: dict) -> None:

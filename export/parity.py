@@ -5,14 +5,13 @@ Each precision is gated on one criterion, and the limit is always for the quanti
 - ``max_px`` (FP32): the largest landmark difference from PyTorch, in crop pixels.
 - ``dnme_pt`` (FP16, INT8 with annotated faces): the measured ΔNME = NME(file) - NME(PyTorch) on the same
   annotated faces, in NME percentage points.
-- ``shift_pt`` (FP16, INT8 without labels): the mean landmark shift from PyTorch in percent of the
-  inter-ocular distance (of PyTorch's landmarks). It is not a ΔNME and is not compared with a ΔNME limit.
-  Its INT8 limit, 0.75 %, comes from the same budget: a shift s uncorrelated with the model's error e adds
-  about s^2 / 2e to the NME, so s <= 0.75 % keeps that under 0.1 pt at e = 3 % (the label-noise floor of
-  68-point sets; the ΔNME limit is 0.15 pt). It sits between INT8 noise (bundled model, 1 CCR, AMD Zen 4:
-  s8s8 / u8s8 0.27 / 0.42 % on ytf68 val, 0.18 / 0.37 % on the demo face) and damage (a graph whose
-  ReLU/Add quantization went wrong: 3.2 % on val, 3.4 % on the demo face, +1.4 NME points). FP16 moves
-  landmarks by < 0.001 %: its limit is 0.02 %.
+- ``shift_pt`` (FP16, INT8 without labels): the mean landmark shift from PyTorch in percent of the inter-ocular distance
+  (of PyTorch's landmarks). It is not a ΔNME and is not compared with a ΔNME limit. Its INT8 limit, 0.75 %, comes from
+  the same budget: a shift s uncorrelated with the model's error e adds about s^2 / 2e to the NME, so s <= 0.75 % keeps
+  that under 0.1 pt at e = 3 % (the label-noise floor of 68-point sets; the ΔNME limit is 0.15 pt). It sits between INT8
+  noise (bundled model, 1 CCR, AMD Zen 4: s8s8 / u8s8 0.27 / 0.42 % on ytf68 val, 0.18 / 0.37 % on the demo face) and
+  damage (a graph whose ReLU/Add quantization went wrong: 3.2 % on val, 3.4 % on the demo face, +1.4 NME points). FP16
+  moves landmarks by < 0.001 %: its limit is 0.02 %.
 
 The gate faces of an INT8 export are held out from the calibration set (``chs.calibration.data.split_held_out``)
 when it has more than a handful of faces, so the gate never measures the faces the ranges came from.
@@ -35,11 +34,9 @@ from chs.runtime.metrics import nme
 # (criterion, limit) per precision: with ground truth, and without it
 GATES_LABELLED = {"fp32": ("max_px", 0.01), "fp16": ("dnme_pt", 0.02), "int8": ("dnme_pt", 0.15)}
 GATES_UNLABELLED = {"fp32": ("max_px", 0.01), "fp16": ("shift_pt", 0.02), "int8": ("shift_pt", 0.75)}
-CRITERIA = {
-    "max_px": "max landmark difference from PyTorch, crop px",
-    "dnme_pt": "measured ΔNME vs PyTorch on annotated faces, NME points",
-    "shift_pt": "mean landmark shift from PyTorch, % of inter-ocular distance (no labels)",
-}
+CRITERIA = {"max_px": "max landmark difference from PyTorch, crop px",
+            "dnme_pt": "measured ΔNME vs PyTorch on annotated faces, NME points",
+            "shift_pt": "mean landmark shift from PyTorch, % of inter-ocular distance (no labels)"}
 UNITS = {"max_px": "px", "dnme_pt": "pt", "shift_pt": "%IOD"}
 
 
@@ -68,8 +65,7 @@ def parity_crops(meta: ModelMeta, data: str | None = None, max_images: int = 64,
     return meta.norm(np.stack(crops)), None, "the bundled demo face, 16 jittered crops (no ground truth)"
 
 
-def annotated_crops(samples: Sequence[FaceSample], meta: ModelMeta, source: str
-                    ) -> tuple[np.ndarray, np.ndarray, int]:
+def annotated_crops(samples: Sequence[FaceSample], meta: ModelMeta, source: str) -> tuple[np.ndarray, np.ndarray, int]:
     """(crops, ground truth in crop pixels, faces used) of annotated samples; unreadable images skipped."""
     kept, images, _ = load_images(list(samples))
     if not kept:

@@ -4,12 +4,11 @@ The ONNX file carries the precision (float16 tensors for FP16, Q/DQ pairs for IN
 never sets FP16/INT8/BF16 flags or a calibrator: TensorRT 11 removed them. ``RoiAlign`` is mapped to the
 built-in ``ROIAlign_TRT`` plugin, hence ``init_libnvinfer_plugins`` before parsing.
 
-Status: written against the documented TensorRT Python API, checked for names and enum values against the
-real ``tensorrt_lean`` wheel where it has them, and exercised against the fake in ``tests/fake_tensorrt.py``;
-it has NOT been run with a real TensorRT on a GPU. ``tensorrt`` is never
-imported at module import time (creating TensorRT objects without a driver can crash the interpreter at
-exit): check :func:`tensorrt_available` first, or build in a child process with
-:func:`build_engine_subprocess`.
+Status: written against the documented TensorRT Python API, checked for names and enum values against the real
+``tensorrt_lean`` wheel where it has them, and exercised against the fake in ``tests/fake_tensorrt.py``; it has NOT been
+run with a real TensorRT on a GPU. ``tensorrt`` is never imported at module import time (creating TensorRT objects
+without a driver can crash the interpreter at exit): check :func:`tensorrt_available` first, or build in a child process
+with :func:`build_engine_subprocess`.
 """
 
 from __future__ import annotations
@@ -144,16 +143,9 @@ def _serialized_timing_cache(config: Any) -> bytes | None:
     return None if cache is None else bytes(memoryview(cache.serialize()))
 
 
-def build_engine(
-    onnx_path: str | Path,
-    engine_path: str | Path,
-    options: BuildOptions | None = None,
-    *,
-    trt: Any | None = None,
-    meta: ModelMeta | None = None,
-    cudart: Any | None = None,
-    **overrides: Any,
-) -> dict:
+def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildOptions | None = None, *,
+                 trt: Any | None = None, meta: ModelMeta | None = None, cudart: Any | None = None,
+                 **overrides: Any) -> dict:
     """Build a strongly typed engine with one batch profile; write it and its sidecar (both or neither).
 
     ``overrides`` replace fields of ``options`` (``batch=(1, 8, 32)`` etc.). ``trt`` / ``cudart`` replace
@@ -179,9 +171,7 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ChsError(
-            f"TensorRT could not parse {onnx_path}: " + ("; ".join(errors) or "unknown parser error")
-        )
+        raise ChsError(f"TensorRT could not parse {onnx_path}: " + ("; ".join(errors) or "unknown parser error"))
 
     inputs = [_tensor_desc(trt, network.get_input(i)) for i in range(network.num_inputs)]
     outputs = [_tensor_desc(trt, network.get_output(i)) for i in range(network.num_outputs)]
@@ -205,10 +195,8 @@ def build_engine(
         prof = {"input": name, "min": [b_min, *rest], "opt": [b_opt, *rest], "max": [b_max, *rest]}
     else:
         if (b_min, b_max) != (in_shape[0], in_shape[0]):
-            raise ChsError(
-                f"{onnx_path} has a fixed batch of {in_shape[0]}; re-export it with a dynamic batch axis "
-                f"to build for batch {b_min}..{b_max}"
-            )
+            raise ChsError(f"{onnx_path} has a fixed batch of {in_shape[0]}; re-export it with a dynamic batch axis "
+                           f"to build for batch {b_min}..{b_max}")
         prof = {"input": name, "min": in_shape, "opt": in_shape, "max": in_shape}
     cache_path = Path(opts.timing_cache) if opts.timing_cache is not None else None
     cache_status = _load_timing_cache(config, cache_path)
@@ -223,16 +211,9 @@ def build_engine(
     if cache_path is not None and cache_bytes is None:
         cache_status += ", not saved (TensorRT returned no timing cache)"
 
-    engine = {
-        "file": engine_path.name,
-        "bytes": len(data),
-        "sha256": sha256_bytes(data),
-        "tensorrt_version": tensorrt_version(trt),
-        "gpu": gpu_info(cudart),
-        "profile": prof,
-        "strongly_typed": True,
-        "tf32": bool(config.get_flag(trt.BuilderFlag.TF32)),
-    }
+    engine = {"file": engine_path.name, "bytes": len(data), "sha256": sha256_bytes(data),
+              "tensorrt_version": tensorrt_version(trt), "gpu": gpu_info(cudart), "profile": prof,
+              "strongly_typed": True, "tf32": bool(config.get_flag(trt.BuilderFlag.TF32))}
     record = sidecar_record(
         io_contract(meta, inputs, outputs, engine),
         onnx={"file": onnx_path.name, "sha256": sha256_bytes(onnx_path.read_bytes())},
@@ -268,18 +249,10 @@ def interpret_child(rc: int, stdout: str, stderr: str, sidecar: Path) -> dict:
     raise ChsError(f"TensorRT build process failed (exit code {rc}): {tail or 'no output'}")
 
 
-def build_engine_subprocess(
-    onnx_path: str | Path,
-    engine_path: str | Path,
-    options: BuildOptions | None = None,
-    *,
-    meta: ModelMeta | None = None,
-    timeout: float | None = None,
-    python: str | None = None,
-    trt_factory: str | None = None,
-    env: dict[str, str] | None = None,
-    **overrides: Any,
-) -> dict:
+def build_engine_subprocess(onnx_path: str | Path, engine_path: str | Path, options: BuildOptions | None = None, *,
+                            meta: ModelMeta | None = None, timeout: float | None = None, python: str | None = None,
+                            trt_factory: str | None = None, env: dict[str, str] | None = None,
+                            **overrides: Any) -> dict:
     """Run :func:`build_engine` in a child interpreter so a TensorRT crash cannot take this process down.
 
     ``trt_factory`` ("module:callable") makes the child use a fake TensorRT (tests only).

@@ -1,12 +1,11 @@
 """Triton Inference Server model repository for a CHS model (ONNX Runtime, python or TensorRT backend).
 
-Triton's dynamic batcher groups single-face requests into the batches the model was built for; the
-config must agree with the artifact (input name and size, batch limit within the engine profile), and the
-crop/normalisation rule must travel with it: the I/O contract is copied next to ``config.pbtxt`` and the
-model metadata rides in the config's ``chs.meta`` parameter, so a remote client (``triton://``) reads it
-from the server. The python backend serves the exported ONNX file with the project's own ONNX Runtime
-runner (``chs.runtime.triton_model``): it is what the ``nvidia-pytriton`` server binary can run, and what
-the tests start on loopback.
+Triton's dynamic batcher groups single-face requests into the batches the model was built for; the config must agree
+with the artifact (input name and size, batch limit within the engine profile), and the crop/normalisation rule must
+travel with it: the I/O contract is copied next to ``config.pbtxt`` and the model metadata rides in the config's
+``chs.meta`` parameter, so a remote client (``triton://``) reads it from the server. The python backend serves the
+exported ONNX file with the project's own ONNX Runtime runner (``chs.runtime.triton_model``): it is what the
+``nvidia-pytriton`` server binary can run, and what the tests start on loopback.
 """
 
 from __future__ import annotations
@@ -104,16 +103,9 @@ class TritonModelSettings:
             raise ChsError(f"instance_kind must be one of {', '.join(_KINDS)}, got {self.instance_kind!r}")
 
 
-def write_triton_repository(
-    out_dir: str | Path,
-    model_name: str,
-    *,
-    onnx_path: str | Path | None = None,
-    engine_path: str | Path | None = None,
-    meta: ModelMeta,
-    settings: TritonModelSettings = TritonModelSettings(),
-    backend: str | None = None,
-) -> Path:
+def write_triton_repository(out_dir: str | Path, model_name: str, *, onnx_path: str | Path | None = None,
+                            engine_path: str | Path | None = None, meta: ModelMeta,
+                            settings: TritonModelSettings = TritonModelSettings(), backend: str | None = None) -> Path:
     """Write ``out_dir/model_name/{config.pbtxt, chs_contract.json, 1/model.onnx|model.plan}``.
 
     Exactly one of ``onnx_path`` / ``engine_path``. ``backend``: ``onnxruntime`` (the default for ONNX),
@@ -146,10 +138,8 @@ def write_triton_repository(
             out_dtype = dtypes.get(OUTPUT_LANDMARKS, out_dtype)
             prof_max = sidecar.profile.get("max")
             if prof_max and max_batch > int(prof_max[0]):
-                raise ChsError(
-                    f"max_batch {max_batch} exceeds the engine's profile maximum {prof_max[0]}: "
-                    "lower it or rebuild the engine"
-                )
+                raise ChsError(f"max_batch {max_batch} exceeds the engine's profile maximum {prof_max[0]}: "
+                               "lower it or rebuild the engine")
             contract = sidecar.contract
     elif backend == "python":
         platform, target, kind = "python", "model.onnx", kind or "KIND_CPU"
@@ -157,10 +147,7 @@ def write_triton_repository(
         platform, target, kind = "onnxruntime_onnx", "model.onnx", kind or "KIND_AUTO"
 
     inputs = [(INPUT_NAME, _triton_type(in_dtype), [3, s, s])]
-    outputs = [
-        (OUTPUT_LANDMARKS, _triton_type(out_dtype), [n, 2]),
-        (OUTPUT_SCORES, _triton_type(out_dtype), [n]),
-    ]
+    outputs = [(OUTPUT_LANDMARKS, _triton_type(out_dtype), [n, 2]), (OUTPUT_SCORES, _triton_type(out_dtype), [n])]
     engine_line = 'backend: "python"' if backend == "python" else f'platform: "{platform}"'
     lines = [f'name: "{model_name}"', engine_line, f"max_batch_size: {int(max_batch)}"]
     lines += _tensor_block("input", inputs) + _tensor_block("output", outputs)

@@ -36,8 +36,7 @@ def save_checkpoint(model: CHSNet, directory: str | os.PathLike, info: dict | No
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
         if extra_tensors:
-            save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()},
-                      str(tmp / TRAIN_STATE))
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()}, str(tmp / TRAIN_STATE))
         meta = {"config": model.cfg.to_dict(), "info": info or {}}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
         tmp.chmod(0o755)  # mkdtemp makes the folder private; a checkpoint is meant to be shared
@@ -102,12 +101,10 @@ def check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
     """Refuse weights holding NaN or infinity (e.g. from a diverged run): they only give nonsense later."""
     bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
-        raise ChsError(f"checkpoint weights {source} contain NaN or infinity ({len(bad)} tensor(s), first "
-                       f"'{bad[0]}')")
+        raise ChsError(f"checkpoint weights {source} contain NaN or infinity ({len(bad)} tensor(s), first '{bad[0]}')")
 
 
-def load_checkpoint(directory: str | os.PathLike, ccr: int | None = None,
-                    map_location: str = "cpu") -> CHSNet:
+def load_checkpoint(directory: str | os.PathLike, ccr: int | None = None, map_location: str = "cpu") -> CHSNet:
     """Load a checkpoint, keeping its first ``ccr`` CCR stages (None = all that were trained)."""
     path = resolve_model_path(directory)
     if path.is_file():

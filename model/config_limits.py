@@ -11,11 +11,9 @@ from typing import Any
 from chs.runtime.errors import ChsError
 from chs.runtime.meta_checks import MAX_INPUT_SIZE, MAX_POINTS, check_crop_rule, check_normalization
 
-INT_LIMITS = {
-    "num_points": MAX_POINTS, "input_size": MAX_INPUT_SIZE, "hg_features": 1024, "num_stacks": 16, "hg_depth": 8,
-    "stem_channels": 1024, "fe_channels": 1024, "num_branches": 8, "sf_width": 1024, "sf_squeeze": 1024,
-    "ccr_stages": 16, "ccr_width": 1024, "roi_size": 32, "sampling_ratio": 16,
-}
+INT_LIMITS = {"num_points": MAX_POINTS, "input_size": MAX_INPUT_SIZE, "hg_features": 1024, "num_stacks": 16,
+              "hg_depth": 8, "stem_channels": 1024, "fe_channels": 1024, "num_branches": 8, "sf_width": 1024,
+              "sf_squeeze": 1024, "ccr_stages": 16, "ccr_width": 1024, "roi_size": 32, "sampling_ratio": 16}
 
 
 def check_config_limits(cfg: Any) -> None:

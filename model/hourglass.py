@@ -38,8 +38,7 @@ class Hourglass(nn.Module):
 class StackedHourglass(nn.Module):
     """S stacks; returns the heatmaps of every stack and the last stack's feature ``ll``."""
 
-    def __init__(self, stacks: int, depth: int, features: int, heatmap_channels: int, boundary: bool,
-                 upsample: str):
+    def __init__(self, stacks: int, depth: int, features: int, heatmap_channels: int, boundary: bool, upsample: str):
         super().__init__()
         self.boundary = boundary
         self.hgs = nn.ModuleList(Hourglass(depth, features, i == 0, upsample) for i in range(stacks))

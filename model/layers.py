@@ -19,11 +19,8 @@ class ConvBlock(nn.Module):
         self.bn1, self.conv1 = nn.BatchNorm2d(cin), conv3x3(cin, cout // 2)
         self.bn2, self.conv2 = nn.BatchNorm2d(cout // 2), conv3x3(cout // 2, cout // 4)
         self.bn3, self.conv3 = nn.BatchNorm2d(cout // 4), conv3x3(cout // 4, cout // 4)
-        self.downsample = (
-            None
-            if cin == cout
-            else nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False))
-        )
+        self.downsample = (None if cin == cout
+                           else nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.conv1(F.relu(self.bn1(x)))
@@ -71,9 +68,7 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = conv3x3(cin * groups, cout * groups, groups)
         self.conv2 = conv3x3(cout * groups, cout * groups, groups)
-        self.shortcut = (
-            None if cin == cout else nn.Conv2d(cin * groups, cout * groups, 1, bias=False, groups=groups)
-        )
+        self.shortcut = None if cin == cout else nn.Conv2d(cin * groups, cout * groups, 1, bias=False, groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(F.relu(self.conv1(x)))

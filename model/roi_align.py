@@ -9,10 +9,8 @@ from __future__ import annotations
 import torch
 
 
-def _roi_align_torch(
-    features: torch.Tensor, rois: torch.Tensor, batch_idx: torch.Tensor, out_h: int, out_w: int,
-    spatial_scale: float, sampling_ratio: int,
-) -> torch.Tensor:
+def _roi_align_torch(features: torch.Tensor, rois: torch.Tensor, batch_idx: torch.Tensor, out_h: int, out_w: int,
+                     spatial_scale: float, sampling_ratio: int) -> torch.Tensor:
     n, c, h, w = features.shape
     r = rois.shape[0]
     sr = sampling_ratio
@@ -56,10 +54,8 @@ def _roi_align_torch(
     return val.permute(0, 3, 1, 2).contiguous()
 
 
-def roi_align(
-    features: torch.Tensor, rois: torch.Tensor, batch_idx: torch.Tensor, output_size: tuple[int, int],
-    spatial_scale: float = 1.0, sampling_ratio: int = 2,
-) -> torch.Tensor:
+def roi_align(features: torch.Tensor, rois: torch.Tensor, batch_idx: torch.Tensor, output_size: tuple[int, int],
+              spatial_scale: float = 1.0, sampling_ratio: int = 2) -> torch.Tensor:
     """ONNX-semantics RoiAlign: rois (R, 4) as x0, y0, x1, y1 in input units, batch_idx (R,) int64."""
     out_h, out_w = output_size
     if torch.onnx.is_in_onnx_export():

@@ -20,12 +20,10 @@ from chs.runtime.errors import ChsError
 
 def model_meta(model: CHSNet, precision: str = "fp32") -> ModelMeta:
     cfg = model.cfg
-    return ModelMeta(
-        scheme=cfg.scheme, num_points=cfg.num_points, input_size=cfg.input_size,
-        heatmap_stride=cfg.heatmap_stride, ccr=cfg.ccr_stages, precision=precision, preset=cfg.name,
-        crop_rule=cfg.crop_rule, normalization=cfg.normalization,
-        versions={"chs": __version__, "torch": torch.__version__},
-    )
+    return ModelMeta(scheme=cfg.scheme, num_points=cfg.num_points, input_size=cfg.input_size,
+                     heatmap_stride=cfg.heatmap_stride, ccr=cfg.ccr_stages, precision=precision, preset=cfg.name,
+                     crop_rule=cfg.crop_rule, normalization=cfg.normalization,
+                     versions={"chs": __version__, "torch": torch.__version__})
 
 
 AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}

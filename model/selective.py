@@ -19,11 +19,8 @@ class SelectiveFeature(nn.Module):
     def __init__(self, branches: int, cin: int, width: int, squeeze: int, guide_channels: int = 0):
         super().__init__()
         self.reduce = nn.ModuleList(nn.Conv2d(cin, width, 1, bias=False) for _ in range(branches))
-        self.guide = (
-            nn.ModuleList(BasicBlock(cin + guide_channels, width) for _ in range(branches))
-            if guide_channels
-            else None
-        )
+        self.guide = (nn.ModuleList(BasicBlock(cin + guide_channels, width) for _ in range(branches))
+                      if guide_channels else None)
         self.spatial = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1, bias=False) for _ in range(branches))
         self.squeeze = nn.Conv2d(width, squeeze, 1)
         self.select = nn.ModuleList(nn.Conv2d(squeeze, width, 1) for _ in range(branches))

@@ -38,18 +38,16 @@ def node_module(node: onnx.NodeProto, initializers: set[str]) -> str | None:
 def float32_nodes(proto: onnx.ModelProto) -> set[str]:
     """Names of the nodes that stay float32 in FP16 and unquantized in INT8.
 
-    Rule: a node that reads parameters of the last stack's heatmap head (``hourglass.head.<last>`` and
-    the 1x1 ``conv_last`` / ``bn_end`` feeding it) or of a CCR regression head (``ccr.<k>.out`` grouped
-    conv, ``ccr.<k>.fc`` Gemm) is float32; a node reading any other module's parameters is trunk. A node
-    without parameters is float32 when it is RoiAlign or ArgMax or reads a tensor produced by a float32
-    node, else trunk. So the float32 region runs from the last heatmaps to the landmarks (decode: Slice,
-    ArgMax, Gather, Log, Div, Clip ...; each stage's rois, RoiAlign and coordinate channels; the offsets;
-    the wrapper's cell -> pixel scaling), interrupted only by the CCR stages' conv blocks (trunk again).
-    Why: these tensors are coordinates or feed them 1:1 (FP16 steps by 0.125 px near 256 px; INT8 error
-    lands directly in the landmarks), and TensorRT's RoiAlign wants float rois of the features' dtype.
-    ``conv_last`` is in because the head is linear: 8-bit noise on its input is 8-bit noise on the
-    heatmaps (2-epoch ytf68 model, ytf68 val, INT8 NME 21.8-21.9 % with it float, 23.5 % quantized;
-    FP32 21.8 %).
+    Rule: a node that reads parameters of the last stack's heatmap head (``hourglass.head.<last>`` and the 1x1
+    ``conv_last`` / ``bn_end`` feeding it) or of a CCR regression head (``ccr.<k>.out`` grouped conv, ``ccr.<k>.fc``
+    Gemm) is float32; a node reading any other module's parameters is trunk. A node without parameters is float32 when
+    it is RoiAlign or ArgMax or reads a tensor produced by a float32 node, else trunk. So the float32 region runs from
+    the last heatmaps to the landmarks (decode: Slice, ArgMax, Gather, Log, Div, Clip ...; each stage's rois, RoiAlign
+    and coordinate channels; the offsets; the wrapper's cell -> pixel scaling), interrupted only by the CCR stages' conv
+    blocks (trunk again). Why: these tensors are coordinates or feed them 1:1 (FP16 steps by 0.125 px near 256 px; INT8
+    error lands directly in the landmarks), and TensorRT's RoiAlign wants float rois of the features' dtype.
+    ``conv_last`` is in because the head is linear: 8-bit noise on its input is 8-bit noise on the heatmaps (2-epoch
+    ytf68 model, ytf68 val, INT8 NME 21.8-21.9 % with it float, 23.5 % quantized; FP32 21.8 %).
     """
     graph = proto.graph
     inits = {i.name for i in graph.initializer}

@@ -1,10 +1,9 @@
 """The one metadata record that travels inside every model artifact, and its ONNX ``metadata_props`` I/O.
 
-A runtime reads the crop rule, input size, normalisation and landmark scheme from here, never from
-defaults of its own, so an artifact is always served the way it was trained. The record is frozen:
-derive a changed copy with ``dataclasses.replace(meta, precision="fp16")``. Reading and writing ONNX
-metadata needs neither torch nor the ``onnx`` package (it only touches ``proto.metadata_props``), so
-INT8 quantisation and FP16 conversion stay torch-free.
+A runtime reads the crop rule, input size, normalisation and landmark scheme from here, never from defaults of its own,
+so an artifact is always served the way it was trained. The record is frozen: derive a changed copy with
+``dataclasses.replace(meta, precision="fp16")``. Reading and writing ONNX metadata needs neither torch nor the ``onnx``
+package (it only touches ``proto.metadata_props``), so INT8 quantisation and FP16 conversion stay torch-free.
 """
 
 from __future__ import annotations

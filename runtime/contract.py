@@ -34,26 +34,13 @@ from chs.runtime.errors import ChsError
 CONTRACT_VERSION = 1
 CONTRACT_FILE = "chs_contract.json"
 PRODUCER = "chs"
-REQUIRED_KEYS = (
-    "contract_version",
-    "producer",
-    "inputs",
-    "outputs",
-    "normalization",
-    "crop",
-    "output_frame",
-    "landmarks",
-    "precision",
-)
+REQUIRED_KEYS = ("contract_version", "producer", "inputs", "outputs", "normalization", "crop", "output_frame",
+                 "landmarks", "precision")
 
-CROP_FORMULA = (
-    "side = max(x1 - x0, y1 - y0) * scale; centre = ((x0 + x1) / 2, (y0 + y1) / 2 + shift_y * side); "
-    "the square of that side centred there is resampled to input_size x input_size pixels"
-)
-AFFINE_FORMULA = (
-    "s = input_size / side; m = (input_size - 1) / 2; "
-    "A = [[s, 0, m - s * cx], [0, s, m - s * cy]] maps image (x, y, 1) to crop (x, y)"
-)
+CROP_FORMULA = ("side = max(x1 - x0, y1 - y0) * scale; centre = ((x0 + x1) / 2, (y0 + y1) / 2 + shift_y * side); "
+                "the square of that side centred there is resampled to input_size x input_size pixels")
+AFFINE_FORMULA = ("s = input_size / side; m = (input_size - 1) / 2; "
+                  "A = [[s, 0, m - s * cx], [0, s, m - s * cy]] maps image (x, y, 1) to crop (x, y)")
 
 
 def _tensor_list(tensors: list[dict], what: str) -> list[dict]:
@@ -144,9 +131,7 @@ def validate_contract(contract: object, source: str = "contract") -> dict:
     if version < CONTRACT_VERSION:
         raise ChsError(f"{source} has contract_version {version}, older than {CONTRACT_VERSION}: re-export")
     if version > CONTRACT_VERSION:
-        raise ChsError(
-            f"{source} has contract_version {version}; this chs reads {CONTRACT_VERSION}: upgrade chs"
-        )
+        raise ChsError(f"{source} has contract_version {version}; this chs reads {CONTRACT_VERSION}: upgrade chs")
     missing = [k for k in REQUIRED_KEYS if k not in contract]
     if missing:
         raise ChsError(f"{source} lacks required keys: {', '.join(missing)}")

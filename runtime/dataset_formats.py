@@ -1,9 +1,8 @@
 """The landmark annotation formats: one reader per format, all returning the same FaceSample list.
 
-Training, evaluation and calibration then never care where a face came from (``datasets.load_dataset``
-picks the reader by path). Coordinates are image pixels, 0-based, with pixel centres on integers (the
-geometry module's convention); missing points are NaN. Only COFW's MATLAB file is converted (1-based ->
-0-based); other formats are taken as written:
+Training, evaluation and calibration then never care where a face came from (``datasets.load_dataset`` picks the reader
+by path). Coordinates are image pixels, 0-based, with pixel centres on integers (the geometry module's convention);
+missing points are NaN. Only COFW's MATLAB file is converted (1-based -> 0-based); other formats are taken as written:
 
 * ``.pts`` files: the original 300-W release is 1-based, but this project's ``.pts`` data (ytf68) is
   documented 0-based, so ``.pts`` coordinates are used unchanged. Convert 1-based sets before use.
@@ -188,20 +187,14 @@ def load_wflw(annotation_txt: PathLike, image_root: PathLike) -> list[FaceSample
         if not parts:
             continue
         if len(parts) != 207:
-            raise ChsError(f"{txt}:{lineno}: expected 207 fields (196 coords, 4 box, 6 flags, name), "
-                           f"got {len(parts)}")
+            raise ChsError(f"{txt}:{lineno}: expected 207 fields (196 coords, 4 box, 6 flags, name), got {len(parts)}")
         try:
             nums = np.array([float(v) for v in parts[:206]])
         except ValueError:
             raise ChsError(f"{txt}:{lineno}: non-numeric landmark, box or flag value") from None
         attrs = {k: bool(v) for k, v in zip(WFLW_ATTRIBUTES, nums[200:206], strict=True)}
-        samples.append(FaceSample(
-            image_path=image_root / parts[206],
-            landmarks=nums[:196].reshape(98, 2),
-            scheme="98",
-            box=nums[196:200].copy(),
-            attributes=attrs,
-        ))
+        samples.append(FaceSample(image_path=image_root / parts[206], landmarks=nums[:196].reshape(98, 2), scheme="98",
+                                  box=nums[196:200].copy(), attributes=attrs))
     if not samples:
         raise ChsError(f"{txt} has no annotations")
     return samples
@@ -327,13 +320,8 @@ def load_aflw19(csv_path: PathLike, image_root: PathLike) -> list[FaceSample]:
         cx, cy = _float(r[col["center_w"]], where), _float(r[col["center_h"]], where)
         lm = np.array([_float(v, where) for v in r[first_pt:]]).reshape(19, 2)
         box = np.array([cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2])
-        samples.append(FaceSample(
-            image_path=image_root / r[0].strip(),
-            landmarks=lm,
-            scheme="19",
-            box=box,
-            attributes={"scale": scale, "center": (cx, cy), "box_size": size},
-        ))
+        samples.append(FaceSample(image_path=image_root / r[0].strip(), landmarks=lm, scheme="19", box=box,
+                                  attributes={"scale": scale, "center": (cx, cy), "box_size": size}))
     if not samples:
         raise ChsError(f"{path} has no annotations")
     return samples
@@ -374,14 +362,7 @@ def load_coco_keypoints(json_path: PathLike, image_root: PathLike | None = None)
             x, y, w, h = (float(v) for v in ann["bbox"])
             box = np.array([x, y, x + w, y + h])
         attrs: dict = {"visibility": kp[:, 2].copy(), "image_id": ann["image_id"], "id": ann.get("id")}
-        for key in ("box_size", "center", "scale"):
-            if key in ann:
-                attrs[key] = ann[key]
-        samples.append(FaceSample(
-            image_path=root / info["file_name"],
-            landmarks=lm,
-            scheme=_scheme_for(len(kp), where),
-            box=box,
-            attributes=attrs,
-        ))
+        attrs.update({key: ann[key] for key in ("box_size", "center", "scale") if key in ann})
+        samples.append(FaceSample(image_path=root / info["file_name"], landmarks=lm, scheme=_scheme_for(len(kp), where),
+                                  box=box, attributes=attrs))
     return samples

@@ -24,16 +24,11 @@ from .schemes import WFLW_ATTRIBUTES
 
 
 def _wflw_image_root(txt: Path) -> Path:
-    """Where WFLW images live relative to an annotation list: the txt folder's sibling ``images``, an
-    ``images`` folder beside the txt, the official ``WFLW_images`` (next to ``WFLW_annotations``), or
-    else the txt's own folder."""
+    """Where WFLW images live relative to an annotation list: the txt folder's sibling ``images``, an ``images`` folder
+    beside the txt, the official ``WFLW_images`` (next to ``WFLW_annotations``), or else the txt's own folder."""
     parent = txt.parent
-    for cand in (
-        parent.parent / "images",
-        parent / "images",
-        parent.parent.parent / "WFLW_images",
-        parent.parent / "WFLW_images",
-    ):
+    for cand in (parent.parent / "images", parent / "images", parent.parent.parent / "WFLW_images",
+                 parent.parent / "WFLW_images"):
         if cand.is_dir():
             return cand
     return parent

@@ -1,9 +1,8 @@
 """Face detectors for the landmark runtime: a small protocol, an offline default, and the box mapping.
 
-The landmark models are trained on crops around the ground-truth-landmark box (x1.3, ``CropRule``); a
-detector's box is centred and sized differently, so feeding it straight in shifts and scales every crop.
-Each detector therefore carries a :class:`BoxMap` fitted on annotated data that turns its boxes into
-GT-landmark-like boxes before cropping.
+The landmark models are trained on crops around the ground-truth-landmark box (x1.3, ``CropRule``); a detector's box is
+centred and sized differently, so feeding it straight in shifts and scales every crop. Each detector therefore carries a
+:class:`BoxMap` fitted on annotated data that turns its boxes into GT-landmark-like boxes before cropping.
 
 Default detector: YuNet (``chs.runtime.yunet``), bundled in the package and run by ONNX Runtime, so
 ``pip install chs`` alone finds faces. dlib's HOG frontal-face detector stays available
@@ -27,8 +26,7 @@ NO_DETECTOR = "the dlib detector is not installed: pip install chs[detect], or u
 class BoxMap:
     """Linear map from a detector box to a GT-landmark box, relative to the detector box size.
 
-    With the detector box centre (cx, cy) and size (w, h): centre' = (cx + dx*w, cy + dy*h),
-    size' = (sw*w, sh*h).
+    With the detector box centre (cx, cy) and size (w, h): centre' = (cx + dx*w, cy + dy*h), size' = (sw*w, sh*h).
     """
 
     dx: float = 0.0
@@ -159,7 +157,5 @@ def landmark_boxes(detector: FaceDetector, image: np.ndarray) -> tuple[np.ndarra
     return box_map.apply(boxes), np.asarray(scores, dtype=np.float64).reshape(-1)
 
 
-__all__ = [
-    "DETECTOR_NAMES", "DLIB_HOG_BOX_MAP", "IDENTITY_MAP", "NO_DETECTOR", "BoxMap", "DlibHogDetector",
-    "FaceDetector", "default_detector", "dlib_available", "landmark_boxes", "make_detector",
-]
+__all__ = ["DETECTOR_NAMES", "DLIB_HOG_BOX_MAP", "IDENTITY_MAP", "NO_DETECTOR", "BoxMap", "DlibHogDetector",
+           "FaceDetector", "default_detector", "dlib_available", "landmark_boxes", "make_detector"]

@@ -75,12 +75,10 @@ def detector_miss_rate(detector: FaceDetector, samples: Sequence[FaceSample], io
         misses_raw += float(box_iou(raw, gt).max()) < iou_threshold
     if n == 0:
         raise ChsError("none of the samples' images could be read")
-    return {
-        "n": n, "misses": misses, "miss_rate": misses / n, "miss_rate_raw": misses_raw / n,
-        "no_detection": no_det, "detections_per_image": n_det / n, "median_best_iou": float(np.median(best_ious)),
-        "iou_threshold": iou_threshold, "seconds_per_image": (time.perf_counter() - t0) / n,
-        "detector": getattr(detector, "name", type(detector).__name__),
-    }
+    return {"n": n, "misses": misses, "miss_rate": misses / n, "miss_rate_raw": misses_raw / n, "no_detection": no_det,
+            "detections_per_image": n_det / n, "median_best_iou": float(np.median(best_ious)),
+            "iou_threshold": iou_threshold, "seconds_per_image": (time.perf_counter() - t0) / n,
+            "detector": getattr(detector, "name", type(detector).__name__)}
 
 
 def fit_box_map(detector: FaceDetector, samples: Sequence[FaceSample], min_iou: float = 0.3) -> tuple[BoxMap, dict]:

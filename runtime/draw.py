@@ -160,10 +160,9 @@ def annotate_video(runtime: LandmarkRuntime, src: str | os.PathLike, dst: str | 
     """Predict faces frame by frame; yields (frame index, faces) and, with ``dst``, writes the annotated video
     (mp4v; complete or not at all).
 
-    With a ``tracker`` (``runtime.tracker(fps)``) faces are tracked and smoothed frame by frame; otherwise
-    each frame is predicted on its own, ``batch_size`` frames per inference, with ``boxes(frame_index)``
-    giving that frame's boxes, or None to run the detector on it. A video without a readable frame is a
-    ChsError."""
+    With a ``tracker`` (``runtime.tracker(fps)``) faces are tracked and smoothed frame by frame; otherwise each frame is
+    predicted on its own, ``batch_size`` frames per inference, with ``boxes(frame_index)`` giving that frame's boxes, or
+    None to run the detector on it. A video without a readable frame is a ChsError."""
     reader = VideoReader(src)
     writer = VideoWriter(dst, reader.fps) if dst is not None else None
     n = 0

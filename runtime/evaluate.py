@@ -78,8 +78,7 @@ def predict_samples(runner: Runner, images: Sequence[np.ndarray], boxes: Sequenc
         outs.setdefault("landmarks", []).append(to_image_coords(res["landmarks"], affines))
         outs.setdefault("scores", []).append(res["scores"])
         if "stages" in res:  # (K+1, N, n, 2)
-            outs.setdefault("stages", []).append(
-                np.stack([to_image_coords(s, affines) for s in res["stages"]]))
+            outs.setdefault("stages", []).append(np.stack([to_image_coords(s, affines) for s in res["stages"]]))
     return {k: np.concatenate(v, axis=1 if k == "stages" else 0) for k, v in outs.items()}
 
 

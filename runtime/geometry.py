@@ -86,16 +86,8 @@ def check_box(box, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
     return b
 
 
-def crop_affine(
-    box,
-    size: int,
-    rule: CropRule = CropRule(),
-    *,
-    rotation_deg: float = 0.0,
-    scale_jitter: float = 1.0,
-    shift_px: tuple[float, float] = (0.0, 0.0),
-    flip: bool = False,
-) -> np.ndarray:
+def crop_affine(box, size: int, rule: CropRule = CropRule(), *, rotation_deg: float = 0.0, scale_jitter: float = 1.0,
+                shift_px: tuple[float, float] = (0.0, 0.0), flip: bool = False) -> np.ndarray:
     """2x3 matrix mapping image coordinates to crop coordinates.
 
     The crop is a square of side ``max(w, h) * rule.scale * scale_jitter`` centred on the box centre
@@ -133,9 +125,8 @@ def transform_points(points: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 def warp_crop(image: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
     """Cut the ``size`` x ``size`` crop that ``m`` describes (bilinear, black outside the image)."""
-    return cv2.warpAffine(
-        image, m.astype(np.float64), (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
-    )
+    return cv2.warpAffine(image, m.astype(np.float64), (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT)
 
 
 def crop_face(image: np.ndarray, box, size: int, rule: CropRule = CropRule()) -> tuple[np.ndarray, np.ndarray]:

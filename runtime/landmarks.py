@@ -4,9 +4,8 @@ Torch-free: it serves exported models (ONNX Runtime, TensorRT) or any object wit
 Cropping, normalisation and the inverse mapping are the shared ones from ``chs.runtime.evaluate``, so a
 face predicted here matches ``chs-eval`` on the same box exactly.
 
-Thread safety: a runtime holds only read-only state (the runner, whose ``infer`` is thread-safe, and the
-detector, which guards itself), so one instance can serve many threads; results are bit-identical to
-serial calls.
+Thread safety: a runtime holds only read-only state (the runner, whose ``infer`` is thread-safe, and the detector, which
+guards itself), so one instance can serve many threads; results are bit-identical to serial calls.
 """
 
 from __future__ import annotations
@@ -49,8 +48,7 @@ class Face:
     def to_dict(self) -> dict:
         """JSON-ready: plain lists and floats."""
         d = {"box": [float(v) for v in self.box], "score": float(self.score),
-             "landmarks": [[float(x), float(y)] for x, y in self.landmarks],
-             "scores": [float(s) for s in self.scores]}
+             "landmarks": [[float(x), float(y)] for x, y in self.landmarks], "scores": [float(s) for s in self.scores]}
         if self.detection_score is not None:
             d["detection_score"] = float(self.detection_score)
         if self.track_id is not None:

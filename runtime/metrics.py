@@ -17,12 +17,7 @@ from .schemes import WFLW_ATTRIBUTES, LandmarkScheme, get_scheme
 
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2.0 only has trapz
 
-_KIND_WORDS = {
-    "iod": "inter-ocular distance",
-    "ipd": "inter-pupil distance",
-    "box": "box size",
-    "diag": "box diagonal",
-}
+_KIND_WORDS = {"iod": "inter-ocular distance", "ipd": "inter-pupil distance", "box": "box size", "diag": "box diagonal"}
 
 
 
@@ -32,10 +27,8 @@ def _as_batch(points, scheme: LandmarkScheme, what: str) -> np.ndarray:
     if a.ndim == 2:
         a = a[None]
     if a.ndim != 3 or a.shape[1:] != (scheme.num_points, 2):
-        raise ChsError(
-            f"{what} must have shape (N, {scheme.num_points}, 2) for scheme {scheme.name}, "
-            f"got {tuple(a.shape)}"
-        )
+        raise ChsError(f"{what} must have shape (N, {scheme.num_points}, 2) for scheme {scheme.name}, "
+                       f"got {tuple(a.shape)}")
     return a
 
 
@@ -60,9 +53,7 @@ def _quiet_nan_warnings() -> Iterator[None]:
         yield
 
 
-def normalizing_distance(
-    gt, scheme: str | int | LandmarkScheme, kind: str = "iod", boxes=None
-) -> np.ndarray:
+def normalizing_distance(gt, scheme: str | int | LandmarkScheme, kind: str = "iod", boxes=None) -> np.ndarray:
     """Per-sample normaliser [N]: "iod" (outer eye corners), "ipd" (eye centres), "box" (sqrt(w*h) of the
     boxes, or of the GT landmarks' bounding box when boxes is None) or "diag" (that box's diagonal)."""
     sch = get_scheme(scheme)
@@ -125,9 +116,8 @@ def nme(pred, gt, scheme: str | int | LandmarkScheme, kind: str = "iod", boxes=N
 def mean_offset(pred, gt, scheme: str | int | LandmarkScheme, kind: str = "iod", boxes=None) -> np.ndarray:
     """Mean signed error (x, y) over samples and annotated points, each sample's divided by its normaliser.
 
-    NME cannot tell scatter from a systematic shift; this can. A shift that persists on the training set
-    means the model cannot represent the labels' convention (e.g. labels that are not mirror-symmetric,
-    trained with flip augmentation).
+    NME cannot tell scatter from a systematic shift; this can. A shift that persists on the training set means the model
+    cannot represent the labels' convention (e.g. labels that are not mirror-symmetric, trained with flip augmentation).
     """
     d, norm, valid = _signed_errors(pred, gt, scheme, kind, boxes)
     return (d / norm[:, None, None])[valid].mean(axis=0)
@@ -197,14 +187,8 @@ def primary_normaliser(scheme: str) -> str:
     return "box" if scheme == "19" else "iod"
 
 
-def summarize(
-    pred,
-    gt,
-    scheme: str | int | LandmarkScheme,
-    boxes=None,
-    auc_threshold: float | Sequence[float] | None = None,
-    shift=None,
-) -> dict:
+def summarize(pred, gt, scheme: str | int | LandmarkScheme, boxes=None,
+              auc_threshold: float | Sequence[float] | None = None, shift=None) -> dict:
     """The usual report: mean NME under each normaliser, FR and AUC at 8 % and 10 % (plus 7 % for AFLW-19),
     and the mean signed error (``offset_x``, ``offset_y``, in the customary normaliser).
 
@@ -252,14 +236,8 @@ def summarize(
     return out
 
 
-def subset_summary(
-    pred,
-    gt,
-    scheme: str | int | LandmarkScheme,
-    attributes: list[dict],
-    boxes=None,
-    auc_threshold: float | Sequence[float] | None = None,
-) -> dict[str, dict]:
+def subset_summary(pred, gt, scheme: str | int | LandmarkScheme, attributes: list[dict], boxes=None,
+                   auc_threshold: float | Sequence[float] | None = None) -> dict[str, dict]:
     """summarize() on each non-empty WFLW attribute subset (pose, expression, illumination, makeup,
     occlusion, blur); attributes[i] holds sample i's flags ("make-up" is accepted for "makeup")."""
     sch = get_scheme(scheme)
@@ -291,15 +269,5 @@ def group_summary(pred, gt, scheme: str | int | LandmarkScheme, groups: Sequence
     return {n: summarize(p[labels == n], g[labels == n], sch, shift=shift) for n in names}
 
 
-__all__ = [
-    "auc",
-    "ced",
-    "failure_rate",
-    "group_summary",
-    "mean_offset",
-    "nme",
-    "normalizing_distance",
-    "shift_corrected_nme",
-    "subset_summary",
-    "summarize",
-]
+__all__ = ["auc", "ced", "failure_rate", "group_summary", "mean_offset", "nme", "normalizing_distance",
+           "shift_corrected_nme", "subset_summary", "summarize"]

@@ -4,11 +4,10 @@ A 5-point face is a *partially labelled* face for a 68-point model: it carries t
 own scheme ("5": eye centres, nose tip, mouth corners, image-left first), and whoever needs 68-point
 quantities reduces the model's output to 5 (:meth:`LandmarkScheme.to_five`) instead of inventing labels.
 
-The one thing a 5-point face cannot give is the model's crop: models are trained on the box of the 68
-ground-truth points, and the box of 5 points is a different, much smaller box. :func:`box_from_five`
-predicts the 68-point box from the 5 points with constants fitted once on ``ytf68/train`` (see
-:func:`fit_five_point_box`) and stored here, so every caller (evaluation, training, the dlib peer) gets
-the same box from the reader instead of re-deriving its own.
+The one thing a 5-point face cannot give is the model's crop: models are trained on the box of the 68 ground-truth
+points, and the box of 5 points is a different, much smaller box. :func:`box_from_five` predicts the 68-point box from
+the 5 points with constants fitted once on ``ytf68/train`` (see :func:`fit_five_point_box`) and stored here, so every
+caller (evaluation, training, the dlib peer) gets the same box from the reader instead of re-deriving its own.
 """
 
 from __future__ import annotations
@@ -116,11 +115,9 @@ MTFL_COLUMNS = ("lex", "ley", "rex", "rey", "nx", "ny", "lmx", "lmy", "rmx", "rm
 POSE_SUBSET = {1: "profile", 2: "half", 3: "frontal", 4: "half", 5: "profile"}
 POSE_SUBSETS = ("profile", "half", "frontal")
 # Groups of the same photograph in MTFL's training list (mtfl5-train/README.md): one side of a split each.
-DUPLICATE_GROUPS = (
-    ("lfw_0560", "lfw_3278"), ("lfw_2056", "net_2529"), ("net_0118", "net_0490", "net_1970"),
-    ("net_0797", "net_3632"), ("net_0930", "net_4740"), ("net_1671", "net_3851"),
-    ("net_0955", "net_4993", "net_5248"), ("net_5373", "net_5455"),
-)
+DUPLICATE_GROUPS = (("lfw_0560", "lfw_3278"), ("lfw_2056", "net_2529"), ("net_0118", "net_0490", "net_1970"),
+                    ("net_0797", "net_3632"), ("net_0930", "net_4740"), ("net_1671", "net_3851"),
+                    ("net_0955", "net_4993", "net_5248"), ("net_5373", "net_5455"))
 SPLIT_DIR = Path(__file__).resolve().parent / "assets" / "splits"
 SPLITS = ("all", "train", "val")
 

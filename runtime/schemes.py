@@ -55,10 +55,8 @@ class LandmarkScheme:
     def _check(self, landmarks: np.ndarray) -> np.ndarray:
         pts = np.asarray(landmarks, dtype=np.float64)
         if pts.ndim < 2 or pts.shape[-2:] != (self.num_points, 2):
-            raise ChsError(
-                f"expected landmarks of shape (..., {self.num_points}, 2) for scheme {self.name}, "
-                f"got {tuple(pts.shape)}"
-            )
+            raise ChsError(f"expected landmarks of shape (..., {self.num_points}, 2) for scheme {self.name}, "
+                           f"got {tuple(pts.shape)}")
         return pts
 
     def flip(self, landmarks: np.ndarray, width: float) -> np.ndarray:
@@ -100,10 +98,7 @@ _PAIRS_68 = (
     + [(65, 67)]  # lower inner lip (66 stays)
 )
 SCHEME_68 = LandmarkScheme(
-    name="68",
-    num_points=68,
-    flip_perm=_perm_from_pairs(68, _PAIRS_68),
-    iod=(36, 45),
+    name="68", num_points=68, flip_perm=_perm_from_pairs(68, _PAIRS_68), iod=(36, 45),
     eyes=(tuple(range(36, 42)), tuple(range(42, 48))),
     boundaries=(
         tuple(range(0, 17)),  # contour
@@ -134,11 +129,7 @@ _PAIRS_98 = (
     + [(96, 97)]  # pupils
 )
 SCHEME_98 = LandmarkScheme(
-    name="98",
-    num_points=98,
-    flip_perm=_perm_from_pairs(98, _PAIRS_98),
-    iod=(60, 72),
-    eyes=((96,), (97,)),
+    name="98", num_points=98, flip_perm=_perm_from_pairs(98, _PAIRS_98), iod=(60, 72), eyes=((96,), (97,)),
     boundaries=(
         tuple(range(0, 33)),  # contour
         (*range(33, 42), 33),  # left brow (closed)
@@ -160,15 +151,9 @@ SCHEME_98 = LandmarkScheme(
 # ---- 29: COFW (0/1 brow outer, 2/3 brow inner, 4-7 brow top/bottom, 8/9 eye outer, 10/11 eye inner,
 # 12-15 lid top/bottom, 16/17 pupils, 18/19 nostrils, 20 nose tip, 21 subnasale, 22/23 mouth corners,
 # 24-27 lips top to bottom, 28 chin) -------------------------------------------------------------
-_PAIRS_29 = [
-    (0, 1), (2, 3), (4, 6), (5, 7), (8, 9), (10, 11), (12, 14), (13, 15), (16, 17), (18, 19), (22, 23)
-]
+_PAIRS_29 = [(0, 1), (2, 3), (4, 6), (5, 7), (8, 9), (10, 11), (12, 14), (13, 15), (16, 17), (18, 19), (22, 23)]
 SCHEME_29 = LandmarkScheme(
-    name="29",
-    num_points=29,
-    flip_perm=_perm_from_pairs(29, _PAIRS_29),
-    iod=(8, 9),
-    eyes=((16,), (17,)),
+    name="29", num_points=29, flip_perm=_perm_from_pairs(29, _PAIRS_29), iod=(8, 9), eyes=((16,), (17,)),
     boundaries=(
         (0, 4, 2, 5, 0),  # left brow
         (1, 6, 3, 7, 1),  # right brow
@@ -187,41 +172,21 @@ SCHEME_29 = LandmarkScheme(
 # normalised by the face box; iod/eyes are given for the other metrics. -----------------------------
 _PAIRS_19 = [(0, 5), (1, 4), (2, 3), (6, 11), (7, 10), (8, 9), (12, 14), (15, 17)]
 SCHEME_19 = LandmarkScheme(
-    name="19",
-    num_points=19,
-    flip_perm=_perm_from_pairs(19, _PAIRS_19),
-    iod=(6, 11),
-    eyes=((7,), (10,)),
+    name="19", num_points=19, flip_perm=_perm_from_pairs(19, _PAIRS_19), iod=(6, 11), eyes=((7,), (10,)),
     boundaries=((0, 1, 2), (3, 4, 5), (6, 7, 8), (9, 10, 11), (12, 13, 14), (15, 16, 17)),
     to5=((7,), (10,), (13,), (15,), (17,)),
 )
 
 # ---- 5: left eye, right eye, nose tip, left / right mouth corner ---------------------------------
 SCHEME_5 = LandmarkScheme(
-    name="5",
-    num_points=5,
-    flip_perm=(1, 0, 2, 4, 3),
+    name="5", num_points=5, flip_perm=(1, 0, 2, 4, 3), eyes=((0,), (1,)), boundaries=((0, 1), (3, 4)), to5=None,
     iod=(0, 1),  # no eye corners: the eye centres stand in
-    eyes=((0,), (1,)),
-    boundaries=((0, 1), (3, 4)),
-    to5=None,
 )
 
-SCHEMES: dict[str, LandmarkScheme] = {
-    s.name: s for s in (SCHEME_5, SCHEME_19, SCHEME_29, SCHEME_68, SCHEME_98)
-}
+SCHEMES: dict[str, LandmarkScheme] = {s.name: s for s in (SCHEME_5, SCHEME_19, SCHEME_29, SCHEME_68, SCHEME_98)}
 
-_ALIASES = {
-    "300w": "68",
-    "300-w": "68",
-    "ibug": "68",
-    "wflw": "98",
-    "cofw": "29",
-    "aflw": "19",
-    "aflw19": "19",
-    "aflw-19": "19",
-    "five": "5",
-}
+_ALIASES = {"300w": "68", "300-w": "68", "ibug": "68", "wflw": "98", "cofw": "29", "aflw": "19", "aflw19": "19",
+            "aflw-19": "19", "five": "5"}
 
 
 def get_scheme(name: str | int | LandmarkScheme) -> LandmarkScheme:

@@ -4,13 +4,12 @@ The One-Euro filter (Casiez, Roussel & Vogel, CHI 2012) is a low-pass filter who
 signal's speed: a still signal is smoothed hard (no jitter), a moving one lightly (little lag). Speeds are
 measured in face sizes per second, so the same parameters hold for a 40 px and a 400 px face.
 
-Filtering each image coordinate directly (``mode="pixels"``) must trade jitter against lag whenever the
-head moves. ``LandmarkSmoother`` (``mode="aligned"``, the default) splits the two: each frame's landmarks
-are first aligned onto the previous smoothed shape by a least-squares similarity (translation, scale,
-rotation from all points at once, so its noise is that of one point divided by ~sqrt(n)); the One-Euro
-filter then runs on the aligned shape, which moves only when the expression does, and the result is put
-back with the frame's own similarity. Head motion passes through without lag; per-point noise is filtered.
-It is for video only: a still image has no previous frame to smooth against.
+Filtering each image coordinate directly (``mode="pixels"``) must trade jitter against lag whenever the head moves.
+``LandmarkSmoother`` (``mode="aligned"``, the default) splits the two: each frame's landmarks are first aligned onto the
+previous smoothed shape by a least-squares similarity (translation, scale, rotation from all points at once, so its
+noise is that of one point divided by ~sqrt(n)); the One-Euro filter then runs on the aligned shape, which moves only
+when the expression does, and the result is put back with the frame's own similarity. Head motion passes through without
+lag; per-point noise is filtered. It is for video only: a still image has no previous frame to smooth against.
 """
 
 from __future__ import annotations
@@ -28,10 +27,9 @@ class OneEuroSettings:
     """``min_cutoff`` (Hz): cutoff of a still face (lower = smoother, more lag); ``beta``: how fast the cutoff
     rises with speed, per (face size / s); ``d_cutoff`` (Hz): cutoff of the speed estimate itself.
 
-    Defaults chosen on ``chs-bench video`` clips from ytf68/train (6 clips x 45 frames; 20 settings of
-    min_cutoff 0.3-3, beta 0-20, both modes, pose smoothing off/on): "aligned" beat "pixels" at every
-    setting (jitter 0.29 vs 0.35-1.9 % IOD, NME 3.44 vs 3.62-18 %); a light pose filter took jitter from
-    0.29 to 0.26 at +0.007 NME points."""
+    Defaults chosen on ``chs-bench video`` clips from ytf68/train (6 clips x 45 frames; 20 settings of min_cutoff 0.3-3,
+    beta 0-20, both modes, pose smoothing off/on): "aligned" beat "pixels" at every setting (jitter 0.29 vs 0.35-1.9 %
+    IOD, NME 3.44 vs 3.62-18 %); a light pose filter took jitter from 0.29 to 0.26 at +0.007 NME points."""
 
     min_cutoff: float = 0.3
     beta: float = 5.0

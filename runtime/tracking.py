@@ -1,13 +1,12 @@
 """Video: follow faces from frame to frame with the landmarks themselves, calling the detector only when needed.
 
-Between detections, a face's next crop box is the bounding box of its previous landmarks -- exactly the
-box convention the model was trained on -- so the landmark network tracks the face by itself (the
-approach of MediaPipe's face mesh). The detector runs on the first frame, every ``redetect_every``
-frames (to pick up new faces), whenever a track's landmark score drops below ``min_score`` (the face
-was lost, occluded or left the crop) and on every frame while no face is tracked. Each face keeps a
-stable ``track_id``; a track ends when its face leaves the frame or cannot be recovered. Landmarks are
-smoothed per track with a One-Euro filter (``chs.runtime.smoothing``) unless ``smooth`` is off; the
-next box is always taken from the unsmoothed landmarks, so smoothing never makes the crop lag.
+Between detections, a face's next crop box is the bounding box of its previous landmarks -- exactly the box convention
+the model was trained on -- so the landmark network tracks the face by itself (the approach of MediaPipe's face mesh).
+The detector runs on the first frame, every ``redetect_every`` frames (to pick up new faces), whenever a track's
+landmark score drops below ``min_score`` (the face was lost, occluded or left the crop) and on every frame while no face
+is tracked. Each face keeps a stable ``track_id``; a track ends when its face leaves the frame or cannot be recovered.
+Landmarks are smoothed per track with a One-Euro filter (``chs.runtime.smoothing``) unless ``smooth`` is off; the next
+box is always taken from the unsmoothed landmarks, so smoothing never makes the crop lag.
 """
 
 from __future__ import annotations
@@ -88,9 +87,8 @@ def _inside(box: np.ndarray, shape: tuple[int, ...], min_fraction: float = 0.5) 
 class FaceTracker:
     """Tracks faces through consecutive frames of one video; ``update(frame)`` -> faces with ``track_id``.
 
-    Not thread-safe (it holds per-video state): use one tracker per stream; the runtime behind it is shared.
-    ``frames`` and ``detector_calls`` count the work done, so ``detector_calls / frames`` is the detector
-    rate of the stream.
+    Not thread-safe (it holds per-video state): use one tracker per stream; the runtime behind it is shared. ``frames``
+    and ``detector_calls`` count the work done, so ``detector_calls / frames`` is the detector rate of the stream.
     """
 
     def __init__(self, runtime: LandmarkRuntime, settings: TrackerSettings | None = None, fps: float = 30.0):

@@ -48,8 +48,7 @@ class ServeOptions:
     grpc_port: int = option(8001, "gRPC port.")
     metrics_port: int = option(8002, "Prometheus metrics port.")
     host: str = option("127.0.0.1", "Address every endpoint binds (0.0.0.0 serves other machines).")
-    tritonserver: str | None = option(None, "tritonserver binary (default: the nvidia-pytriton wheel's, else "
-                                      "PATH's).")
+    tritonserver: str | None = option(None, "tritonserver binary (default: the nvidia-pytriton wheel's, else PATH's).")
     startup_timeout: float = option(120.0, "Seconds to wait for the models to be ready.")
     exit_timeout: int = 5  # Triton's own drain on SIGTERM: it waits this long for open client connections
     kill_after: float = 10.0  # then this much more before the whole process group is killed

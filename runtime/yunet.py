@@ -54,8 +54,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
-def decode(outputs: dict[str, np.ndarray], height: int, width: int
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode(outputs: dict[str, np.ndarray], height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """YuNet's 12 raw outputs for one padded input of ``height`` x ``width`` -> boxes (N, 4) [x0, y0, x1, y1],
     scores (N,) = sqrt(cls * obj) (the score OpenCV's FaceDetectorYN reports), keypoints (N, 5, 2)."""
     all_boxes, all_scores, all_kps = [], [], []
@@ -80,13 +79,12 @@ class YuNetDetector:
     """The bundled YuNet face detector (ONNX Runtime; thread-safe: ``InferenceSession.run`` is).
 
     ``score_threshold`` on sqrt(cls * obj); ``nms_threshold`` = IoU above which the weaker box goes.
-    ``fallback_threshold``: when nothing passes ``score_threshold``, keep the single best box above this
-    lower one, since a still image handed to a landmark tool almost always holds a face. ``None`` (what
-    video tracking uses) returns nothing instead. ``max_side``: larger images are downscaled to this longer
-    side first. YuNet's cost grows with the pixel count: at 1280x720 full size it took 0.6-0.9x dlib HOG's
-    time on the 2-core machine, at 640 about 0.1x (benchmarks/results/detector-ytf68/). At 640 a 1280 px
-    frame still yields faces from ~20 px (dlib HOG without upsampling: ~80 px); ``None`` runs at full size
-    for tiny faces in big photos.
+    ``fallback_threshold``: when nothing passes ``score_threshold``, keep the single best box above this lower one,
+    since a still image handed to a landmark tool almost always holds a face. ``None`` (what video tracking uses)
+    returns nothing instead. ``max_side``: larger images are downscaled to this longer side first. YuNet's cost grows
+    with the pixel count: at 1280x720 full size it took 0.6-0.9x dlib HOG's time on the 2-core machine, at 640 about
+    0.1x (benchmarks/results/detector-ytf68/). At 640 a 1280 px frame still yields faces from ~20 px (dlib HOG without
+    upsampling: ~80 px); ``None`` runs at full size for tiny faces in big photos.
     """
 
     name = "yunet"

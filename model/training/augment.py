@@ -61,10 +61,9 @@ def _occlude(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def augment_crop(
-    image: np.ndarray, landmarks: np.ndarray, box: np.ndarray, size: int, rule: CropRule,
-    scheme: LandmarkScheme, rng: np.random.Generator | None, cfg: AugmentConfig = AugmentConfig(),
-) -> tuple[np.ndarray, np.ndarray]:
+def augment_crop(image: np.ndarray, landmarks: np.ndarray, box: np.ndarray, size: int, rule: CropRule,
+                 scheme: LandmarkScheme, rng: np.random.Generator | None,
+                 cfg: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray]:
     """Crop (and with ``rng``, augment) one face. Returns (crop RGB uint8, landmarks in crop pixels)."""
     if rng is None:
         m = crop_affine(box, size, rule)
@@ -72,13 +71,10 @@ def augment_crop(
     flip = rng.random() < cfg.flip
     side = max(box[2] - box[0], box[3] - box[1]) * rule.scale
     shift = rng.uniform(-1, 1, 2) * cfg.translation / 256.0 * side
-    m = crop_affine(
-        box, size, rule,
-        rotation_deg=float(np.clip(rng.normal(0, cfg.rotation / 2.5), -cfg.rotation, cfg.rotation)),
-        scale_jitter=float(rng.uniform(1 - cfg.scale, 1 + cfg.scale)),
-        shift_px=(float(shift[0]), float(shift[1])),
-        flip=flip,
-    )
+    m = crop_affine(box, size, rule,
+                    rotation_deg=float(np.clip(rng.normal(0, cfg.rotation / 2.5), -cfg.rotation, cfg.rotation)),
+                    scale_jitter=float(rng.uniform(1 - cfg.scale, 1 + cfg.scale)),
+                    shift_px=(float(shift[0]), float(shift[1])), flip=flip)
     crop = warp_crop(image, m, size)
     pts = transform_points(landmarks, m)
     if flip:

@@ -90,8 +90,7 @@ class FivePointTerms(nn.Module):
         self.offset = nn.Parameter(torch.zeros(5, 2))
         self.sigma, self.size = sigma, cfg.heatmap_size
 
-    def forward(self, heatmaps: list[torch.Tensor], landmarks: list[torch.Tensor], five: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(self, heatmaps: list[torch.Tensor], landmarks: list[torch.Tensor], five: torch.Tensor) -> torch.Tensor:
         """heatmaps / landmarks: the network's outputs for the 5-point faces only; five: (N, 5, 2) cells."""
         last = heatmaps[-1][:, : self.reduce.shape[1]]
         coords = [soft_decode(last)] + [lm.float() for lm in landmarks[1:]]
@@ -197,8 +196,7 @@ def with_offset_group(groups: list[dict], terms: FivePointTerms | None, lr_scale
     return [g for g in out if g["params"]] + [{"params": [terms.offset], "lr_scale": lr_scale, "weight_decay": 0.0}]
 
 
-def mixed_losses(out: dict, maps, weight, target, five, kind, terms: FivePointTerms, n_ccr: int
-                 ) -> list[torch.Tensor]:
+def mixed_losses(out: dict, maps, weight, target, five, kind, terms: FivePointTerms, n_ccr: int) -> list[torch.Tensor]:
     """[heatmap, CCR stage 1..K, 5-point] losses of a mixed batch; a kind absent from the batch adds 0."""
     full, part = kind == FULL, kind == FIVE
     zero = out["heatmaps"][-1].sum() * 0.0

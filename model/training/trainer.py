@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -151,14 +152,9 @@ class Trainer:
             self.log(f"skipped {len(self.train_set.skipped)} unreadable image(s) in {opts.data}")
         if len(self.train_set) == 0:
             raise ChsError(f"no usable training images in {opts.data}")
-        self.val = None
-        if opts.val and self.rank == 0:
-            kept, images, _ = load_images(load_dataset(opts.val))
-            self.val = (kept, images)
-        self.val5 = None
-        if opts.val5 and self.rank == 0:
-            kept, images, _ = load_images(load_dataset(opts.val5, "val"))
-            self.val5 = (kept, images)
+        # (kept samples, images), loaded on rank 0 only
+        self.val = load_images(load_dataset(opts.val))[:2] if opts.val and self.rank == 0 else None
+        self.val5 = load_images(load_dataset(opts.val5, "val"))[:2] if opts.val5 and self.rank == 0 else None
 
     def _augment_config(self) -> AugmentConfig | None:
         if not self.opts.augment:
@@ -286,10 +282,7 @@ class Trainer:
                 x, labels = x.to(dev), [t.to(dev) for t in labels]
                 if opts.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                if autocast is not None:
-                    with autocast:
-                        loss, parts = self.net(x, *labels)
-                else:
+                with autocast or nullcontext():
                     loss, parts = self.net(x, *labels)
                 check_finite_loss(float(loss.detach()), epoch, step)  # before a NaN gradient reaches the weights
                 self.opt.zero_grad(set_to_none=True)

@@ -72,9 +72,7 @@ def parse_cuda_array(obj: Any) -> tuple[int, tuple[int, ...], str]:
             raise ChsError("__cuda_array_interface__ lacks data/shape/typestr") from None
         dtype = _typestr_name(typestr)
         strides = cai.get("strides")
-        if strides is not None and not _c_contiguous(
-            shape, tuple(int(s) for s in strides), np.dtype(dtype).itemsize
-        ):
+        if strides is not None and not _c_contiguous(shape, tuple(int(s) for s in strides), np.dtype(dtype).itemsize):
             raise ChsError(f"CUDA array with shape {shape} and strides {tuple(strides)} is not C-contiguous")
         return ptr, shape, dtype
     if isinstance(obj, (tuple, list)) and len(obj) in (2, 3) and isinstance(obj[0], int):
@@ -84,9 +82,7 @@ def parse_cuda_array(obj: Any) -> tuple[int, tuple[int, ...], str]:
             raise ChsError(f"raw device pointer needs a shape, got {obj[1]!r}") from None
         dtype = np.dtype(obj[2]).name if len(obj) == 3 else "float32"
         return int(obj[0]), shape, dtype
-    raise ChsError(
-        f"{type(obj).__name__} is not a CUDA array (no __cuda_array_interface__, not (ptr, shape))"
-    )
+    raise ChsError(f"{type(obj).__name__} is not a CUDA array (no __cuda_array_interface__, not (ptr, shape))")
 
 
 class _DLDevice(ctypes.Structure):
@@ -118,19 +114,15 @@ _capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c
 )
 
 
-def parse_dlpack(
-    obj: Any, stream: int | None = None, *, require_cuda: bool = True
-) -> tuple[int, tuple, str, Any]:
+def parse_dlpack(obj: Any, stream: int | None = None, *, require_cuda: bool = True) -> tuple[int, tuple, str, Any]:
     """(pointer, shape, dtype name, capsule) of a DLPack producer; keep the capsule alive while in use.
 
     ``stream`` is passed to ``__dlpack__`` so the producer orders its pending work before that stream.
     """
     dev = obj.__dlpack_device__() if hasattr(obj, "__dlpack_device__") else None
     if require_cuda and (dev is None or int(dev[0]) not in (_KDL_CUDA, _KDL_CUDA_MANAGED)):
-        raise ChsError(
-            f"{type(obj).__name__} lives on DLPack device {dev}, not on a CUDA GPU: "
-            "use infer() for host arrays"
-        )
+        raise ChsError(f"{type(obj).__name__} lives on DLPack device {dev}, not on a CUDA GPU: "
+                       "use infer() for host arrays")
     try:
         if stream is None:
             capsule = obj.__dlpack__()
@@ -147,9 +139,7 @@ def parse_dlpack(
     t = _DLManagedTensor.from_address(addr).dl_tensor
     shape = tuple(int(t.shape[i]) for i in range(t.ndim))
     if t.dtype.lanes != 1 or t.dtype.code != 2 or t.dtype.bits not in (16, 32):
-        raise ChsError(
-            f"DLPack tensor has dtype code {t.dtype.code} / {t.dtype.bits} bits: need float32/float16"
-        )
+        raise ChsError(f"DLPack tensor has dtype code {t.dtype.code} / {t.dtype.bits} bits: need float32/float16")
     dtype = "float32" if t.dtype.bits == 32 else "float16"
     if t.strides:
         strides = tuple(int(t.strides[i]) for i in range(t.ndim))
@@ -197,11 +187,9 @@ def driver_mismatch_hint(cudart: Any) -> str:
     if not driver:
         return f"{rt}, and no NVIDIA driver is installed"
     have = _cuda_major(driver)
-    return (
-        f"{rt}, but the NVIDIA driver supports CUDA {have}.{driver % 1000 // 10} only: "
-        f"install chs[tensorrt-cu{have}] (cuda-python {have}.x and TensorRT's -cu{have} flavour) "
-        "or upgrade the driver (CUDA 13 needs R580 or newer)"
-    )
+    return (f"{rt}, but the NVIDIA driver supports CUDA {have}.{driver % 1000 // 10} only: "
+            f"install chs[tensorrt-cu{have}] (cuda-python {have}.x and TensorRT's -cu{have} flavour) "
+            "or upgrade the driver (CUDA 13 needs R580 or newer)")
 
 
 def cuda_call(cudart: Any, ret: Any, what: str) -> Any:
@@ -238,10 +226,8 @@ def import_cudart(required: bool = True) -> Any | None:
     except ImportError:
         if not required:
             return None
-        raise ChsError(
-            "the TensorRT runner needs cuda-python matching the driver: "
-            "pip install 'chs[tensorrt-cu12]' or 'chs[tensorrt-cu13]'"
-        ) from None
+        raise ChsError("the TensorRT runner needs cuda-python matching the driver: "
+                       "pip install 'chs[tensorrt-cu12]' or 'chs[tensorrt-cu13]'") from None
 
 
 def compute_capability(cudart: Any, device: int = 0) -> str:
@@ -298,23 +284,10 @@ class DeviceTensor:
     It is the runner's per-thread output buffer: valid until the next call from the same thread.
     """
 
-    def __init__(
-        self,
-        ptr: int,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        cudart: Any,
-        stream: int,
-        sync_stream: int | None,
-        keepalive: Any = None,
-    ) -> None:
+    def __init__(self, ptr: int, shape: tuple[int, ...], dtype: np.dtype, cudart: Any, stream: int,
+                 sync_stream: int | None, keepalive: Any = None) -> None:
         self.ptr, self.shape, self.dtype = int(ptr), tuple(shape), np.dtype(dtype)
-        self._cudart, self._stream, self._sync_stream, self._keepalive = (
-            cudart,
-            stream,
-            sync_stream,
-            keepalive,
-        )
+        self._cudart, self._stream, self._sync_stream, self._keepalive = cudart, stream, sync_stream, keepalive
 
     @property
     def nbytes(self) -> int:
@@ -337,11 +310,8 @@ class DeviceTensor:
         if out.nbytes:
             cu = self._cudart
             kind = cu.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            cuda_call(
-                cu,
-                cu.cudaMemcpyAsync(out.ctypes.data, self.ptr, out.nbytes, kind, self._stream),
-                "cudaMemcpyAsync",
-            )
+            cuda_call(cu, cu.cudaMemcpyAsync(out.ctypes.data, self.ptr, out.nbytes, kind, self._stream),
+                      "cudaMemcpyAsync")
             cuda_call(cu, cu.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return out.astype(np.float32) if out.dtype == np.float16 else out
 

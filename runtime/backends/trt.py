@@ -58,15 +58,8 @@ class TensorRTRunner(RunnerBase):
 
     name = "trt"
 
-    def __init__(
-        self,
-        engine_path: str | Path,
-        sidecar_path: str | Path | None = None,
-        *,
-        device: int = 0,
-        trt: Any | None = None,
-        cudart: Any | None = None,
-    ) -> None:
+    def __init__(self, engine_path: str | Path, sidecar_path: str | Path | None = None, *, device: int = 0,
+                 trt: Any | None = None, cudart: Any | None = None) -> None:
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
             raise ChsError(f"engine file {self.engine_path} does not exist")
@@ -132,10 +125,8 @@ class TensorRTRunner(RunnerBase):
             raise ChsError(f"engine lacks output(s) {', '.join(missing)} (tensors: {names})")
         s = self.meta.input_size
         if tuple(self._io[INPUT_NAME].shape[1:]) != (3, s, s):
-            raise ChsError(
-                f"engine input shape {list(self._io[INPUT_NAME].shape)} does not match the sidecar's "
-                f"input_size {s} (expected [-1, 3, {s}, {s}])"
-            )
+            raise ChsError(f"engine input shape {list(self._io[INPUT_NAME].shape)} does not match the sidecar's "
+                           f"input_size {s} (expected [-1, 3, {s}, {s}])")
         if self._io[INPUT_NAME].dtype not in (np.float32, np.float16):
             raise ChsError(f"engine input dtype {self._io[INPUT_NAME].dtype} is not float32/float16")
         for t in self._io.values():
@@ -193,10 +184,8 @@ class TensorRTRunner(RunnerBase):
     def _check_batch_size(self, n: int) -> int:
         """``n`` must fit the engine's optimisation profile (the shape itself is checked by the base)."""
         if n > self.max_batch:
-            raise ChsError(
-                f"batch of {n} exceeds the engine's profile maximum {self.max_batch}: "
-                "split it or rebuild the engine with a larger max batch"
-            )
+            raise ChsError(f"batch of {n} exceeds the engine's profile maximum {self.max_batch}: "
+                           "split it or rebuild the engine with a larger max batch")
         if 0 < n < self.min_batch:
             raise ChsError(f"batch of {n} is below the engine's profile minimum {self.min_batch}")
         return n
@@ -218,10 +207,8 @@ class TensorRTRunner(RunnerBase):
             self._bind(ctx, name, st.buffers[name])
         if not ctx.execute_async_v3(stream):
             raise ChsError("TensorRT execution failed (see the TensorRT log above)")
-        return [
-            (name, tuple(int(d) for d in ctx.get_tensor_shape(name)), self._io[name].dtype, st.buffers[name])
-            for name in self._outputs
-        ]
+        return [(name, tuple(int(d) for d in ctx.get_tensor_shape(name)), self._io[name].dtype, st.buffers[name])
+                for name in self._outputs]
 
     def _empty(self) -> dict[str, np.ndarray]:
         out = {}
@@ -238,11 +225,7 @@ class TensorRTRunner(RunnerBase):
         st = self._state()
         cu = self._cudart
         h2d, d2h = cu.cudaMemcpyKind.cudaMemcpyHostToDevice, cu.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        cuda_call(
-            cu,
-            cu.cudaMemcpyAsync(st.buffers[INPUT_NAME], x.ctypes.data, x.nbytes, h2d, st.stream),
-            "H2D copy",
-        )
+        cuda_call(cu, cu.cudaMemcpyAsync(st.buffers[INPUT_NAME], x.ctypes.data, x.nbytes, h2d, st.stream), "H2D copy")
         results = {}
         for name, shape, dtype, ptr in self._enqueue(st, st.buffers[INPUT_NAME], x.shape, st.handle):
             out = np.empty(shape, dtype)
@@ -251,23 +234,14 @@ class TensorRTRunner(RunnerBase):
         cuda_call(cu, cu.cudaStreamSynchronize(st.stream), "cudaStreamSynchronize")  # x stays alive until here
         return {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in results.items()}
 
-    def infer_device(
-        self,
-        x: Any,
-        shape: tuple[int, ...] | None = None,
-        stream: Any = None,
-        *,
-        dtype: str | None = None,
-        to_host: bool = False,
-    ) -> dict[str, Any]:
-        """Run crops already on the GPU: a DLPack tensor (torch, cupy, jax; preferred, so the producer's
-        stream is ordered before the engine's), a ``__cuda_array_interface__`` object, or a raw int pointer
-        + shape.
+    def infer_device(self, x: Any, shape: tuple[int, ...] | None = None, stream: Any = None, *,
+                     dtype: str | None = None, to_host: bool = False) -> dict[str, Any]:
+        """Run crops already on the GPU: a DLPack tensor (torch, cupy, jax; preferred, so the producer's stream is
+        ordered before the engine's), a ``__cuda_array_interface__`` object, or a raw int pointer + shape.
 
-        With an external ``stream`` the work is queued on it and nothing waits; otherwise the runner's own
-        stream is synchronised before returning. An input that is not 256-byte aligned is first copied
-        into the runner's own input buffer. Outputs are :class:`DeviceTensor` s (valid until this
-        thread's next call) unless ``to_host``.
+        With an external ``stream`` the work is queued on it and nothing waits; otherwise the runner's own stream is
+        synchronised before returning. An input that is not 256-byte aligned is first copied into the runner's own input
+        buffer. Outputs are :class:`DeviceTensor` s (valid until this thread's next call) unless ``to_host``.
         """
         st = self._state()
         ext = stream_handle(stream)
@@ -296,10 +270,8 @@ class TensorRTRunner(RunnerBase):
             sync = None
         else:
             sync = handle or 1  # CUDA array interface v3: 1 = legacy default stream, 0 is not allowed
-        result = {
-            name: DeviceTensor(ptr_o, shape_o, dtype_o, cu, handle, sync, keepalive=inp.keepalive)
-            for name, shape_o, dtype_o, ptr_o in outs
-        }
+        result = {name: DeviceTensor(ptr_o, shape_o, dtype_o, cu, handle, sync, keepalive=inp.keepalive)
+                  for name, shape_o, dtype_o, ptr_o in outs}
         if to_host:
             return {k: v.to_host() for k, v in result.items()}
         return result

@@ -86,11 +86,7 @@ def gpu_info(cudart: Any | None = None) -> dict:
             if int(err) == 0:
                 name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
                 name = name.split("\x00", 1)[0].strip()
-                return {
-                    "name": name,
-                    "compute_capability": f"{prop.major}.{prop.minor}",
-                    "source": "cuda-python",
-                }
+                return {"name": name, "compute_capability": f"{prop.major}.{prop.minor}", "source": "cuda-python"}
         except Exception:  # any failure just means "ask someone else"
             pass
     for line in nvidia_smi("--query-gpu=name,compute_cap", "--format=csv,noheader")[:1]:

@@ -74,37 +74,29 @@ class EngineSidecar:
         """The engine file must be the one this sidecar describes (not truncated, not rebuilt alone)."""
         size, sha = self.engine.get("bytes"), self.engine.get("sha256")
         if (size is not None and size != len(data)) or (sha is not None and sha256_bytes(data) != sha):
-            raise ChsError(
-                f"engine file {engine_path} does not match its sidecar {self.path} "
-                "(truncated, or rebuilt without its sidecar)"
-            )
+            raise ChsError(f"engine file {engine_path} does not match its sidecar {self.path} "
+                           "(truncated, or rebuilt without its sidecar)")
 
     def check_compatible(self, version: str, capability: str | None) -> None:
         """Engines load only on the TensorRT version and GPU architecture they were built with: name
         which one differs (before TensorRT fails on it with a less helpful message, or crashes)."""
         built = self.tensorrt_version
         if built != "unknown" and version != "unknown" and built != version:
-            raise ChsError(
-                f"engine {self.engine.get('file', self.path.name)} was built with TensorRT {built}; this is "
-                f"TensorRT {version}: rebuild it here (chs-export) or install TensorRT {built}"
-            )
+            raise ChsError(f"engine {self.engine.get('file', self.path.name)} was built with TensorRT {built}; this is "
+                           f"TensorRT {version}: rebuild it here (chs-export) or install TensorRT {built}")
         cc = self.compute_capability
         if capability is not None and cc != "unknown" and cc != capability:
             gpu = (self.engine.get("gpu") or {}).get("name", "another GPU")
-            raise ChsError(
-                f"engine {self.engine.get('file', self.path.name)} was built for compute capability {cc} "
-                f"({gpu}); this GPU has compute capability {capability}: rebuild the engine on this GPU"
-            )
+            raise ChsError(f"engine {self.engine.get('file', self.path.name)} was built for compute capability {cc} "
+                           f"({gpu}); this GPU has compute capability {capability}: rebuild the engine on this GPU")
 
 
 def read_sidecar(engine_path: str | os.PathLike, sidecar_path: str | os.PathLike | None = None) -> EngineSidecar:
     """Read and validate the sidecar of ``engine_path`` (or ``sidecar_path``); one-line ChsError otherwise."""
     p = Path(sidecar_path) if sidecar_path is not None else sidecar_path_for(engine_path)
     if not p.is_file():
-        raise ChsError(
-            f"engine sidecar {p} is missing: it carries the crop rule and normalisation; "
-            "rebuild the engine with chs-export or pass sidecar_path"
-        )
+        raise ChsError(f"engine sidecar {p} is missing: it carries the crop rule and normalisation; "
+                       "rebuild the engine with chs-export or pass sidecar_path")
     try:
         data = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
