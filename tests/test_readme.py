@@ -37,7 +37,7 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     for i, block in enumerate(blocks):
         exec(compile(block, f"README.md python block {i}", "exec"), namespace)
     out = capsys.readouterr().out
-    assert "ort-cpu yunet" in out and "detector on 1 of 8 frames" in out
+    assert "ort-cpu yunet" in out and "detector on 1 of 8 frames" in out and "ort-cpu 2" in out
     assert namespace["faces"] and namespace["tracker"].frames == 8
 
 
