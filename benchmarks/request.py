@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from chs.runtime.backends.ort import MAX_SESSIONS
 from chs.runtime.errors import ChsError
 
 BACKENDS = ("torch", "ort", "trt")
@@ -66,8 +67,8 @@ class BenchRequest:
         for n in self.batches:
             if n < 1:
                 raise ChsError(f"batch sizes must be >= 1, got {n}")
-        if self.ort_sessions < 1:
-            raise ChsError(f"--ort-sessions must be >= 1, got {self.ort_sessions}")
+        if not 1 <= self.ort_sessions <= MAX_SESSIONS:
+            raise ChsError(f"--ort-sessions must be 1-{MAX_SESSIONS}, got {self.ort_sessions}")
         if self.passes < 1 or self.repeats < 1:
             raise ChsError("--repeats and passes must be >= 1")
         trained = trained_ccr(self.model)

@@ -95,5 +95,6 @@ def test_split_sessions_answer_exactly_as_one_session(tiny_onnx):
     split.close()  # idempotent
     with pytest.raises(ChsError, match="closed"):
         split.infer(x)
-    with pytest.raises(ChsError, match="sessions must be >= 1"):
-        open_model(tiny_onnx, "ort", "cpu", sessions=0)
+    for bad in (0, 10**6):
+        with pytest.raises(ChsError, match="sessions must be 1-64"):
+            open_model(tiny_onnx, "ort", "cpu", sessions=bad)

@@ -14,6 +14,7 @@ from chs.runtime.backends.base import RunnerBase
 from chs.runtime.errors import ChsError, first_line
 from chs.runtime.meta_checks import check_onnx_meta
 
+MAX_SESSIONS = 64  # split sessions per runner (each holds its own copy of the model's weights)
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -59,8 +60,8 @@ class OrtRunner(RunnerBase):
         p = Path(path)
         if not p.is_file():
             raise ChsError(f"model not found: {p}")
-        if sessions < 1:
-            raise ChsError(f"ONNX Runtime sessions must be >= 1, got {sessions}")
+        if not 1 <= sessions <= MAX_SESSIONS:
+            raise ChsError(f"ONNX Runtime sessions must be 1-{MAX_SESSIONS}, got {sessions}")
         self.session = open_session(p, "ONNX model", providers, threads)
         props = self.session.get_modelmeta().custom_metadata_map
         self.meta = ModelMeta.from_props(props, source=f"ONNX model {p.name}")
