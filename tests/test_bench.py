@@ -157,7 +157,8 @@ def test_tradeoff_cli(bench):
 
 
 @pytest.mark.parametrize("args", [["--ccr", "x"], ["--ccr", "0,5"], ["--backend", "torch,foo"],
-                                  ["--batch", "0"], ["--precision", "fp64"], ["--ort-sessions", "0"], ["--ort-sessions", "1000"]])
+                                  ["--batch", "0"], ["--precision", "fp64"], ["--ort-sessions", "0"],
+                                  ["--ort-sessions", "1000"]])
 def test_bad_lists_one_line_error(bench, args):
     res = CliRunner().invoke(bench_app, ["latency", "--model", str(bench["ckpt"]), *args])
     assert res.exit_code == 2, (res.stdout, res.stderr)
