@@ -40,8 +40,8 @@ def _versions() -> dict:
 def _int8_speed(fp32: Path, int8: Path, crops: np.ndarray, log) -> dict:
     """INT8 (u8s8) vs FP32 on ONNX Runtime CPU at batch 1 and 8 (and 8 split over two single-thread sessions).
 
-    The two files' calls alternate in rounds, so both see the same machine state (torch's threads still
-    spinning after the parity step slowed whichever file was timed first)."""
+    The two files' calls alternate in rounds, so both see the same machine state (timed one after the other,
+    whichever file ran first absorbed what the machine was doing then: the ratio moved by 0.3 between runs)."""
     speed = {}
     for batch, sessions in ((1, 1), (8, 1), (8, 2)):
         runners = [OrtRunner(f, providers="cpu", sessions=sessions) for f in (fp32, int8)]
