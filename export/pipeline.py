@@ -41,7 +41,8 @@ def _int8_speed(fp32: Path, int8: Path, crops: np.ndarray, log) -> dict:
     """INT8 (u8s8) vs FP32 on ONNX Runtime CPU at batch 1 and 8 (and 8 split over two single-thread sessions).
 
     The two files' calls alternate in rounds, so both see the same machine state (timed one after the other,
-    whichever file ran first absorbed what the machine was doing then: the ratio moved by 0.3 between runs)."""
+    whichever file ran first absorbed what the machine was doing: batch 8 read 1.37x in one export, 1.93x
+    in another)."""
     speed = {}
     for batch, sessions in ((1, 1), (8, 1), (8, 2)):
         runners = [OrtRunner(f, providers="cpu", sessions=sessions) for f in (fp32, int8)]
