@@ -3,6 +3,9 @@
 Answers "why is INT8 not faster here": it shows the int8 convolutions beside the Quantize/Dequantize pairs, layout
 Transposes and float islands (pre-activation BatchNorm) that a Q/DQ model adds. Uses ONNX Runtime's own profiler
 (``SessionOptions.enable_profiling``); times are kernel times, summed per op type and averaged over the timed calls.
+Two more figures bound what a graph form or a scheduler can gain: the convolutions' share of the kernel time, and the
+longest dependency chain through the graph ONNX Runtime runs (what running independent branches side by side can
+never shorten). The profiler adds a few microseconds to every node, so small ops weigh more here than in a timed run.
 """
 
 from __future__ import annotations
@@ -17,10 +20,26 @@ import numpy as np
 
 from chs.runtime.errors import ChsError
 
+# ONNX Runtime's convolution kernels after its graph optimizations (FP32 NCHWc, fused, int8)
+CONV_OPS = frozenset({"Conv", "FusedConv", "NhwcFusedConv", "QLinearConv", "ConvInteger"})
+
+
+def critical_path_us(nodes: list[tuple[list[str], list[str]]], durations: list[float]) -> float:
+    """Longest chain of dependent kernel times through a graph whose ``(inputs, outputs)`` come in topological
+    order: the time no scheduler of independent branches can go below on this graph."""
+    finish: dict[str, float] = {}
+    longest = 0.0
+    for (inputs, outputs), dur in zip(nodes, durations, strict=True):
+        end = max((finish[i] for i in inputs if i in finish), default=0.0) + dur
+        finish.update((o, end) for o in outputs if o)
+        longest = max(longest, end)
+    return longest
+
 
 def op_profile(model: str | os.PathLike, batch: int = 1, runs: int = 30, warmup: int = 3,
                threads: int | None = None) -> dict:
-    """{"model", "batch", "ms_per_call", "ops": [{"op", "ms", "share", "nodes"}, ...]} sorted by time."""
+    """{"model", "batch", "ms_per_call", "kernel_ms", "conv_ms", "critical_path_ms", "ops": [{"op", "ms", "share",
+    "nodes"}, ...]} sorted by time; ``critical_path_ms`` is None when ONNX Runtime cannot save its optimized graph."""
     import onnxruntime as ort
 
     from chs.runtime.artifact import INPUT_NAME
@@ -38,6 +57,7 @@ def op_profile(model: str | os.PathLike, batch: int = 1, runs: int = 30, warmup:
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "ort")
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        graph = _optimized_graph(path, threads, Path(tmp) / "optimized.onnx")
         for _ in range(warmup):
             sess.run(None, {INPUT_NAME: x})
         # the profile records every call; keep only the last ``runs`` (after this session's warm-up)
@@ -49,19 +69,45 @@ def op_profile(model: str | os.PathLike, batch: int = 1, runs: int = 30, warmup:
     t0 = timed[0]["ts"] if timed else 0
     total_us: dict[str, float] = defaultdict(float)
     nodes: dict[str, set] = defaultdict(set)
+    node_us: dict[str, float] = defaultdict(float)
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= t0:
             op = e["args"]["op_name"]
             total_us[op] += e["dur"]
             nodes[op].add(e["name"])
+            node_us[e["name"].removesuffix("_kernel_time")] += e["dur"]
     if not total_us:
         raise ChsError(f"ONNX Runtime recorded no kernel times for {path.name}")
     kernel_ms = sum(total_us.values()) / runs / 1e3
+    critical = None
+    if graph is not None and {n.name for n in graph.node} >= set(node_us):
+        chain = critical_path_us([(list(n.input), list(n.output)) for n in graph.node],
+                                 [node_us.get(n.name, 0.0) for n in graph.node])
+        critical = chain / runs / 1e3
     ops = [{"op": op, "ms": us / runs / 1e3, "share": us / runs / 1e3 / kernel_ms, "nodes": len(nodes[op])}
            for op, us in sorted(total_us.items(), key=lambda t: -t[1])]
     wall = float(np.median([c["dur"] for c in timed])) / 1e3 if timed else float("nan")
-    return {"model": path.name, "precision": meta.precision, "batch": batch, "ms_per_call": wall,
-            "kernel_ms": kernel_ms, "ops": ops}
+    return {"model": path.name, "precision": meta.precision, "batch": batch, "threads": threads, "ms_per_call": wall,
+            "kernel_ms": kernel_ms, "conv_ms": sum(o["ms"] for o in ops if o["op"] in CONV_OPS),
+            "critical_path_ms": critical, "ops": ops}
+
+
+def _optimized_graph(path: Path, threads: int | None, out: Path):
+    """The graph ONNX Runtime actually runs (after fusions and layout passes), from a second session that saves it;
+    None if it cannot be saved or read (the profile then has no critical path)."""
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    so.optimized_model_filepath = str(out)
+    try:
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return onnx.load(str(out), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - an optional figure: ORT refuses to save some optimized graphs
+        return None
 
 
 def format_profiles(profiles: list[dict], top: int = 10) -> str:
@@ -70,6 +116,11 @@ def format_profiles(profiles: list[dict], top: int = 10) -> str:
     for p in profiles:
         out.append(f"### {p['model']} ({p['precision']}, batch {p['batch']}): {p['ms_per_call']:.2f} ms per call, "
                    f"{p['kernel_ms']:.2f} ms in kernels\n")
+        line = f"Convolutions {p['conv_ms']:.2f} ms, other ops {p['kernel_ms'] - p['conv_ms']:.2f} ms"
+        if p["critical_path_ms"] is not None:
+            line += (f"; longest dependency chain {p['critical_path_ms']:.2f} ms "
+                     f"({p['critical_path_ms'] / p['kernel_ms'] * 100:.0f} % of the kernel time)")
+        out.append(line + ".\n")
         out.append("| op type | ms | share | nodes |\n|---|---|---|---|")
         for o in p["ops"][:top]:
             out.append(f"| {o['op']} | {o['ms']:.2f} | {o['share'] * 100:.1f} % | {o['nodes']} |")
@@ -77,4 +128,4 @@ def format_profiles(profiles: list[dict], top: int = 10) -> str:
     return "\n".join(out)
 
 
-__all__ = ["format_profiles", "op_profile"]
+__all__ = ["CONV_OPS", "critical_path_us", "format_profiles", "op_profile"]

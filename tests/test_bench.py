@@ -182,7 +182,7 @@ def test_dlib_peer_row_on_real_faces():
 def test_op_profile_counts_the_graph(tiny_onnx, foreign_onnx):
     """Per-op-type kernel times from ONNX Runtime's profiler: shares add up, and the RoiAlign count is one
     node per CCR stage (tiny has 2)."""
-    from chs.benchmarks.profile import format_profiles, op_profile
+    from chs.benchmarks.profile import CONV_OPS, format_profiles, op_profile
 
     prof = op_profile(tiny_onnx, batch=2, runs=3, threads=1)
     ops = {o["op"]: o for o in prof["ops"]}
@@ -192,9 +192,24 @@ def test_op_profile_counts_the_graph(tiny_onnx, foreign_onnx):
     assert prof["kernel_ms"] == pytest.approx(sum(o["ms"] for o in prof["ops"]))
     assert [o["ms"] for o in prof["ops"]] == sorted((o["ms"] for o in prof["ops"]), reverse=True)
     assert prof["batch"] == 2 and prof["ms_per_call"] > 0
+    assert 0 < prof["conv_ms"] < prof["kernel_ms"]
+    assert prof["conv_ms"] == pytest.approx(sum(o["ms"] for o in prof["ops"] if o["op"] in CONV_OPS))
+    # the graph has parallel branches (selective-feature branches, decode), so the chain is shorter than the sum
+    assert max(o["ms"] / o["nodes"] for o in prof["ops"]) < prof["critical_path_ms"] < prof["kernel_ms"]
     assert "| RoiAlign |" in format_profiles([prof], top=50)
+    assert "longest dependency chain" in format_profiles([prof])
     res = CliRunner().invoke(bench_app, ["profile", str(foreign_onnx)])
     assert res.exit_code == 2 and "no CHS metadata" in res.output
+
+
+def test_critical_path_is_the_longest_dependent_chain():
+    """a -> b -> d and a -> c -> d: the chain takes the slower branch, not the sum of both."""
+    from chs.benchmarks.profile import critical_path_us
+
+    nodes = [(["x"], ["a"]), (["a"], ["b"]), (["a"], ["c"]), (["b", "c"], ["d"]), (["x"], ["e"])]
+    assert critical_path_us(nodes, [1.0, 5.0, 2.0, 1.0, 4.0]) == 7.0  # a + b + d; e runs beside
+    assert critical_path_us(nodes, [1.0, 5.0, 2.0, 1.0, 9.0]) == 9.0  # the lone node e is the longest
+    assert critical_path_us(nodes[:2], [1.0, 5.0]) == 6.0  # a plain chain: the sum
 
 
 def test_compare_runs_reports_run_to_run_agreement(tmp_path):
