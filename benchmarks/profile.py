@@ -38,8 +38,10 @@ def critical_path_us(nodes: list[tuple[list[str], list[str]]], durations: list[f
 
 def op_profile(model: str | os.PathLike, batch: int = 1, runs: int = 30, warmup: int = 3,
                threads: int | None = None) -> dict:
-    """{"model", "batch", "ms_per_call", "kernel_ms", "conv_ms", "critical_path_ms", "ops": [{"op", "ms", "share",
-    "nodes"}, ...]} sorted by time; ``critical_path_ms`` is None when ONNX Runtime cannot save its optimized graph."""
+    """{"model", "precision", "batch", "threads", "ms_per_call", "kernel_ms", "conv_ms", "critical_path_ms", "ops":
+    [{"op", "ms", "share", "nodes"}, ...]} sorted by time; ``critical_path_ms`` is None when ONNX Runtime cannot
+    save its optimized graph."""
+    import onnx
     import onnxruntime as ort
 
     from chs.runtime.artifact import INPUT_NAME
@@ -49,15 +51,27 @@ def op_profile(model: str | os.PathLike, batch: int = 1, runs: int = 30, warmup:
     meta = OrtRunner(path, providers="cpu").meta  # validates the file and reads its input size
     if runs < 1 or batch < 1:
         raise ChsError("--runs and --batch must be at least 1")
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
     x = np.zeros((batch, 3, meta.input_size, meta.input_size), np.float32)
     with tempfile.TemporaryDirectory(prefix="chs-prof-") as tmp:
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "ort")
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        graph = _optimized_graph(path, threads, Path(tmp) / "optimized.onnx")
+        optimized = Path(tmp) / "optimized.onnx"
+
+        def session(save_graph: bool) -> ort.InferenceSession:
+            so = ort.SessionOptions()
+            so.log_severity_level = 3  # ORT warns that a saved NCHWc graph is hardware specific: it is only read here
+            if threads:
+                so.intra_op_num_threads = threads
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(tmp) / "ort")
+            if save_graph:  # the graph ONNX Runtime runs (after fusions and layout passes), for the chain
+                so.optimized_model_filepath = str(optimized)
+            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+        try:
+            sess = session(save_graph=True)
+        except Exception:  # noqa: BLE001 - ORT refuses to save some optimized graphs: profile without the chain
+            optimized.unlink(missing_ok=True)
+            sess = session(save_graph=False)
+        graph = onnx.load(str(optimized), load_external_data=False).graph if optimized.is_file() else None
         for _ in range(warmup):
             sess.run(None, {INPUT_NAME: x})
         # the profile records every call; keep only the last ``runs`` (after this session's warm-up)
@@ -90,24 +104,6 @@ def op_profile(model: str | os.PathLike, batch: int = 1, runs: int = 30, warmup:
     return {"model": path.name, "precision": meta.precision, "batch": batch, "threads": threads, "ms_per_call": wall,
             "kernel_ms": kernel_ms, "conv_ms": sum(o["ms"] for o in ops if o["op"] in CONV_OPS),
             "critical_path_ms": critical, "ops": ops}
-
-
-def _optimized_graph(path: Path, threads: int | None, out: Path):
-    """The graph ONNX Runtime actually runs (after fusions and layout passes), from a second session that saves it;
-    None if it cannot be saved or read (the profile then has no critical path)."""
-    import onnx
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    so.optimized_model_filepath = str(out)
-    try:
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return onnx.load(str(out), load_external_data=False).graph
-    except Exception:  # noqa: BLE001 - an optional figure: ORT refuses to save some optimized graphs
-        return None
 
 
 def format_profiles(profiles: list[dict], top: int = 10) -> str:
