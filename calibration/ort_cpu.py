@@ -33,7 +33,9 @@ QLinearConv: 1.0x FP32), per-tensor weights (no gain on 2 threads, +0.008 NME po
 optimisation below ORT_ENABLE_ALL (1.0x: the NHWC layout pass is what makes the int8 convs fast), the
 stem's and first hourglass's coordinate channels folded into a constant map added after the conv (exact in
 float; drops a layout Transpose of the input, but 1.02-1.05x at batch 1 for +0.006-0.009 NME points on
-ytf68 val: one more 8-bit rounding at the stem), the stem conv left float (no gain).
+ytf68 val: one more 8-bit rounding at the stem), the stem conv left float (no gain), the five Concats ORT keeps
+in NCHW between layout Transposes (an input from float ops) written in NHWC instead (2-3 % slower: the float
+Transposes and a channel-last Concat cost as much; ``benchmarks/results/cpu-ytf68-amd/int8_bounds.md``).
 """
 
 from __future__ import annotations
