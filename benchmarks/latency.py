@@ -76,8 +76,9 @@ def _plan(req: BenchRequest, factory: RunnerFactory) -> tuple[list[tuple[dict, A
             params, mac = macs[c.ccr]
             threads = torch.get_num_threads() if c.backend == "torch" else (factory.threads or "default")
             name = runner.name
-            if getattr(runner, "split", None) and b > 1:  # batch split over single-thread sessions
-                name, threads = f"{name}/{len(runner.split)}x1", 1
+            split = runner.split_for(b) if hasattr(runner, "split_for") else 0
+            if split:  # batch split over single-thread sessions
+                name, threads = f"{name}/{split}x1", 1
             row = base_row(c, b, dev) | {
                 "runner": name, "file": str(getattr(runner, "path", "")) or None, "threads": threads,
                 "params": params, "macs": mac, "gmacs": mac / 1e9, "peak_dtype": peak_key(c.precision, dev)}

@@ -86,6 +86,7 @@ def test_split_sessions_answer_exactly_as_one_session(tiny_onnx):
     one = open_model(tiny_onnx, "ort", "cpu", threads=2)
     split = open_model(tiny_onnx, "ort", "cpu", threads=2, sessions=2)
     assert len(split.split) == 2 and not one.split
+    assert [split.split_for(n) for n in (1, 2, 5)] == [0, 2, 2] and one.split_for(5) == 0
     for n in (1, 2, 5):  # one crop runs on the whole session; 5 splits 3 + 2
         a, b = one.infer(x[:n]), split.infer(x[:n])
         assert b["landmarks"].shape == (n, 68, 2)

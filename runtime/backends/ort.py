@@ -80,14 +80,19 @@ class OrtRunner(RunnerBase):
             self.split = [open_session(p, "ONNX model", "cpu", 1) for _ in range(sessions)]
             self._pool = ThreadPoolExecutor(sessions, thread_name_prefix="chs-ort")
 
+    def split_for(self, batch: int) -> int:
+        """How many single-thread sessions a batch of ``batch`` crops runs on (0: the ``threads``-thread one)."""
+        return min(len(self.split), batch) if self._pool is not None and batch >= 2 else 0
+
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if self.session is None:
             raise ChsError(f"runner {self.name} is closed")
         outs = [OUTPUT_LANDMARKS, OUTPUT_SCORES]
-        if self._pool is None or len(x) < 2:
+        parts_count = self.split_for(len(x))
+        if not parts_count:
             lm, sc = self.session.run(outs, {INPUT_NAME: x})
         else:  # onnxruntime releases the GIL while it runs: the parts run on separate cores
-            parts = np.array_split(x, min(len(self.split), len(x)))
+            parts = np.array_split(x, parts_count)
             done = [f.result() for f in [self._pool.submit(s.run, outs, {INPUT_NAME: part})
                                          for s, part in zip(self.split, parts, strict=False)]]
             lm, sc = (np.concatenate(o) for o in zip(*done, strict=True))
