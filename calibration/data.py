@@ -19,20 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from chs.runtime.artifact import ModelMeta
-from chs.runtime.datasets import IMAGE_EXTENSIONS, FaceSample, load_dataset
+from chs.runtime.datasets import IMAGE_EXTENSIONS, FaceSample, is_dataset_folder, load_dataset
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import sample_box
 from chs.runtime.geometry import crop_face
 from chs.runtime.imageio import read_image
 
 BOXES_FILE = "boxes.json"
-
-
-def _is_dataset_folder(folder: Path) -> bool:
-    """A folder that load_dataset reads (ytf68 list.txt layout, or images with .pts beside them)."""
-    if (folder / "list.txt").is_file():
-        return True
-    return any(d.is_dir() and any(d.glob("*.pts")) for d in (folder, folder / "images"))
 
 
 def _even_subset(n: int, k: int, seed: int) -> np.ndarray:
@@ -73,7 +66,7 @@ def calibration_items(source: str | os.PathLike) -> tuple[list[Item], bool]:
     """(items, labelled): a dataset :func:`chs.runtime.datasets.load_dataset` reads (labelled), or a plain
     folder of face images with an optional ``boxes.json`` ({"file.jpg": [x0, y0, x1, y1]}; unlabelled)."""
     src = Path(source)
-    if src.is_dir() and not _is_dataset_folder(src):
+    if src.is_dir() and not is_dataset_folder(src):
         items: list[Item] = list(_plain_folder(src))
         labelled = False
     elif src.is_dir() or src.is_file():
@@ -114,7 +107,8 @@ def split_held_out(items: Sequence[Item], gate_faces: int) -> HeldOut:
     Whole identities go to one side (near-duplicate frames of one person on both sides would make the gate
     measure faces the calibration saw); identities are picked evenly over their sorted names, so the held
     out faces are spread over the set and the choice is deterministic. Without identity numbering in the
-    names every image is its own identity (``by="image"``); sets under 8 items are not split (``"none"``)."""
+    names, or when one "identity" would be over a quarter of the set (names numbered per source, not per
+    person), every image is its own identity (``by="image"``); sets under 8 items are not split (``"none"``)."""
     items = list(items)
     target = min(int(gate_faces), len(items) // 4)
     if target < 1 or len(items) < 8:
@@ -125,7 +119,9 @@ def split_held_out(items: Sequence[Item], gate_faces: int) -> HeldOut:
         groups.setdefault(identity(name) if name else f"#{i}", []).append(i)
     keys = sorted(groups)
     by = "identity" if len(keys) < len(items) else "image"
-    if len(keys) < 2:  # one person throughout: hold out frames evenly, there is no other way
+    if len(keys) < 2 or max(map(len, groups.values())) > len(items) // 4:
+        # one person throughout, or names numbered per source (mtfl5's lfw_0001 / net_0001), not per person:
+        # hold out images evenly, there is no other way
         keys, groups, by = [str(i) for i in range(len(items))], {str(i): [i] for i in range(len(items))}, "image"
     mean_size = len(items) / len(keys)
     step = max(2, int(len(keys) / max(1.0, target / mean_size)))

@@ -52,7 +52,7 @@ def parity_crops(meta: ModelMeta, data: str | None = None, max_images: int = 64,
             raise ChsError(f"no faces in parity data {data}")
         pick = np.linspace(0, len(samples) - 1, min(max_images, len(samples))).round().astype(int)
         crops, gt, n = annotated_crops([samples[i] for i in sorted(set(pick))], meta, str(data))
-        return crops, gt, f"{n} annotated faces from {data}"
+        return crops, gt, f"{_faces(n, gt, meta)} from {data}"
     image, box = demo_face()
     rng = np.random.default_rng(seed)
     rule: CropRule = meta.crop
@@ -65,15 +65,26 @@ def parity_crops(meta: ModelMeta, data: str | None = None, max_images: int = 64,
     return meta.norm(np.stack(crops)), None, "the bundled demo face, 16 jittered crops (no ground truth)"
 
 
-def annotated_crops(samples: Sequence[FaceSample], meta: ModelMeta, source: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """(crops, ground truth in crop pixels, faces used) of annotated samples; unreadable images skipped."""
+def annotated_crops(samples: Sequence[FaceSample], meta: ModelMeta, source: str
+                    ) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """(crops, ground truth in crop pixels, faces used) of annotated samples; unreadable images skipped.
+
+    Ground truth is None when the faces carry another point count than the model predicts (mtfl5's 5 points
+    for a 68-point model): ΔNME cannot be measured on them, so the gate falls back to the landmark shift."""
     kept, images, _ = load_images(list(samples))
     if not kept:
         raise ChsError(f"none of the parity images in {source} could be read")
     boxes = [sample_box(s, meta) for s in kept]
     crops, affines = crop_batch(images, boxes, meta)
+    if any(len(s.landmarks) != meta.num_points for s in kept):
+        return crops, None, len(kept)
     gt = np.stack([transform_points(s.landmarks, m) for s, m in zip(kept, affines, strict=True)])
     return crops, gt, len(kept)
+
+
+def _faces(n: int, gt: np.ndarray | None, meta: ModelMeta) -> str:
+    return f"{n} annotated faces" if gt is not None else \
+        f"{n} faces annotated with another point count than the model's {meta.num_points} (gated by landmark shift)"
 
 
 def held_out_crops(items: Sequence[tuple], labelled: bool, meta: ModelMeta, source: str, by: str
@@ -82,7 +93,7 @@ def held_out_crops(items: Sequence[tuple], labelled: bool, meta: ModelMeta, sour
     what = f"held out from the calibration set {source}, split by {by}, never calibrated on"
     if labelled:
         crops, gt, n = annotated_crops([it[0] for it in items], meta, source)
-        return crops, gt, f"{n} annotated faces {what}"
+        return crops, gt, f"{_faces(n, gt, meta)} {what}"
     from chs.calibration.data import item_image_and_box
 
     crops = []

@@ -34,6 +34,20 @@ def _wflw_image_root(txt: Path) -> Path:
     return parent
 
 
+def is_dataset_folder(path: PathLike) -> bool:
+    """Whether :func:`load_dataset` reads this folder as annotated faces: mtfl5 (``landmarks.csv`` +
+    ``sources.csv``), the ytf68 ``list.txt`` layout, or images with ``.pts`` beside them (in the folder or its
+    ``images/``). Anything else is a plain image folder to callers that accept both."""
+    from .mtfl import is_mtfl_folder
+
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    if is_mtfl_folder(p) or (p / "list.txt").is_file():
+        return True
+    return any(d.is_dir() and any(d.glob("*.pts")) for d in (p, p / "images"))
+
+
 def load_dataset(path: PathLike, split: str | None = None) -> list[FaceSample]:
     """Read any supported dataset by its path: a folder (``.pts``, or mtfl5's ``landmarks.csv``), ``.json``
     (COCO-style), ``.mat`` (COFW), ``.txt`` (WFLW; images in a nearby ``images`` / ``WFLW_images`` folder,
@@ -63,4 +77,4 @@ def load_dataset(path: PathLike, split: str | None = None) -> list[FaceSample]:
 
 
 __all__ = ["IMAGE_EXTENSIONS", "WFLW_ATTRIBUTES", "FaceSample", "load_aflw19", "load_coco_keypoints", "load_cofw_mat",
-           "load_dataset", "load_pts_folder", "load_wflw", "read_pts", "write_pts"]
+           "is_dataset_folder", "load_dataset", "load_pts_folder", "load_wflw", "read_pts", "write_pts"]

@@ -30,7 +30,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 
 from chs.calibration.calibrate import calibrate  # noqa: E402
-from chs.calibration.data import load_calibration_crops  # noqa: E402
+from chs.calibration.data import calibration_items, load_calibration_crops  # noqa: E402
 from chs.calibration.quantize import quantize_int8  # noqa: E402
 from chs.calibration.reader import CropReader  # noqa: E402
 from chs.model.sensitive import float32_nodes  # noqa: E402
@@ -80,6 +80,13 @@ def test_crops_subsample_evenly_and_deterministically(meta, fixtures_dir):
     b = load_calibration_crops(fixtures_dir / "pts", meta, max_images=2)
     assert a.shape[0] == 2
     np.testing.assert_array_equal(a, b)
+
+
+def test_crops_from_an_mtfl5_folder_are_labelled(meta, fixtures_dir):
+    # mtfl5 has no .pts files and no top-level images: it must still be read as annotated faces
+    items, labelled = calibration_items(fixtures_dir / "mtfl5")
+    assert labelled and len(items) == len(load_dataset(fixtures_dir / "mtfl5"))
+    assert load_calibration_crops(fixtures_dir / "mtfl5", meta).shape[0] == len(items)
 
 
 def test_crops_from_a_plain_folder(meta, fixtures_dir, tmp_path):

@@ -83,6 +83,14 @@ def test_split_by_image_and_too_small_sets():
     assert small.by == "none" and small.gate == [] and len(small.calib) == 3
 
 
+def test_names_numbered_per_source_are_split_by_image():
+    # mtfl5 numbers its images per source (lfw_0001, net_0001): two "identities" of thousands are not people
+    names = [f"lfw_{i:04d}" for i in range(60)] + [f"net_{i:04d}" for i in range(40)]
+    held = split_held_out(_items(names), 20)
+    assert held.by == "image" and len(held.gate) == 20 and len(held.calib) == 80
+    assert {item_name(i)[:3] for i in held.gate} == {"lfw", "net"}  # spread over both sources
+
+
 def test_ytf68_split_matches_its_identities(shared_data):
     train = shared_data / "ytf68" / "train"
     if not train.is_dir():
@@ -268,6 +276,18 @@ def test_unlabelled_folder_holds_out_images_and_gates_on_shift(fixtures_dir, tmp
     assert "unlabelled images held out" in source and "split by image" in source
     assert judge("int8-u8s8", compare(np.zeros((3, 68, 2)) + np.arange(68)[:, None], np.zeros((3, 68, 2))
                                       + np.arange(68)[:, None], meta.scheme, gt))["criterion"] == "shift_pt"
+
+
+def test_faces_with_another_point_count_gate_on_shift(fixtures_dir, tmp_path):
+    """mtfl5 (5 points) as calibration data for the 68-point model: labelled for calibration, but the gate
+    cannot measure a 68-point ΔNME on 5-point faces, so it falls back to the landmark shift and says why."""
+    from chs.export.pipeline import ExportOptions, _gate_and_calibration_crops
+
+    meta = OrtRunner(BUNDLED, providers="cpu").meta
+    crops, gt, source, calib = _gate_and_calibration_crops(
+        ExportOptions(model="default", out=str(tmp_path / "e"), int8=True, calib=str(fixtures_dir / "mtfl5")), meta)
+    assert gt is None and len(crops) == 2 and len(calib) == 6
+    assert "another point count than the model's 68" in source and "split by image" in source
 
 
 def test_export_times_int8_against_fp32_in_alternating_rounds(tiny_onnx):
