@@ -8,7 +8,6 @@ whole identities at a time where the file names tell identities apart.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -22,6 +21,7 @@ from chs.runtime.artifact import ModelMeta
 from chs.runtime.datasets import IMAGE_EXTENSIONS, FaceSample, is_dataset_folder, load_dataset
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import sample_box
+from chs.runtime.files import read_json
 from chs.runtime.geometry import crop_face
 from chs.runtime.imageio import read_image
 
@@ -41,10 +41,7 @@ def _read_boxes(folder: Path) -> dict[str, list[float]]:
     path = folder / BOXES_FILE
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ChsError(f"cannot read {path}: {e}") from None
+    data = read_json(path, "calibration boxes file")
     if not isinstance(data, dict):
         raise ChsError(f"{path} must map image file names to [x0, y0, x1, y1] boxes")
     return data

@@ -11,19 +11,19 @@ from typing import Annotated
 
 import typer
 
-from chs.errors_cli import one_line_errors
+from chs.errors_cli import OneLineTyper, one_line_errors
 from chs.model.training.options import TrainOptions
 from chs.options_cli import options_command
 from chs.runtime.errors import ChsError
 from chs.runtime.options import option
 
-app = typer.Typer(help="CHS face alignment: train, evaluate, export, align, benchmark.", no_args_is_help=True,
+app = OneLineTyper(help="CHS face alignment: train, evaluate, export, align, benchmark.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 
 
 def _single(fn) -> typer.Typer:
     """A one-command app for the ``chs-<verb>`` console scripts."""
-    sub = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+    sub = OneLineTyper(pretty_exceptions_enable=False, add_completion=False)
     sub.command()(fn)
     return sub
 

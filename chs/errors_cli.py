@@ -10,6 +10,11 @@ from typing import Any
 
 import typer
 
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer on click
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
 from chs.runtime.errors import ChsError, first_line
 
 EXIT_BAD_INPUT = 2
@@ -66,3 +71,24 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+class OneLineTyper(typer.Typer):
+    """A typer app whose usage errors (an unknown option, ``--epochs 1.5``, a missing argument) end like every
+    other bad input: one ``error:`` line and exit 2, not click's multi-line usage panel. ``--help`` and a bare
+    command that shows its help are unchanged."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().__call__(*args, **kwargs)
+        except NoArgsIsHelpError as e:  # the help text, as click shows it
+            e.show()
+            code = e.exit_code
+        except ClickException as e:  # usage errors carry exit code 2, like every other bad input
+            typer.echo(f"error: {printable(' '.join(e.format_message().split()))}", err=True)
+            code = e.exit_code
+        except typer.Abort:
+            typer.echo("interrupted", err=True)
+            code = 130
+        sys.exit(code if isinstance(code, int) else 0)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from chs.runtime.errors import ChsError
+from chs.runtime.files import parse_json
 from chs.runtime.geometry import CropRule
 from chs.runtime.preprocess import Normalization
 
@@ -83,10 +84,7 @@ class ModelMeta:
     def from_props(cls, props: dict[str, str], source: str = "model") -> ModelMeta:
         if META_KEY not in props:
             raise ChsError(f"{source} carries no CHS metadata ('{META_KEY}'): not a model exported by chs-export")
-        try:
-            data = json.loads(props[META_KEY])
-        except (json.JSONDecodeError, ValueError):
-            raise ChsError(f"{source} has unreadable CHS metadata") from None
+        data = parse_json(props[META_KEY], f"{source}'s CHS metadata")
         if not isinstance(data, dict):
             raise ChsError(f"{source}: CHS metadata must be a JSON object, got {type(data).__name__}")
         return cls.from_dict(data)

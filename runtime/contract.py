@@ -30,6 +30,7 @@ import numpy as np
 
 from chs.runtime.artifact import INPUT_NAME, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta
 from chs.runtime.errors import ChsError
+from chs.runtime.files import read_json
 
 CONTRACT_VERSION = 1
 CONTRACT_FILE = "chs_contract.json"
@@ -151,10 +152,7 @@ def read_contract(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ChsError(f"contract file {p} does not exist")
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ChsError(f"contract file {p} is not valid JSON") from None
+    data = read_json(p, "contract file")
     return validate_contract(data, f"contract file {p}")
 
 

@@ -12,7 +12,6 @@ missing points are NaN. Only COFW's MATLAB file is converted (1-based -> 0-based
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ChsError
+from .files import read_json
 from .geometry import box_from_landmarks
 from .imageio import read_image
 from .schemes import SCHEMES, WFLW_ATTRIBUTES
@@ -336,12 +336,7 @@ def load_coco_keypoints(json_path: PathLike, image_root: PathLike | None = None)
     scheme follows from n. image_root defaults to the JSON's folder."""
     path = Path(json_path)
     root = Path(image_root) if image_root is not None else path.parent
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ChsError(f"annotation file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ChsError(f"cannot read COCO annotations {path}: {e}") from e
+    data = read_json(path, "COCO annotation file")
     if not isinstance(data, dict) or "annotations" not in data or "images" not in data:
         raise ChsError(f"{path} is not COCO-style (needs 'images' and 'annotations')")
     files = {img["id"]: img for img in data["images"]}

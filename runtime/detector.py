@@ -19,6 +19,22 @@ import numpy as np
 
 from chs.runtime.errors import ChsError
 
+# a detection and a reference box (ground truth, a track) are the same face from this IoU on; detector evaluation,
+# the tracker and the benchmarks all match faces with it
+MATCH_IOU = 0.3
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (k, 4) with every box in b (m, 4) -> (k, m)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)[:, None]
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)[None]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / np.maximum(union - inter, 1e-12)
+
+
 NO_DETECTOR = "the dlib detector is not installed: pip install chs[detect], or use the bundled yunet detector"
 
 
@@ -157,5 +173,6 @@ def landmark_boxes(detector: FaceDetector, image: np.ndarray) -> tuple[np.ndarra
     return box_map.apply(boxes), np.asarray(scores, dtype=np.float64).reshape(-1)
 
 
-__all__ = ["DETECTOR_NAMES", "DLIB_HOG_BOX_MAP", "IDENTITY_MAP", "NO_DETECTOR", "BoxMap", "DlibHogDetector",
-           "FaceDetector", "default_detector", "dlib_available", "landmark_boxes", "make_detector"]
+__all__ = ["DETECTOR_NAMES", "DLIB_HOG_BOX_MAP", "IDENTITY_MAP", "MATCH_IOU", "NO_DETECTOR", "BoxMap",
+           "DlibHogDetector", "FaceDetector", "box_iou", "default_detector", "dlib_available", "landmark_boxes",
+           "make_detector"]

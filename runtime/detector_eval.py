@@ -15,22 +15,11 @@ import numpy as np
 
 from chs.runtime.backends.base import Runner
 from chs.runtime.datasets import FaceSample
-from chs.runtime.detector import IDENTITY_MAP, BoxMap, FaceDetector
+from chs.runtime.detector import IDENTITY_MAP, MATCH_IOU, BoxMap, FaceDetector, box_iou
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import compared_scheme, predict_samples
 from chs.runtime.metrics import summarize
 from chs.runtime.schemes import get_scheme
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a (k, 4) with every box in b (m, 4) -> (k, m)."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)[:, None]
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)[None]
-    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = iw * ih
-    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return inter / np.maximum(union - inter, 1e-12)
 
 
 def _detections(detector: FaceDetector, samples: Sequence[FaceSample]):
@@ -46,7 +35,7 @@ def _detections(detector: FaceDetector, samples: Sequence[FaceSample]):
         yield s, img, s.crop_box(), np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
-def detector_miss_rate(detector: FaceDetector, samples: Sequence[FaceSample], iou_threshold: float = 0.3) -> dict:
+def detector_miss_rate(detector: FaceDetector, samples: Sequence[FaceSample], iou_threshold: float = MATCH_IOU) -> dict:
     """Fraction of faces the detector misses: no detection, or none whose IoU with the GT-landmark box is
     at least ``iou_threshold``.
 
@@ -81,7 +70,8 @@ def detector_miss_rate(detector: FaceDetector, samples: Sequence[FaceSample], io
             "detector": getattr(detector, "name", type(detector).__name__)}
 
 
-def fit_box_map(detector: FaceDetector, samples: Sequence[FaceSample], min_iou: float = 0.3) -> tuple[BoxMap, dict]:
+def fit_box_map(detector: FaceDetector, samples: Sequence[FaceSample], min_iou: float = MATCH_IOU
+                ) -> tuple[BoxMap, dict]:
     """Least-squares :class:`BoxMap` from the detector's boxes to GT-landmark boxes.
 
     Each image contributes its best-matching raw detection (IoU >= ``min_iou``). Offsets and scales are
@@ -117,7 +107,8 @@ def fit_box_map(detector: FaceDetector, samples: Sequence[FaceSample], min_iou: 
 
 
 def match_detections(detector: FaceDetector, samples: Sequence[FaceSample],
-                     iou_threshold: float = 0.3) -> tuple[int, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+                     iou_threshold: float = MATCH_IOU
+                     ) -> tuple[int, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """(readable images, and per found face: image, mapped detector box, GT landmarks).
 
     Each face keeps the mapped detection that overlaps its GT-landmark box most; faces with no detection of
@@ -145,7 +136,7 @@ def match_detections(detector: FaceDetector, samples: Sequence[FaceSample],
 
 
 def evaluate_with_detector(runner: Runner, detector: FaceDetector, samples: Sequence[FaceSample],
-                           iou_threshold: float = 0.3, batch_size: int = 32) -> dict:
+                           iou_threshold: float = MATCH_IOU, batch_size: int = 32) -> dict:
     """Landmark metrics when the crop comes from the detector instead of the GT landmarks (misses counted
     and left out of the NME; see :func:`match_detections`)."""
     n, images, boxes, gts = match_detections(detector, samples, iou_threshold)

@@ -4,6 +4,9 @@ Inputs: a FIFO named ``x.jpg`` blocks ``open()`` forever, ``/dev/zero`` never en
 reports 0 bytes; a symlink loop looks like a missing file to ``Path.exists()``. ``read_input_bytes`` opens
 without blocking, accepts only regular files of a bounded size, and says which of these it met.
 
+JSON inputs: ``read_json`` / ``parse_json`` turn every way a JSON file can be unreadable (including nesting too
+deep for the parser) into one ChsError.
+
 Outputs: ``atomic_output`` writes to a hidden temporary name beside the target and renames it into place
 only when the writer finished (Ctrl-C leaves no partial file); ``replace_dir`` swaps a finished folder in.
 ``check_output_dir`` refuses impossible output locations before any work is done.
@@ -12,6 +15,7 @@ only when the writer finished (Ctrl-C leaves no partial file); ``replace_dir`` s
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import stat
@@ -19,6 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from chs.runtime.errors import ChsError
 
@@ -99,6 +104,27 @@ def read_input_bytes(path: str | os.PathLike, what: str = "image", max_bytes: in
         os.close(fd)
 
 
+def parse_json(text: str | bytes, what: str) -> Any:
+    """JSON text parsed, or one ChsError naming ``what`` for every way it can be unreadable: not UTF-8, not
+    JSON (with the line), nested too deeply for the parser, or a number too long to convert."""
+    try:
+        return json.loads(text.decode("utf-8-sig") if isinstance(text, bytes) else text)
+    except UnicodeDecodeError:
+        raise ChsError(f"{what} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ChsError(f"{what} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise ChsError(f"{what} is nested too deeply to read") from None
+    except ValueError as e:  # e.g. a 5000-digit integer
+        raise ChsError(f"{what} cannot be read: {str(e)[:200]}") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """A JSON file's content; the file is opened like every other input (no FIFO hangs, no special files),
+    and every failure is one ChsError naming ``what`` and the path."""
+    return parse_json(read_input_bytes(path, what), f"{what} {Path(path)}")
+
+
 def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     """Refuse an output folder that cannot be created, before any work: an existing file, or a path
     through a file, or a parent that is not writable."""
@@ -157,4 +183,5 @@ def replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["atomic_output", "check_input", "check_output_dir", "read_input_bytes", "replace_dir", "special_kind"]
+__all__ = ["atomic_output", "check_input", "check_output_dir", "parse_json", "read_input_bytes", "read_json",
+           "replace_dir", "special_kind"]

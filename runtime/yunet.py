@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from chs.runtime.assets import ASSETS
-from chs.runtime.detector import BoxMap
+from chs.runtime.detector import BoxMap, box_iou
 from chs.runtime.errors import ChsError
 
 YUNET_MODEL = ASSETS / "yunet" / "yunet_n_dynamic.onnx"
@@ -40,17 +40,12 @@ YUNET_BOX_MAP = BoxMap(dx=0.0056, dy=0.1346, sw=1.0798, sh=0.7638)
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy non-maximum suppression: indices of the kept boxes, best score first."""
     order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep: list[int] = []
     while order.size:
         i = int(order[0])
         keep.append(i)
         rest = order[1:]
-        iw = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
-        ih = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
-        inter = iw * ih
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
-        order = rest[iou <= iou_threshold]
+        order = rest[box_iou(boxes[i], boxes[rest])[0] <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
 
 

@@ -152,3 +152,58 @@ def test_the_real_exports_still_open(tiny_onnx):
     runner = OrtRunner(tiny_onnx, providers="cpu")
     out = runner.infer(np.zeros((1, 3, 64, 64), np.float32))
     assert out["landmarks"].shape == (1, 68, 2)
+
+
+# ---- ONNX files whose graph loads but whose weights or batch axis would answer wrongly --------------------
+
+BUNDLED_ONNX = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "default" / "model.onnx"
+DEMO = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "demo" / "astronaut.png"
+
+
+def _edited_bundled(dst: Path, batch: int | None = None, nan: bool = False) -> Path:
+    model = onnx.load(str(BUNDLED_ONNX))
+    if batch is not None:
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
+    if nan:  # one NaN in the first sizeable float weight: a damaged file the opener cannot see
+        t = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) > 100)
+        a = onnx.numpy_helper.to_array(t).copy()
+        a.flat[0] = np.nan
+        t.CopyFrom(onnx.numpy_helper.from_array(a, t.name))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_nan_onnx_weights_end_in_one_line(tmp_path):
+    bad = _edited_bundled(tmp_path / "nan.onnx", nan=True)
+    x = np.zeros((2, 3, 128, 128), np.float32)
+    with pytest.raises(ChsError, match="nan.onnx failed while running"):
+        OrtRunner(bad, providers="cpu").infer(x)
+    res = _cli("align", DEMO, "--model", bad, "--json")
+    _one_error_line(res, "nan.onnx failed while running")
+    assert res.stdout == ""
+
+
+def test_non_finite_outputs_are_refused():
+    from chs.runtime.backends.base import RunnerBase
+
+    class Damaged(RunnerBase):  # a graph whose damaged weights reach the outputs without a failing op
+        name, meta = "damaged", OrtRunner(BUNDLED_ONNX, providers="cpu").meta
+
+        def _run(self, x):
+            return {"landmarks": np.full((len(x), 68, 2), np.nan, np.float32), "scores": np.ones((len(x), 68))}
+
+    with pytest.raises(ChsError, match="damaged: the model answered NaN or infinity \\(landmarks\\)"):
+        Damaged().infer(np.zeros((1, 3, 128, 128), np.float32))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_fixed_batch_onnx_runs_in_chunks_of_its_batch(tmp_path, batch):
+    fixed = OrtRunner(_edited_bundled(tmp_path / f"b{batch}.onnx", batch=batch), providers="cpu")
+    assert fixed.fixed_batch == batch
+    x = np.random.default_rng(0).standard_normal((3, 3, 128, 128)).astype(np.float32)
+    ref = OrtRunner(BUNDLED_ONNX, providers="cpu").infer(x)
+    out = fixed.infer(x)
+    assert out["landmarks"].shape == (3, 68, 2)
+    np.testing.assert_allclose(out["landmarks"], ref["landmarks"], atol=1e-3)
+    with pytest.raises(ChsError, match=f"fixed batch of {batch}: split sessions need a dynamic batch axis"):
+        OrtRunner(tmp_path / f"b{batch}.onnx", providers="cpu", sessions=2)

@@ -50,6 +50,16 @@ def check_batch(batch: np.ndarray, meta: ModelMeta, dtypes: tuple[type, ...] = (
     return np.ascontiguousarray(batch)
 
 
+def check_outputs(out: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    """The outputs, unless the model answered NaN or infinity for finite crops: a model file with damaged
+    weights (the ONNX and engine openers read no weights) must not hand out landmarks piled on one point."""
+    for key in ("landmarks", "scores"):
+        if key in out and not np.isfinite(out[key]).all():
+            raise ChsError(f"{name}: the model answered NaN or infinity ({key}) for finite input: "
+                           "are its weights damaged?")
+    return out
+
+
 class RunnerBase:
     """Shared runner behaviour: ``infer`` checks the batch once, then calls the backend's ``_run``."""
 
@@ -59,7 +69,7 @@ class RunnerBase:
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run one batch of normalised crops; thread-safe."""
-        return self._run(check_batch(batch, self.meta, self.input_dtypes))
+        return check_outputs(self._run(check_batch(batch, self.meta, self.input_dtypes)), self.name)
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -14,6 +14,9 @@ from chs.runtime.backends.base import RunnerBase
 from chs.runtime.errors import ChsError, first_line
 from chs.runtime.meta_checks import check_onnx_meta
 
+# what ONNX Runtime raises when a loaded model fails while running (damaged weights feeding RoiAlign NaN rois...)
+_ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, n) for n in (
+    "Fail", "InvalidArgument", "RuntimeException", "EPFail", "NotImplemented", "EngineError"))
 MAX_SESSIONS = 64  # split sessions per runner (each holds its own copy of the model's weights)
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -36,7 +39,7 @@ def open_session(path: Path, what: str, providers: str = "auto", threads: int = 
     """One ONNX Runtime session opener (landmark model and face detector): quiet logs, the provider choice,
     thread count, and ORT's own exception types turned into one line naming ``what``."""
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # errors reach the caller as exceptions (one ChsError line), not as log lines
     if threads:
         opts.intra_op_num_threads = threads
     try:
@@ -70,6 +73,11 @@ class OrtRunner(RunnerBase):
             raise ChsError(f"ONNX model {p.name} lacks the '{INPUT_NAME}' -> '{OUTPUT_LANDMARKS}', "
                            f"'{OUTPUT_SCORES}' interface")
         check_onnx_meta(self.meta, self.session, f"ONNX model {p.name}")
+        dim = next(i.shape for i in self.session.get_inputs() if i.name == INPUT_NAME)[0]
+        # a graph exported with a fixed batch runs in chunks of exactly that many crops (the last one padded)
+        self.fixed_batch = dim if isinstance(dim, int) and dim > 0 else 0
+        if self.fixed_batch and sessions > 1:
+            raise ChsError(f"ONNX model {p.name} has a fixed batch of {dim}: split sessions need a dynamic batch axis")
         self.path = p
         self.name = "ort-" + self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
         self.split: list[ort.InferenceSession] = []
@@ -87,16 +95,27 @@ class OrtRunner(RunnerBase):
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if self.session is None:
             raise ChsError(f"runner {self.name} is closed")
+        try:
+            lm, sc = self._run_sessions(x)
+        except _ORT_ERRORS as e:
+            raise ChsError(f"ONNX model {self.path.name} failed while running: {first_line(e, 300)}") from None
+        return {"landmarks": lm.astype(np.float32), "scores": sc.astype(np.float32)}
+
+    def _run_sessions(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         outs = [OUTPUT_LANDMARKS, OUTPUT_SCORES]
+        n = self.fixed_batch
+        if n and len(x) != n:
+            padded = np.concatenate([x, np.repeat(x[-1:], -len(x) % n, axis=0)])
+            parts = [self.session.run(outs, {INPUT_NAME: padded[i:i + n]}) for i in range(0, len(padded), n)]
+            return tuple(np.concatenate(o)[:len(x)] for o in zip(*parts, strict=True))
         parts_count = self.split_for(len(x))
         if not parts_count:
-            lm, sc = self.session.run(outs, {INPUT_NAME: x})
-        else:  # onnxruntime releases the GIL while it runs: the parts run on separate cores
-            parts = np.array_split(x, parts_count)
-            done = [f.result() for f in [self._pool.submit(s.run, outs, {INPUT_NAME: part})
-                                         for s, part in zip(self.split, parts, strict=False)]]
-            lm, sc = (np.concatenate(o) for o in zip(*done, strict=True))
-        return {"landmarks": lm.astype(np.float32), "scores": sc.astype(np.float32)}
+            return tuple(self.session.run(outs, {INPUT_NAME: x}))
+        # onnxruntime releases the GIL while it runs: the parts run on separate cores
+        parts = np.array_split(x, parts_count)
+        done = [f.result() for f in [self._pool.submit(s.run, outs, {INPUT_NAME: part})
+                                     for s, part in zip(self.split, parts, strict=False)]]
+        return tuple(np.concatenate(o) for o in zip(*done, strict=True))
 
     def close(self) -> None:
         if self._pool is not None:

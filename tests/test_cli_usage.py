@@ -1,0 +1,35 @@
+"""Usage errors (an unknown option, a value of the wrong type, a missing argument) end like every other bad
+input: one ``error:`` line and exit code 2, not click's multi-line usage panel; help is unchanged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _chs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "chs", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("train", "--epochs", "1.5"), "error: Invalid value for '--epochs'"),
+    (("train", "--batch-size", "nan"), "error: Invalid value for '--batch-size'"),
+    (("align", "--nope"), "error: No such option: --nope"),
+    (("export",), "error: Missing argument 'model'."),
+    (("no-such-command",), "error: No such command 'no-such-command'."),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, message):
+    res = _chs(*args)
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), res.stderr
+    assert res.stdout == ""
+
+
+def test_help_is_unchanged():
+    res = _chs("align", "--help")
+    assert res.returncode == 0 and "Usage:" in res.stdout and "--out" in res.stdout and res.stderr == ""
+    bare = _chs()  # no command: the help, as before
+    assert bare.returncode in (0, 2) and "Usage:" in bare.stdout + bare.stderr and "error:" not in bare.stderr
