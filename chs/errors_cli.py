@@ -18,6 +18,18 @@ except ImportError:  # pragma: no cover - older typer on click
 from chs.runtime.errors import ChsError, first_line
 
 EXIT_BAD_INPUT = 2
+# optional packages a command may need, and the install that brings them (pyproject's extras)
+_TORCH = "pip install torch==2.13.0 (CPU; or your CUDA build), then pip install 'chs[torch]'"
+EXTRA_FOR = {"torch": _TORCH, "safetensors": _TORCH, "onnx": _TORCH, "onnxscript": _TORCH, "onnxsim": _TORCH,
+             "polygraphy": _TORCH, "matplotlib": "pip install 'chs[plot]'", "dlib": "pip install 'chs[detect]'",
+             "tritonclient": "pip install 'chs[serve]'", "tensorrt": "pip install 'chs[tensorrt-cu12]' (or -cu13)",
+             "cuda": "pip install 'chs[tensorrt-cu12]' (or -cu13)"}
+
+
+def missing_package(e: ModuleNotFoundError) -> str | None:
+    """'this command needs X: <install>' for an optional package of an extra, else None (a real bug)."""
+    top = (e.name or "").split(".")[0]
+    return f"this command needs {top}, which is not installed: {EXTRA_FOR[top]}" if top in EXTRA_FOR else None
 
 
 def printable(text: str) -> str:
@@ -59,18 +71,26 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(e) or type(e).__name__)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
             fail(f"{e.strerror or type(e).__name__}: {e.filename}")
+        except ModuleNotFoundError as e:
+            if missing_package(e) is None:
+                raise _internal(e) from None
+            fail(missing_package(e))
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as e:  # a bug, not bad input: still one line, the traceback on request
-            if os.environ.get("CHS_DEBUG"):
-                raise
-            first = first_line(e, 300, empty="")
-            typer.echo(f"error: internal error ({type(e).__name__}: {first}); set CHS_DEBUG=1 for the traceback",
-                       err=True)
-            raise typer.Exit(1) from None
+            raise _internal(e) from None
 
     return wrapper
+
+
+def _internal(e: Exception) -> typer.Exit:
+    """One line for a bug (exit 1); with CHS_DEBUG set, the original exception and its traceback."""
+    if os.environ.get("CHS_DEBUG"):
+        raise e
+    first = first_line(e, 300, empty="")
+    typer.echo(f"error: internal error ({type(e).__name__}: {first}); set CHS_DEBUG=1 for the traceback", err=True)
+    return typer.Exit(1)
 
 
 class OneLineTyper(typer.Typer):

@@ -33,3 +33,31 @@ def test_help_is_unchanged():
     assert res.returncode == 0 and "Usage:" in res.stdout and "--out" in res.stdout and res.stderr == ""
     bare = _chs()  # no command: the help, as before
     assert bare.returncode in (0, 2) and "Usage:" in bare.stdout + bare.stderr and "error:" not in bare.stderr
+
+
+NO_PACKAGE = """
+import sys
+class Missing:  # what Python raises for a package that is not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+sys.meta_path.insert(0, Missing())
+from chs.cli import {app}
+{app}()
+"""
+
+
+@pytest.mark.parametrize("blocked, app, args, install", [
+    ("torch", "export_app", ["default", "--out", "{tmp}/e"], "pip install torch==2.13.0"),
+    ("matplotlib", "eval_app", ["default", "--data", "{fixtures}/pts", "--plot", "{tmp}/ced.png"],
+     "pip install 'chs[plot]'"),
+])
+def test_a_missing_optional_package_names_its_install(blocked, app, args, install, tmp_path, fixtures_dir):
+    code = NO_PACKAGE.format(blocked=blocked, app=app)
+    argv = [a.format(tmp=tmp_path, fixtures=fixtures_dir) for a in args]
+    res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: this command needs {blocked}, which is not installed: ")
+    assert install in lines[0]

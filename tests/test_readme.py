@@ -49,3 +49,14 @@ def test_exports():
         assert getattr(chs.runtime, name) is not None
     assert chs.LandmarkRuntime is chs.runtime.LandmarkRuntime is chs.runtime.landmarks.LandmarkRuntime
     assert "YuNetDetector" in dir(chs.runtime)
+
+
+def test_readme_extras_table_matches_pyproject():
+    """Every extra pyproject defines has its row in the README's install table, and the table names no other."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    first_cells = re.findall(r"^\| (`[a-z0-9-]+`(?: / `[a-z0-9-]+`)*) \|", (REPO / "README.md").read_text(), flags=re.M)
+    rows = {name for cell in first_cells for name in re.findall(r"`([a-z0-9-]+)`", cell)}
+    assert rows == extras
