@@ -26,7 +26,7 @@ from chs.runtime.assets import DEMO_IMAGE
 from chs.runtime.datasets import IMAGE_EXTENSIONS
 from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, write_image
 from chs.runtime.errors import ChsError
-from chs.runtime.files import check_input, check_output_dir
+from chs.runtime.files import check_input, check_output_dir, read_input_bytes
 from chs.runtime.imageio import read_image
 from chs.runtime.landmarks import Face, LandmarkRuntime
 from chs.runtime.options import option
@@ -55,10 +55,9 @@ class BoxBook:
     @classmethod
     def read(cls, path: str) -> BoxBook:
         p = Path(path)
-        if not p.is_file():
-            raise ChsError(f"boxes file not found: {p}")
+        raw = read_input_bytes(p, "boxes file")  # names a folder, FIFO or device for what it is
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(raw.decode("utf-8"))
         except json.JSONDecodeError as e:
             raise ChsError(f"boxes file {p} is not valid JSON (line {e.lineno}: {e.msg})") from None
         except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: e.g. a 5000-digit integer
@@ -100,6 +99,8 @@ def collect_inputs(inputs: list[str]) -> list[Item]:
     FIFO, device or symlink loop is an error; inside a folder such entries are skipped with a warning."""
     items: list[Item] = []
     for raw in inputs:
+        if not raw:
+            raise ChsError("an input path is empty ('')")  # Path('') would be the current folder
         p = Path(raw)
         st = check_input(p, "input")
         if stat.S_ISDIR(st.st_mode):
@@ -229,6 +230,9 @@ def align(opts: AlignOptions) -> None:
     inputs, out, as_json, batch_size = opts.inputs, opts.out, opts.as_json, opts.batch_size
     if batch_size < 1:
         raise ChsError(f"--batch-size must be >= 1, got {batch_size}")
+    for flag, value in (("--out", out), ("--boxes", opts.boxes)):
+        if value == "":
+            raise ChsError(f"{flag} is an empty path ('')")
     settings = TrackerSettings(smooth=opts.smooth) if opts.redetect_every is None else \
         TrackerSettings(smooth=opts.smooth, redetect_every=opts.redetect_every)
     if opts.demo:
@@ -239,12 +243,12 @@ def align(opts: AlignOptions) -> None:
         return
     if not inputs:
         raise ChsError("no inputs: give image files, folders or videos (or try --demo)")
-    if out:
+    if out is not None:
         check_output_dir(out)
     items = collect_inputs(inputs)
     if not items:
         raise ChsError("no images or videos found in the given folders")
-    book = BoxBook.read(opts.boxes) if opts.boxes else BoxBook({})
+    book = BoxBook.read(opts.boxes) if opts.boxes is not None else BoxBook({})
     runtime = opts.runtime()
     names = OutputNames(Path(out)) if out else None
     stats = {"images": 0, "faces": 0, "skipped": 0, "videos": 0, "frames": 0, "detector_calls": 0}
@@ -344,7 +348,7 @@ def _run_demo(opts: AlignOptions, out: Path) -> None:
     runtime = opts.runtime()
     image = read_image(DEMO_IMAGE)
     item = Item(DEMO_IMAGE, None, False)
-    if opts.boxes:
+    if opts.boxes is not None:
         box = BoxBook.read(opts.boxes).lookup(item)
         source = opts.boxes
     else:

@@ -241,3 +241,25 @@ def test_newline_in_a_path_keeps_plain_output_one_line_per_face(tiny_onnx, tmp_p
     assert len(lines) == 1 and "two\\nlines.png  face 0" in lines[0], lines
     res = _run(img, "--model", tiny_onnx, "--boxes", bf, "--json")
     assert json.loads(res.stdout)["image"] == str(img)
+
+
+# ------------------------------------------------------------------------------------ empty and odd paths
+def test_empty_path_strings_are_refused(tiny_onnx, tmp_path):
+    img = _write(tmp_path / "a.png", _image())
+    _one_error_line(_run("", "--model", tiny_onnx), "error: an input path is empty ('')")
+    _one_error_line(_run(img, "--model", tiny_onnx, "--boxes", ""), "error: --boxes is an empty path ('')")
+    _one_error_line(_run(img, "--model", tiny_onnx, "--out", ""), "error: --out is an empty path ('')")
+    _one_error_line(_run("--demo", "--model", tiny_onnx, "--out", ""), "error: --out is an empty path ('')")
+    _one_error_line(_run(img, "--model", ""), "error: the model path is empty ('')")
+
+
+def test_model_and_boxes_paths_are_named_for_what_they_are(tiny_onnx, tmp_path):
+    img = _write(tmp_path / "a.png", _image())
+    (tmp_path / "d.onnx").mkdir()
+    _one_error_line(_run(img, "--model", tmp_path / "d.onnx"), "d.onnx is a folder, not a model file")
+    _one_error_line(_run(img, "--model", tmp_path), f"model {tmp_path} is a folder without a model")
+    os.mkfifo(tmp_path / "fifo.json")
+    for boxes, what in (("/dev/null", "is a character device"), (tmp_path / "fifo.json", "is a FIFO (named pipe)"),
+                        (tmp_path / "d.onnx", "is a directory"), (tmp_path / "none.json", "boxes file not found")):
+        line = _one_error_line(_run(img, "--model", tiny_onnx, "--boxes", boxes), what)
+        assert "boxes file" in line, line

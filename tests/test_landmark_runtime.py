@@ -218,8 +218,16 @@ def test_model_errors(tiny_onnx, tmp_path, foreign_onnx):
     (tmp_path / "model.pt").write_bytes(b"x")
     with pytest.raises(ChsError, match="unknown model file"):
         LandmarkRuntime.load(tmp_path / "model.pt")
+    with pytest.raises(ChsError, match=f"model {tmp_path} is a folder without a model"):
+        LandmarkRuntime.load(tmp_path)
+    (tmp_path / "d.onnx").mkdir()
+    with pytest.raises(ChsError, match="d.onnx is a folder, not a model file"):
+        LandmarkRuntime.load(tmp_path / "d.onnx")
+    (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ChsError, match="training checkpoint"):
         LandmarkRuntime.load(tmp_path)
+    with pytest.raises(ChsError, match=r"the model path is empty \(''\)"):
+        LandmarkRuntime.load("")
     with pytest.raises(ChsError, match="cannot run a .onnx"):
         LandmarkRuntime.load(tiny_onnx, backend="tensorrt")
     with pytest.raises(ChsError, match="unknown backend"):
