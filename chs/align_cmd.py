@@ -24,7 +24,7 @@ from chs.errors_cli import fail, one_line_errors, printable
 from chs.options_cli import options_command
 from chs.runtime.assets import DEMO_IMAGE
 from chs.runtime.datasets import IMAGE_EXTENSIONS
-from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, write_image
+from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, writable_fps, write_image
 from chs.runtime.errors import ChsError
 from chs.runtime.files import check_input, check_output_dir, read_input_bytes
 from chs.runtime.imageio import read_image
@@ -250,8 +250,8 @@ def align(opts: AlignOptions) -> None:
         raise ChsError("no images or videos found in the given folders")
     book = BoxBook.read(opts.boxes) if opts.boxes is not None else BoxBook({})
     runtime = opts.runtime()
-    names = OutputNames(Path(out)) if out else None
-    stats = {"images": 0, "faces": 0, "skipped": 0, "videos": 0, "frames": 0, "detector_calls": 0}
+    names = OutputNames(Path(out)) if out is not None else None
+    stats = {"images": 0, "faces": 0, "skipped": 0, "videos": 0, "frames": 0, "detector_calls": 0, "cut_short": 0}
     show_bar = any(i.root is not None or i.video for i in items)
     with _progress(show_bar) as progress:
         job = Job(runtime, book, names, as_json, stats, progress, batch_size, settings)
@@ -267,6 +267,8 @@ def align(opts: AlignOptions) -> None:
     if stats["videos"]:
         parts.append(f"{stats['frames']} frame(s) of {stats['videos']} video(s), detector on {stats['detector_calls']} "
                      f"frame(s) ({stats['detector_calls'] / max(stats['frames'], 1):.3f} per frame)")
+    if stats["cut_short"]:
+        parts.append(f"{stats['cut_short']} video(s) ended before their declared frame count")
     if stats["skipped"]:
         parts.append(f"{stats['skipped']} unreadable image(s) skipped")
     if names is not None:
@@ -321,14 +323,23 @@ def _align_video(job: Job, item: Item) -> None:
 
     tracker = None if given else job.runtime.tracker(fps, job.settings)
     dst = job.names(item) if job.names is not None else None  # VideoWriter renames it into place only when complete
-    _video_frames(job, item, dst, frame_boxes, total, tracker)
+    if dst is not None and writable_fps(fps) != fps:
+        typer.echo(f"warning: {printable(str(item.path))} declares {fps:g} fps; {printable(str(dst))} is written at "
+                   f"{writable_fps(fps):g} fps", err=True)
+    frames = _video_frames(job, item, dst, frame_boxes, total, tracker)
     job.stats["videos"] += 1
+    if total is not None and frames < total:  # the decoder stopped early: a damaged or cut file
+        job.stats["cut_short"] += 1
+        typer.echo(f"warning: video {printable(str(item.path))} ended after {frames} of the {total} frames its header "
+                   "declares (damaged or truncated file)", err=True)
 
 
 def _video_frames(job: Job, item: Item, dst: Path | None, frame_boxes: Callable[[int], Any], total: int | None,
-                  tracker: FaceTracker | None = None) -> None:
-    """Frames of one video: tracked by ``tracker``, or each on its own with ``frame_boxes`` (None = detector)."""
+                  tracker: FaceTracker | None = None) -> int:
+    """Frames of one video: tracked by ``tracker``, or each on its own with ``frame_boxes`` (None = detector);
+    returns how many were decoded."""
     stats = job.stats
+    n = 0
     frames = annotate_video(job.runtime, item.path, dst, frame_boxes, batch_size=min(job.batch_size, 16),
                             tracker=tracker)
     with closing(frames):
@@ -339,8 +350,10 @@ def _video_frames(job: Job, item: Item, dst: Path | None, frame_boxes: Callable[
                 stats["detector_calls"] += 1
             _emit(str(item.path), faces, job.as_json, frame=idx)
             job.progress(item.path.name, advance=1, total=total)
+            n += 1
     if tracker is not None:
         stats["detector_calls"] += tracker.detector_calls
+    return n
 
 
 def _run_demo(opts: AlignOptions, out: Path) -> None:
