@@ -24,9 +24,9 @@ from chs.errors_cli import fail, one_line_errors, printable
 from chs.options_cli import options_command
 from chs.runtime.assets import DEMO_IMAGE
 from chs.runtime.datasets import IMAGE_EXTENSIONS
-from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, write_image
+from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, writable_fps, write_image
 from chs.runtime.errors import ChsError
-from chs.runtime.files import check_input, check_output_dir
+from chs.runtime.files import check_input, check_output_dir, read_input_bytes
 from chs.runtime.imageio import read_image
 from chs.runtime.landmarks import Face, LandmarkRuntime
 from chs.runtime.options import option
@@ -55,10 +55,9 @@ class BoxBook:
     @classmethod
     def read(cls, path: str) -> BoxBook:
         p = Path(path)
-        if not p.is_file():
-            raise ChsError(f"boxes file not found: {p}")
+        raw = read_input_bytes(p, "boxes file")  # names a folder, FIFO or device for what it is
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(raw.decode("utf-8"))
         except json.JSONDecodeError as e:
             raise ChsError(f"boxes file {p} is not valid JSON (line {e.lineno}: {e.msg})") from None
         except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: e.g. a 5000-digit integer
@@ -100,6 +99,8 @@ def collect_inputs(inputs: list[str]) -> list[Item]:
     FIFO, device or symlink loop is an error; inside a folder such entries are skipped with a warning."""
     items: list[Item] = []
     for raw in inputs:
+        if not raw:
+            raise ChsError("an input path is empty ('')")  # Path('') would be the current folder
         p = Path(raw)
         st = check_input(p, "input")
         if stat.S_ISDIR(st.st_mode):
@@ -229,6 +230,9 @@ def align(opts: AlignOptions) -> None:
     inputs, out, as_json, batch_size = opts.inputs, opts.out, opts.as_json, opts.batch_size
     if batch_size < 1:
         raise ChsError(f"--batch-size must be >= 1, got {batch_size}")
+    for flag, value in (("--out", out), ("--boxes", opts.boxes)):
+        if value == "":
+            raise ChsError(f"{flag} is an empty path ('')")
     settings = TrackerSettings(smooth=opts.smooth) if opts.redetect_every is None else \
         TrackerSettings(smooth=opts.smooth, redetect_every=opts.redetect_every)
     if opts.demo:
@@ -239,15 +243,15 @@ def align(opts: AlignOptions) -> None:
         return
     if not inputs:
         raise ChsError("no inputs: give image files, folders or videos (or try --demo)")
-    if out:
+    if out is not None:
         check_output_dir(out)
     items = collect_inputs(inputs)
     if not items:
         raise ChsError("no images or videos found in the given folders")
-    book = BoxBook.read(opts.boxes) if opts.boxes else BoxBook({})
+    book = BoxBook.read(opts.boxes) if opts.boxes is not None else BoxBook({})
     runtime = opts.runtime()
-    names = OutputNames(Path(out)) if out else None
-    stats = {"images": 0, "faces": 0, "skipped": 0, "videos": 0, "frames": 0, "detector_calls": 0}
+    names = OutputNames(Path(out)) if out is not None else None
+    stats = {"images": 0, "faces": 0, "skipped": 0, "videos": 0, "frames": 0, "detector_calls": 0, "cut_short": 0}
     show_bar = any(i.root is not None or i.video for i in items)
     with _progress(show_bar) as progress:
         job = Job(runtime, book, names, as_json, stats, progress, batch_size, settings)
@@ -263,6 +267,8 @@ def align(opts: AlignOptions) -> None:
     if stats["videos"]:
         parts.append(f"{stats['frames']} frame(s) of {stats['videos']} video(s), detector on {stats['detector_calls']} "
                      f"frame(s) ({stats['detector_calls'] / max(stats['frames'], 1):.3f} per frame)")
+    if stats["cut_short"]:
+        parts.append(f"{stats['cut_short']} video(s) ended before their declared frame count")
     if stats["skipped"]:
         parts.append(f"{stats['skipped']} unreadable image(s) skipped")
     if names is not None:
@@ -317,14 +323,23 @@ def _align_video(job: Job, item: Item) -> None:
 
     tracker = None if given else job.runtime.tracker(fps, job.settings)
     dst = job.names(item) if job.names is not None else None  # VideoWriter renames it into place only when complete
-    _video_frames(job, item, dst, frame_boxes, total, tracker)
+    if dst is not None and writable_fps(fps) != fps:
+        typer.echo(f"warning: {printable(str(item.path))} declares {fps:g} fps; {printable(str(dst))} is written at "
+                   f"{writable_fps(fps):g} fps", err=True)
+    frames = _video_frames(job, item, dst, frame_boxes, total, tracker)
     job.stats["videos"] += 1
+    if total is not None and frames < total:  # the decoder stopped early: a damaged or cut file
+        job.stats["cut_short"] += 1
+        typer.echo(f"warning: video {printable(str(item.path))} ended after {frames} of the {total} frames its header "
+                   "declares (damaged or truncated file)", err=True)
 
 
 def _video_frames(job: Job, item: Item, dst: Path | None, frame_boxes: Callable[[int], Any], total: int | None,
-                  tracker: FaceTracker | None = None) -> None:
-    """Frames of one video: tracked by ``tracker``, or each on its own with ``frame_boxes`` (None = detector)."""
+                  tracker: FaceTracker | None = None) -> int:
+    """Frames of one video: tracked by ``tracker``, or each on its own with ``frame_boxes`` (None = detector);
+    returns how many were decoded."""
     stats = job.stats
+    n = 0
     frames = annotate_video(job.runtime, item.path, dst, frame_boxes, batch_size=min(job.batch_size, 16),
                             tracker=tracker)
     with closing(frames):
@@ -335,8 +350,10 @@ def _video_frames(job: Job, item: Item, dst: Path | None, frame_boxes: Callable[
                 stats["detector_calls"] += 1
             _emit(str(item.path), faces, job.as_json, frame=idx)
             job.progress(item.path.name, advance=1, total=total)
+            n += 1
     if tracker is not None:
         stats["detector_calls"] += tracker.detector_calls
+    return n
 
 
 def _run_demo(opts: AlignOptions, out: Path) -> None:
@@ -344,7 +361,7 @@ def _run_demo(opts: AlignOptions, out: Path) -> None:
     runtime = opts.runtime()
     image = read_image(DEMO_IMAGE)
     item = Item(DEMO_IMAGE, None, False)
-    if opts.boxes:
+    if opts.boxes is not None:
         box = BoxBook.read(opts.boxes).lookup(item)
         source = opts.boxes
     else:

@@ -6,8 +6,10 @@ in and out; the BGR conversion for OpenCV's writers happens here and nowhere els
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,8 @@ import numpy as np
 
 from chs.runtime.errors import ChsError
 from chs.runtime.files import atomic_output
+from chs.runtime.imageheader import declared_size
+from chs.runtime.imageio import check_pixel_count
 
 if TYPE_CHECKING:
     from chs.runtime.landmarks import Face, LandmarkRuntime
@@ -25,6 +29,21 @@ IMAGE_WRITE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
 POINT_COLOR = (0, 255, 0)  # RGB
 BOX_COLOR = (255, 64, 64)
+WRITE_FPS_RANGE = (1.0, 1000.0)  # annotated videos: a header outside this (70000 or 1e-5 fps) is taken as broken
+MP4V_SIDE_RANGE = (2, 8191)  # frame sides (px) the mp4v (MPEG-4 part 2) encoder accepts
+
+
+def _quiet_ffmpeg() -> None:
+    """FFmpeg writes its own complaints about broken files to stderr; the ChsErrors here say it in one line."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
+def writable_fps(fps: float) -> float:
+    """The frame rate an annotated video is written at: the source's, clamped to ``WRITE_FPS_RANGE`` (mp4v
+    refuses 70000 fps and 1e-5 fps, which only broken headers declare); 25 when it is not a positive number."""
+    if not (math.isfinite(fps) and fps > 0):
+        return 25.0
+    return min(max(float(fps), WRITE_FPS_RANGE[0]), WRITE_FPS_RANGE[1])
 
 
 def draw_faces(image: np.ndarray, faces: Sequence[Face], point_color: tuple[int, int, int] = POINT_COLOR,
@@ -70,20 +89,35 @@ def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 
 
 
 class VideoReader:
-    """RGB frames of a video file (cv2.VideoCapture), with its fps, size and (estimated) frame count."""
+    """RGB frames of a video file (cv2.VideoCapture), with its fps, size and (estimated) frame count.
+
+    The frame size is held to the image pixel limit (``imageio.max_image_pixels``) before any frame is decoded:
+    an image header is checked before OpenCV opens the file, the stream's size right after."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_file():
             raise ChsError(f"video not found: {self.path}")
-        # FFmpeg writes its own complaints about broken files to stderr; the ChsError below says it in one line
-        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        try:  # a 12000x12000 PNG named .mp4: FFmpeg would decode it while probing the file
+            with open(self.path, "rb") as f:
+                size = declared_size(f.read(1 << 16))
+        except OSError as e:
+            raise ChsError(f"cannot read video {self.path}: {e.strerror or e}") from None
+        if size is not None:
+            check_pixel_count(size[0], size[1], str(self.path), what="video")
+        _quiet_ffmpeg()
         self._cap = cv2.VideoCapture(str(self.path))
         if not self._cap.isOpened():
             raise ChsError(f"cannot open video {self.path}: not a readable video file")
-        self.fps = float(self._cap.get(cv2.CAP_PROP_FPS)) or 25.0
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS))
+        self.fps = fps if math.isfinite(fps) and fps > 0 else 25.0
         self.width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         self.height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        try:
+            check_pixel_count(self.width, self.height, str(self.path), what="video")
+        except ChsError:
+            self.close()
+            raise
         self.frame_count = max(0, int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -102,29 +136,50 @@ class VideoReader:
 
 class VideoWriter:
     """mp4v video writer taking RGB frames; the size is fixed by the first frame (later frames of another
-    size are resized to it).
+    size are resized to it), the frame rate is ``writable_fps(fps)``.
 
-    The file is written under a temporary name beside the target and renamed when ``close()`` completes,
-    so an interrupted run leaves either a complete, playable video or none (``abort()`` deletes the part).
+    The file is written under a unique temporary name beside the target (``files.atomic_output``, so two runs
+    writing the same file do not share it) and renamed when ``close()`` completes, so an interrupted run leaves
+    either a complete, playable video or none (``abort()`` deletes the part).
     """
 
     def __init__(self, path: str | os.PathLike, fps: float):
         self.path = Path(path)
-        self.part = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
-        self.fps = fps
+        self.part: Path | None = None
+        self.fps = writable_fps(fps)
         self.frames = 0
         self._size: tuple[int, int] | None = None
         self._writer: cv2.VideoWriter | None = None
+        self._output: AbstractContextManager[Path] | None = None
+
+    def _open(self, w: int, h: int) -> None:
+        lo, hi = MP4V_SIDE_RANGE
+        if not (lo <= w <= hi and lo <= h <= hi):
+            raise ChsError(f"cannot write video {self.path}: its {w}x{h} px frames are outside what the mp4v codec "
+                           f"can write ({lo} to {hi} px a side)")
+        self._output = atomic_output(self.path)
+        try:
+            self.part = self._output.__enter__()
+        except OSError as e:
+            self._output = None
+            raise ChsError(f"cannot write video {self.path}: {e.strerror or e}") from None
+        self._size = (w, h)
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # the ChsError below is the one line
+        try:
+            self._writer = cv2.VideoWriter(str(self.part), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+        finally:
+            cv2.utils.logging.setLogLevel(level)
+        if not self._writer.isOpened():
+            self.abort()
+            raise ChsError(f"cannot write video {self.path}: OpenCV has no working mp4v encoder for {w}x{h} px at "
+                           f"{self.fps:g} fps")
 
     def write(self, frame: np.ndarray) -> None:
         if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            h, w = frame.shape[:2]
-            self._size = (w, h)
-            self._writer = cv2.VideoWriter(str(self.part), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
-            if not self._writer.isOpened():
-                self.abort()
-                raise ChsError(f"cannot write video {self.path} (mp4v codec unavailable or bad path)")
+            _quiet_ffmpeg()
+            self._open(frame.shape[1], frame.shape[0])
+        assert self._writer is not None
         if (frame.shape[1], frame.shape[0]) != self._size:
             frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
@@ -135,14 +190,22 @@ class VideoWriter:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-            os.replace(self.part, self.path)
+        if self._output is not None:
+            output, self._output = self._output, None
+            try:
+                output.__exit__(None, None, None)  # renames the part into place
+            except OSError as e:
+                raise ChsError(f"cannot write video {self.path}: {e.strerror or e}") from None
 
     def abort(self) -> None:
         """Drop a partly written video."""
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        self.part.unlink(missing_ok=True)
+        if self._output is not None:
+            output, self._output = self._output, None
+            aborted = ChsError(f"writing {self.path} aborted")
+            output.__exit__(ChsError, aborted, None)  # deletes the part
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -205,4 +268,5 @@ def _video_chunk(runtime: LandmarkRuntime, frames: list[np.ndarray], start: int,
         yield start + i, faces
 
 
-__all__ = ["VIDEO_EXTENSIONS", "VideoReader", "VideoWriter", "annotate_video", "draw_faces", "write_image"]
+__all__ = ["VIDEO_EXTENSIONS", "WRITE_FPS_RANGE", "VideoReader", "VideoWriter", "annotate_video", "draw_faces",
+           "write_image", "writable_fps"]

@@ -45,16 +45,18 @@ def max_image_pixels(max_pixels: int | None = None) -> int:
         raise ChsError(f"CHS_MAX_IMAGE_PIXELS must be a whole number, got '{env}'") from None
 
 
-def check_pixel_count(width: int, height: int, name: str, max_pixels: int | None = None) -> None:
-    """ChsError when width x height exceeds the pixel limit."""
+def check_pixel_count(width: int, height: int, name: str, max_pixels: int | None = None, what: str = "image") -> None:
+    """ChsError when width x height exceeds the pixel limit (``what``: "image", or "video" for a video's frames)."""
     limit = max_image_pixels(max_pixels)
     if width * height > limit:
-        raise ChsError(f"image {name} is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
+        raise ChsError(f"{what} {name} is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
                        f"{limit / 1e6:g} MP (set CHS_MAX_IMAGE_PIXELS to allow more)")
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as an RGB uint8 (H, W, 3) array, turned by its EXIF orientation."""
+    if "\0" in os.fsdecode(path):  # os.open would raise ValueError("embedded null byte")
+        raise ChsError(f"image path {os.fsdecode(path)!r:.80} contains a NUL byte")
     p = Path(path)
     data = read_input_bytes(p, "image", max_bytes=8 * max_image_pixels(max_pixels) + (1 << 20))
     return decode_image(data, str(p), max_pixels=max_pixels)

@@ -26,6 +26,7 @@ from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import crop_batch, to_image_coords
 from chs.runtime.geometry import check_box
 from chs.runtime.imageio import check_pixel_count, read_image
+from chs.runtime.options import whole_number
 from chs.runtime.tracking import FaceTracker, TrackerSettings
 
 ImageLike = str | os.PathLike | np.ndarray
@@ -107,8 +108,7 @@ class LandmarkRuntime:
     def __init__(self, runner: Runner, detector: FaceDetector | str | None = "auto", max_batch: int = 32):
         if not isinstance(runner, Runner):
             raise ChsError(f"{type(runner).__name__} is not a runner (needs .name, .meta and .infer(batch))")
-        if max_batch < 1:
-            raise ChsError(f"max_batch must be >= 1, got {max_batch}")
+        whole_number(max_batch, "max_batch", 1)
         if isinstance(detector, str) and detector not in DETECTOR_NAMES and not detector.endswith(".onnx"):
             raise ChsError(f"unknown detector '{detector}' ({', '.join(DETECTOR_NAMES)}, or a FaceDetector object)")
         if detector is not None and not isinstance(detector, str) and not callable(getattr(detector, "detect", None)):
@@ -163,6 +163,9 @@ class LandmarkRuntime:
 
     def predict_batch(self, images: Sequence[ImageLike], boxes_list: Sequence[Any] | None = None) -> list[list[Face]]:
         """Faces in several images; all their crops go through the runner in chunks of ``max_batch``."""
+        if isinstance(images, (str, bytes, os.PathLike)):  # a str is a Sequence too: of one-letter "paths"
+            raise ChsError(f"predict_batch takes a list of images, got one path {str(images)!r:.80}; use predict() "
+                           "for one image")
         if boxes_list is not None and len(boxes_list) != len(images):
             raise ChsError(f"got {len(images)} images but {len(boxes_list)} box lists")
         imgs: list[np.ndarray] = []

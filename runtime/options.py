@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import MISSING, field
 from typing import Any
@@ -16,6 +18,23 @@ def option(default: Any = MISSING, help: str = "", *, flag: str | None = None,
     for an on-only switch); ``parse``/``show``: typed there as text. Plain fields stay library-only."""
     meta = {"help": help, "flag": flag, "parse": parse, "show": show}
     return field(default=default, metadata=meta)
+
+
+def finite_number(value: Any, name: str) -> float:
+    """``value`` as a float, for settings checked when made: a string, bool, NaN or infinity would otherwise pass a
+    ``< 0`` check (or raise TypeError) and fail later, far from the cause."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ChsError(f"{name} must be a finite number, got {value!r:.40}")
+    return float(value)
+
+
+def whole_number(value: Any, name: str, low: int) -> int:
+    """``value`` as an int >= ``low`` (ints and numpy integers; not bools, floats or strings)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ChsError(f"{name} must be a whole number, got {value!r:.40}")
+    if value < low:
+        raise ChsError(f"{name} must be >= {low}, got {value}")
+    return int(value)
 
 
 def comma_list(text: str, flag: str) -> list[str]:

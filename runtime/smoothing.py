@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from chs.runtime.errors import ChsError
+from chs.runtime.options import finite_number
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class OneEuroSettings:
     pose_beta: float = 100.0
 
     def __post_init__(self) -> None:
+        for name in ("min_cutoff", "beta", "d_cutoff", "pose_beta"):
+            finite_number(getattr(self, name), name)
+        if self.pose_min_cutoff is not None and not finite_number(self.pose_min_cutoff, "pose_min_cutoff") > 0:
+            raise ChsError(f"pose_min_cutoff must be > 0 (or None: no pose smoothing), got {self.pose_min_cutoff}")
         if not (self.min_cutoff > 0 and self.d_cutoff > 0 and self.beta >= 0):
             raise ChsError(f"One-Euro settings need min_cutoff > 0, d_cutoff > 0, beta >= 0, got {self}")
         if self.mode not in ("aligned", "pixels"):

@@ -21,6 +21,7 @@ import numpy as np
 from chs.runtime.detector_eval import box_iou
 from chs.runtime.errors import ChsError
 from chs.runtime.geometry import box_from_landmarks, check_box
+from chs.runtime.options import finite_number, whole_number
 from chs.runtime.smoothing import LandmarkSmoother, OneEuroSettings
 
 if TYPE_CHECKING:
@@ -44,12 +45,14 @@ class TrackerSettings:
     max_faces: int | None = None
 
     def __post_init__(self) -> None:
-        if self.redetect_every < 0:
-            raise ChsError(f"redetect_every must be >= 0, got {self.redetect_every}")
-        if not 0 < self.match_iou <= 1:
+        whole_number(self.redetect_every, "redetect_every", 0)
+        finite_number(self.min_score, "min_score")
+        if not 0 < finite_number(self.match_iou, "match_iou") <= 1:
             raise ChsError(f"match_iou must be in (0, 1], got {self.match_iou}")
-        if self.max_faces is not None and self.max_faces < 1:
-            raise ChsError(f"max_faces must be >= 1, got {self.max_faces}")
+        if self.max_faces is not None:
+            whole_number(self.max_faces, "max_faces", 1)
+        if not isinstance(self.one_euro, OneEuroSettings):
+            raise ChsError(f"one_euro must be a OneEuroSettings, got {type(self.one_euro).__name__}")
 
 
 @dataclass
@@ -92,8 +95,10 @@ class FaceTracker:
     """
 
     def __init__(self, runtime: LandmarkRuntime, settings: TrackerSettings | None = None, fps: float = 30.0):
-        if not fps > 0:
+        if not finite_number(fps, "fps") > 0:  # the smoothing's time base: frame n is at n / fps seconds
             raise ChsError(f"fps must be > 0, got {fps}")
+        if settings is not None and not isinstance(settings, TrackerSettings):
+            raise ChsError(f"settings must be a TrackerSettings, got {type(settings).__name__}")
         self.runtime = runtime
         self.settings = settings or TrackerSettings()
         self.fps = float(fps)
@@ -182,11 +187,6 @@ class FaceTracker:
         """``update`` over a stream of frames."""
         for frame in frames:
             yield self.update(frame)
-
-    @property
-    def detector_rate(self) -> float:
-        """Detector calls per frame so far."""
-        return self.detector_calls / self.frames if self.frames else 0.0
 
 
 __all__ = ["FaceTracker", "TrackerSettings", "video_detector"]

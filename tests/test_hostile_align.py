@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ import typer
 from typer.testing import CliRunner
 
 from chs.align_cmd import align
+from chs.runtime.draw import VideoWriter
 from chs.runtime.landmarks import LandmarkRuntime
 from tests.test_align_cli import _boxes_file as _boxes
 from tests.test_align_cli import _image, _write
@@ -241,3 +243,128 @@ def test_newline_in_a_path_keeps_plain_output_one_line_per_face(tiny_onnx, tmp_p
     assert len(lines) == 1 and "two\\nlines.png  face 0" in lines[0], lines
     res = _run(img, "--model", tiny_onnx, "--boxes", bf, "--json")
     assert json.loads(res.stdout)["image"] == str(img)
+
+
+# ------------------------------------------------------------------------------------ damaged and odd videos
+def _avi(path: Path, frames: int = 20, size: tuple[int, int] = (64, 48), rate: int = 10, scale: int = 1) -> Path:
+    """An MJPG .avi whose header declares ``rate / scale`` fps (patched in: OpenCV's writer refuses odd rates)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(_image(size[1], size[0], i)[..., ::-1])
+    writer.release()
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<II", data, data.find(b"strh") + 28, scale, rate)  # dwScale, dwRate
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _frames_and_fps(path: Path) -> tuple[int, float]:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    return n, cap.get(cv2.CAP_PROP_FPS)
+
+
+def test_a_video_cut_short_is_reported_with_both_counts(tiny_onnx, tmp_path):
+    whole = _avi(tmp_path / "whole.avi")
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])  # the header still declares 20 frames
+    bf = _boxes(tmp_path / "b.json", {"whole.avi": [[10, 8, 50, 44]], "cut.avi": [[10, 8, 50, 44]]})
+    res = _run(cut, "--model", tiny_onnx, "--boxes", bf, "--json")
+    assert res.exit_code == 0, res.stderr
+    decoded = len({json.loads(line)["frame"] for line in res.stdout.splitlines()})
+    assert 0 < decoded < 20
+    lines = res.stderr.strip().splitlines()
+    assert lines[0] == (f"warning: video {cut} ended after {decoded} of the 20 frames its header declares "
+                        "(damaged or truncated file)"), lines
+    assert "1 video(s) ended before their declared frame count" in lines[-1]
+    res = _run(whole, "--model", tiny_onnx, "--boxes", bf, "--json")
+    assert res.exit_code == 0 and "warning" not in res.stderr and len(res.stdout.splitlines()) == 20
+
+
+def test_empty_path_strings_are_refused(tiny_onnx, tmp_path):
+    img = _write(tmp_path / "a.png", _image())
+    _one_error_line(_run("", "--model", tiny_onnx), "error: an input path is empty ('')")
+    _one_error_line(_run(img, "--model", tiny_onnx, "--boxes", ""), "error: --boxes is an empty path ('')")
+    _one_error_line(_run(img, "--model", tiny_onnx, "--out", ""), "error: --out is an empty path ('')")
+    _one_error_line(_run("--demo", "--model", tiny_onnx, "--out", ""), "error: --out is an empty path ('')")
+    _one_error_line(_run(img, "--model", ""), "error: the model path is empty ('')")
+
+
+def test_model_and_boxes_paths_are_named_for_what_they_are(tiny_onnx, tmp_path):
+    img = _write(tmp_path / "a.png", _image())
+    (tmp_path / "d.onnx").mkdir()
+    _one_error_line(_run(img, "--model", tmp_path / "d.onnx"), "d.onnx is a folder, not a model file")
+    _one_error_line(_run(img, "--model", tmp_path), f"model {tmp_path} is a folder without a model")
+    os.mkfifo(tmp_path / "fifo.json")
+    for boxes, what in (("/dev/null", "is a character device"), (tmp_path / "fifo.json", "is a FIFO (named pipe)"),
+                        (tmp_path / "d.onnx", "is a directory"), (tmp_path / "none.json", "boxes file not found")):
+        line = _one_error_line(_run(img, "--model", tiny_onnx, "--boxes", boxes), what)
+        assert "boxes file" in line, line
+
+
+def test_odd_frame_rates_are_written_at_a_sane_rate(tiny_onnx, tmp_path):
+    bf = _boxes(tmp_path / "b.json", {"fast.avi": [[10, 8, 50, 44]], "slow.avi": [[10, 8, 50, 44]]})
+    for name, rate, scale, written in (("fast.avi", 70000, 1, 1000.0), ("slow.avi", 1, 100000, 1.0)):
+        src = _avi(tmp_path / name, frames=5, rate=rate, scale=scale)
+        res = _run(src, "--model", tiny_onnx, "--boxes", bf, "--out", tmp_path / "out")
+        assert res.exit_code == 0, res.stderr
+        dst = tmp_path / "out" / f"{src.stem}_landmarks.mp4"
+        assert res.stderr.splitlines()[0] == (f"warning: {src} declares {rate / scale:g} fps; {dst} is written at "
+                                              f"{written:g} fps")
+        assert _frames_and_fps(dst) == (5, written)
+
+
+def test_frames_too_small_for_the_codec_are_named(tiny_onnx, tmp_path):
+    src = _avi(tmp_path / "dot.avi", frames=3, size=(1, 1))
+    res = _run(src, "--model", tiny_onnx, "--boxes", _boxes(tmp_path / "b.json", {"dot.avi": []}),
+               "--out", tmp_path / "out")
+    _one_error_line(res, f"error: cannot write video {tmp_path / 'out' / 'dot_landmarks.mp4'}: its 1x1 px frames are "
+                         "outside what the mp4v codec can write (2 to 8191 px a side)")
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_a_failing_video_writer_is_one_line_without_opencv_logs(tmp_path):
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from chs.runtime.draw import VideoWriter
+        from chs.runtime.errors import ChsError
+        w = VideoWriter({str(tmp_path / "v.mp4")!r}, 25.0)
+        w.fps = 70000.0  # past the clamp: mp4v refuses it
+        try:
+            w.write(np.zeros((48, 64, 3), np.uint8))
+        except ChsError as e:
+            print("ChsError:", e)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == (f"ChsError: cannot write video {tmp_path / 'v.mp4'}: OpenCV has no working mp4v "
+                                  "encoder for 64x48 px at 70000 fps"), (res.stdout, res.stderr)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_writers_of_one_video_use_their_own_temporary_files(tmp_path):
+    """Two runs writing the same annotated video: each its own part file, the last to finish wins whole."""
+    target = tmp_path / "out" / "clip_landmarks.mp4"
+    first, second = VideoWriter(target, 10.0), VideoWriter(target, 10.0)
+    for i in range(6):
+        first.write(_image(48, 64, i))
+        if i < 4:
+            second.write(_image(48, 64, i))
+    assert first.part != second.part and first.part.exists() and second.part.exists()
+    first.close()
+    assert _frames_and_fps(target)[0] == 6
+    second.close()
+    assert _frames_and_fps(target)[0] == 4
+    assert [p.name for p in target.parent.iterdir()] == ["clip_landmarks.mp4"]
+
+
+def test_video_frames_are_held_to_the_pixel_limit_before_decoding(tiny_onnx, tmp_path, monkeypatch):
+    (tmp_path / "bomb.mp4").write_bytes(png_declaring(30000, 30000))
+    _one_error_line(_run(tmp_path / "bomb.mp4", "--model", tiny_onnx),
+                    f"error: video {tmp_path / 'bomb.mp4'} is 30000x30000 = 900.0 MP, over the limit of 100 MP")
+    src = _video(tmp_path / "clip.mp4", 3)
+    monkeypatch.setenv("CHS_MAX_IMAGE_PIXELS", "1000")
+    _one_error_line(_run(src, "--model", tiny_onnx), f"error: video {src} is 96x80 = 0.0 MP, over the limit of 0.001")

@@ -218,8 +218,16 @@ def test_model_errors(tiny_onnx, tmp_path, foreign_onnx):
     (tmp_path / "model.pt").write_bytes(b"x")
     with pytest.raises(ChsError, match="unknown model file"):
         LandmarkRuntime.load(tmp_path / "model.pt")
+    with pytest.raises(ChsError, match=f"model {tmp_path} is a folder without a model"):
+        LandmarkRuntime.load(tmp_path)
+    (tmp_path / "d.onnx").mkdir()
+    with pytest.raises(ChsError, match="d.onnx is a folder, not a model file"):
+        LandmarkRuntime.load(tmp_path / "d.onnx")
+    (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ChsError, match="training checkpoint"):
         LandmarkRuntime.load(tmp_path)
+    with pytest.raises(ChsError, match=r"the model path is empty \(''\)"):
+        LandmarkRuntime.load("")
     with pytest.raises(ChsError, match="cannot run a .onnx"):
         LandmarkRuntime.load(tiny_onnx, backend="tensorrt")
     with pytest.raises(ChsError, match="unknown backend"):
@@ -316,3 +324,25 @@ def test_detector_follows_the_landmark_models_provider():
     names = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-tensorrt": "tensorrt", "trt": "auto", "torch": "auto"}
     for name, expected in names.items():
         assert runner_providers(SimpleNamespace(name=name)) == expected
+
+
+@pytest.mark.parametrize("max_batch, message", [
+    ("3", "max_batch must be a whole number, got '3'"), (float("nan"), "max_batch must be a whole number, got nan"),
+    (2.5, "max_batch must be a whole number, got 2.5"), (0, "max_batch must be >= 1, got 0"),
+])
+def test_max_batch_is_checked(tiny_onnx, max_batch, message):
+    with pytest.raises(ChsError) as e:
+        LandmarkRuntime.load(tiny_onnx, max_batch=max_batch)
+    assert str(e.value) == message
+    assert LandmarkRuntime.load(tiny_onnx, max_batch=np.int64(3), detector=None).max_batch == 3
+
+
+def test_paths_given_where_they_do_not_fit(rt):
+    with pytest.raises(ChsError) as e:
+        rt.predict("a\0b.png", [[10, 10, 60, 60]])
+    assert str(e.value) == "image path 'a\\x00b.png' contains a NUL byte"
+    for one in (str(DEMO), DEMO):
+        with pytest.raises(ChsError) as e:
+            rt.predict_batch(one)
+        msg = str(e.value)
+        assert msg.startswith("predict_batch takes a list of images, got one path '") and "use predict()" in msg, msg

@@ -111,6 +111,36 @@ def test_tracker_settings_are_checked():
         OneEuroSettings(mode="kalman")
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: TrackerSettings(max_faces=float("nan")), "max_faces must be a whole number, got nan"),
+    (lambda: TrackerSettings(max_faces=0), "max_faces must be >= 1, got 0"),
+    (lambda: TrackerSettings(redetect_every="3"), "redetect_every must be a whole number, got '3'"),
+    (lambda: TrackerSettings(redetect_every=float("nan")), "redetect_every must be a whole number, got nan"),
+    (lambda: TrackerSettings(min_score=float("nan")), "min_score must be a finite number, got nan"),
+    (lambda: TrackerSettings(min_score=float("inf")), "min_score must be a finite number, got inf"),
+    (lambda: TrackerSettings(match_iou="0.3"), "match_iou must be a finite number, got '0.3'"),
+    (lambda: TrackerSettings(one_euro={"beta": 1}), "one_euro must be a OneEuroSettings, got dict"),
+    (lambda: OneEuroSettings(beta=float("nan")), "beta must be a finite number, got nan"),
+    (lambda: OneEuroSettings(pose_min_cutoff=0), "pose_min_cutoff must be > 0"),
+])
+def test_tracker_settings_refuse_wrong_types_and_non_finite_values(make, message):
+    with pytest.raises(ChsError) as e:
+        make()
+    assert str(e.value) == message or str(e.value).startswith(message), str(e.value)
+
+
+@pytest.mark.parametrize("fps, message", [
+    (float("inf"), "fps must be a finite number, got inf"), (float("nan"), "fps must be a finite number, got nan"),
+    ("30", "fps must be a finite number, got '30'"), (0, "fps must be > 0, got 0"), (-5.0, "fps must be > 0, got -5.0"),
+])
+def test_tracker_fps_is_checked(rt, fps, message):
+    with pytest.raises(ChsError) as e:
+        rt.tracker(fps=fps)
+    assert str(e.value) == message
+    with pytest.raises(ChsError, match="settings must be a TrackerSettings, got dict"):
+        rt.tracker(settings={"smooth": False})
+
+
 # ------------------------------------------------------------------------------------------ smoothing
 def _shape(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(68, 2)) * 20 + 100

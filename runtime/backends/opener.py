@@ -39,6 +39,8 @@ def open_model(model: str | os.PathLike, backend: str = "auto", providers: str =
         return TritonRunner(str(model))
     if backend not in BACKENDS:
         raise ChsError(f"unknown backend '{backend}' (auto, torch, ort, tensorrt)")
+    if str(model) == "":
+        raise ChsError("the model path is empty ('')")  # Path('') would be the current folder
     if str(model) == "default" and (checkpoint is None or backend not in ("auto", "torch")):
         if not DEFAULT_MODEL.is_file():
             raise ChsError(f"the bundled default model is not installed ({DEFAULT_MODEL}); pass a model file")
@@ -47,6 +49,10 @@ def open_model(model: str | os.PathLike, backend: str = "auto", providers: str =
     if not path.exists():
         raise ChsError(f"model not found: {path}")
     suffix = path.suffix.lower()
+    if path.is_dir() and not (path / "config.json").is_file():
+        what = "a folder, not a model file" if suffix in (".onnx", ".engine", ".plan") else "a folder without a model"
+        raise ChsError(f"model {path} is {what} (expected an .onnx, .engine or .plan file, or a checkpoint folder "
+                       "with config.json)")
     if path.is_dir() or path.name == "config.json":
         if checkpoint is None:
             raise ChsError(f"{path} is a training checkpoint: export it with chs-export (the runtime serves .onnx "
