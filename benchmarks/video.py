@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from chs.runtime.datasets import FaceSample
-from chs.runtime.detector_eval import box_iou
+from chs.runtime.detector import MATCH_IOU, box_iou
 from chs.runtime.draw import VideoReader, VideoWriter
 from chs.runtime.geometry import box_from_landmarks, invert_affine, transform_points
 from chs.runtime.landmarks import Face, LandmarkRuntime
@@ -95,13 +95,13 @@ def make_clip(sample: FaceSample, spec: ClipSpec = ClipSpec(), workdir: str | No
 
 
 def _pick(faces: list[Face], truth: np.ndarray) -> np.ndarray | None:
-    """The reported face that is this clip's face (IoU >= 0.3 with the moved GT-landmark box), or None."""
+    """The reported face that is this clip's face (IoU >= MATCH_IOU with the moved GT-landmark box), or None."""
     if not faces:
         return None
     gt = box_from_landmarks(truth)
     iou = box_iou(np.array([f.box for f in faces]), gt)[:, 0]
     k = int(iou.argmax())
-    return faces[k].landmarks if iou[k] >= 0.3 else None
+    return faces[k].landmarks if iou[k] >= MATCH_IOU else None
 
 
 def run_pipeline(runtime: LandmarkRuntime, clip: Clip, mode: str, settings: TrackerSettings) -> dict:

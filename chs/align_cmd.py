@@ -26,7 +26,7 @@ from chs.runtime.assets import DEMO_IMAGE
 from chs.runtime.datasets import IMAGE_EXTENSIONS
 from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, writable_fps, write_image
 from chs.runtime.errors import ChsError
-from chs.runtime.files import check_input, check_output_dir, read_input_bytes
+from chs.runtime.files import check_input, check_output_dir, read_json
 from chs.runtime.imageio import read_image
 from chs.runtime.landmarks import Face, LandmarkRuntime
 from chs.runtime.options import option
@@ -55,13 +55,7 @@ class BoxBook:
     @classmethod
     def read(cls, path: str) -> BoxBook:
         p = Path(path)
-        raw = read_input_bytes(p, "boxes file")  # names a folder, FIFO or device for what it is
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except json.JSONDecodeError as e:
-            raise ChsError(f"boxes file {p} is not valid JSON (line {e.lineno}: {e.msg})") from None
-        except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: e.g. a 5000-digit integer
-            raise ChsError(f"cannot read boxes file {p}: {str(e)[:200]}") from None
+        data = read_json(p, "boxes file")  # names a folder, FIFO or device for what it is
         if not isinstance(data, dict):
             raise ChsError(f'boxes file {p} must hold an object {{"image": [[x0, y0, x1, y1], ...]}}')
         entries = {}

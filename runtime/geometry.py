@@ -123,6 +123,24 @@ def transform_points(points: np.ndarray, m: np.ndarray) -> np.ndarray:
     return p @ m[:, :2].T + m[:, 2]
 
 
+def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares 2x3 similarity (scale, rotation, translation) taking ``src`` (n, 2) onto ``dst`` (n, 2)
+    (Umeyama without reflection); points that are not finite in either are left out."""
+    ok = np.isfinite(src).all(axis=1) & np.isfinite(dst).all(axis=1)
+    a, b = src[ok], dst[ok]
+    if len(a) < 2:
+        return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    ma, mb = a.mean(axis=0), b.mean(axis=0)
+    ac, bc = a - ma, b - mb
+    den = float((ac**2).sum())
+    if den <= 0:
+        return np.array([[1.0, 0.0, mb[0] - ma[0]], [0.0, 1.0, mb[1] - ma[1]]])
+    c = float((ac * bc).sum()) / den
+    s = float((ac[:, 0] * bc[:, 1] - ac[:, 1] * bc[:, 0]).sum()) / den
+    r = np.array([[c, -s], [s, c]])
+    return np.concatenate([r, (mb - r @ ma)[:, None]], axis=1)
+
+
 def warp_crop(image: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
     """Cut the ``size`` x ``size`` crop that ``m`` describes (bilinear, black outside the image)."""
     return cv2.warpAffine(image, m.astype(np.float64), (size, size), flags=cv2.INTER_LINEAR,

@@ -22,7 +22,7 @@ import numpy as np
 
 from .datasets import FaceSample
 from .errors import ChsError
-from .geometry import box_from_landmarks
+from .geometry import box_from_landmarks, fit_similarity, transform_points
 
 PathLike = str | os.PathLike
 
@@ -43,25 +43,11 @@ BOX_FROM_NOSE = np.array([[-2.11489, 0.00867, 0.01498],
 NOSE_RANGE = ((-0.340, 0.371), (-0.186, 0.279))
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, float, float, float]:
-    """Least-squares similarity src -> dst as (a, b, tx, ty): u = a x - b y + tx, v = b x + a y + ty."""
-    src, dst = np.asarray(src, dtype=np.float64), np.asarray(dst, dtype=np.float64)
-    ms, md = src.mean(0), dst.mean(0)
-    s, d = src - ms, dst - md
-    den = float((s**2).sum())
-    if den <= 0:
+def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The least-squares similarity src -> dst (2x3); a face whose points all coincide has none."""
+    if not np.ptp(np.asarray(src, dtype=np.float64), axis=0).any():
         raise ChsError("5-point face has all points at one place")
-    a = float((s * d).sum()) / den
-    b = float((s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum()) / den
-    tx = md[0] - (a * ms[0] - b * ms[1])
-    ty = md[1] - (b * ms[0] + a * ms[1])
-    return a, b, float(tx), float(ty)
-
-
-def _apply(sim: tuple[float, float, float, float], pts: np.ndarray) -> np.ndarray:
-    a, b, tx, ty = sim
-    p = np.asarray(pts, dtype=np.float64)
-    return np.stack([a * p[..., 0] - b * p[..., 1] + tx, b * p[..., 0] + a * p[..., 1] + ty], axis=-1)
+    return fit_similarity(np.asarray(src, dtype=np.float64), np.asarray(dst, dtype=np.float64))
 
 
 def box_from_five(points: np.ndarray, coef: np.ndarray = BOX_FROM_NOSE,
@@ -75,12 +61,12 @@ def box_from_five(points: np.ndarray, coef: np.ndarray = BOX_FROM_NOSE,
     if p.shape != (5, 2) or not np.isfinite(p).all():
         raise ChsError(f"a 5-point box needs 5 finite (x, y) points, got shape {p.shape}")
     to_canon = _similarity(p, FIVE_TEMPLATE)
-    nose = _apply(to_canon, p)[2]
+    nose = transform_points(p, to_canon)[2]
     nose = np.clip(nose, [r[0] for r in nose_range], [r[1] for r in nose_range])
     cx, cy, hw, hh = coef @ np.array([nose[0], nose[1], 1.0])
     back = _similarity(FIVE_TEMPLATE, p)
-    centre = _apply(back, np.array([cx, cy]))
-    scale = float(np.hypot(back[0], back[1]))
+    centre = transform_points(np.array([cx, cy]), back)
+    scale = float(np.hypot(back[0, 0], back[1, 0]))
     return np.array([centre[0] - scale * hw, centre[1] - scale * hh, centre[0] + scale * hw, centre[1] + scale * hh])
 
 
@@ -101,8 +87,8 @@ def fit_five_point_box(landmarks68: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     feats, target = [], []
     for full, p in zip(lm, five, strict=True):
         sim = _similarity(p, template)
-        nose = _apply(sim, p)[2]
-        b = box_from_landmarks(_apply(sim, full))
+        nose = transform_points(p, sim)[2]
+        b = box_from_landmarks(transform_points(full, sim))
         feats.append([nose[0], nose[1], 1.0])
         target.append([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2, (b[2] - b[0]) / 2, (b[3] - b[1]) / 2])
     coef = np.linalg.lstsq(np.array(feats), np.array(target), rcond=None)[0].T

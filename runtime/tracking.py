@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chs.runtime.detector_eval import box_iou
+from chs.runtime.detector import MATCH_IOU, box_iou
 from chs.runtime.errors import ChsError
 from chs.runtime.geometry import box_from_landmarks, check_box
 from chs.runtime.options import finite_number, whole_number
@@ -27,6 +27,9 @@ from chs.runtime.smoothing import LandmarkSmoother, OneEuroSettings
 if TYPE_CHECKING:
     from chs.runtime.detector import FaceDetector
     from chs.runtime.landmarks import Face, LandmarkRuntime
+
+# two tracks whose faces overlap this much follow one face: the younger one is dropped
+DUPLICATE_IOU = 0.5
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class TrackerSettings:
 
     redetect_every: int = 30
     min_score: float = 0.7
-    match_iou: float = 0.3
+    match_iou: float = MATCH_IOU
     smooth: bool = True
     one_euro: OneEuroSettings = field(default_factory=OneEuroSettings)
     max_faces: int | None = None
@@ -166,7 +169,7 @@ class FaceTracker:
         order = sorted(range(len(tracks)), key=lambda i: tracks[i].id)
         kept: list[int] = []
         for i in order:
-            if all(box_iou(faces[i].box, faces[k].box)[0, 0] < 0.5 for k in kept):
+            if all(box_iou(faces[i].box, faces[k].box)[0, 0] < DUPLICATE_IOU for k in kept):
                 kept.append(i)
         if s.max_faces is not None:
             kept = sorted(kept, key=lambda i: -faces[i].score)[: s.max_faces]

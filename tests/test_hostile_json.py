@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from chs.align_cmd import BoxBook
 from chs.runtime.artifact import META_KEY, ModelMeta
 from chs.runtime.contract import read_contract
 from chs.runtime.datasets import load_dataset
@@ -36,7 +37,8 @@ def test_every_json_reader_names_the_deep_file(tmp_path):
     deep.write_text(DEEP)
     for call, what in [(lambda: read_json(deep, "boxes file"), "boxes file"),
                        (lambda: load_dataset(deep), "COCO annotation file"),
-                       (lambda: read_contract(deep), "contract file")]:
+                       (lambda: read_contract(deep), "contract file"),
+                       (lambda: BoxBook.read(str(deep)), "boxes file")]:
         with pytest.raises(ChsError, match=f"{what} {deep} is nested too deeply"):
             call()
     with pytest.raises(ChsError, match="model's CHS metadata is nested too deeply"):
