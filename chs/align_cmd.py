@@ -88,10 +88,12 @@ class BoxBook:
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def collect_inputs(inputs: list[str]) -> list[Item]:
-    """Files as named (videos by extension); folders expanded to their images and videos, sorted. A named
-    FIFO, device or symlink loop is an error; inside a folder such entries are skipped with a warning."""
+def collect_inputs(inputs: list[str]) -> tuple[list[Item], int]:
+    """(items, entries skipped): files as named (videos by extension); folders expanded to their images and
+    videos, sorted. A named FIFO, device or symlink loop is an error; inside a folder such entries are skipped
+    with a warning and counted with the unreadable images."""
     items: list[Item] = []
+    skipped = 0
     for raw in inputs:
         if not raw:
             raise ChsError("an input path is empty ('')")  # Path('') would be the current folder
@@ -109,12 +111,13 @@ def collect_inputs(inputs: list[str]) -> list[Item]:
                     check_input(f, "file")
                 except ChsError as e:
                     typer.echo(f"warning: skipped {printable(str(f))}: {printable(str(e))}", err=True)
+                    skipped += 1
             if not found:
                 typer.echo(f"warning: no images or videos in folder {printable(str(p))}", err=True)
             items += [Item(f, p, f.suffix.lower() in VIDEO_EXTENSIONS) for f in found]
         else:
             items.append(Item(p, None, p.suffix.lower() in VIDEO_EXTENSIONS))
-    return items
+    return items, skipped
 
 
 class OutputNames:
@@ -211,7 +214,7 @@ class AlignOptions:
     smooth: bool = option(True, "Video: One-Euro smoothing of the tracked landmarks (never applied to still "
                           "images).", flag="--smooth/--no-smooth")
     redetect_every: int | None = option(None, "Video: run the detector at least every N frames to pick up new faces "
-                                        "(0 = only when a face is lost) [default: TrackerSettings.redetect_every].")
+                                        f"(0 = only when a face is lost) [default: {TrackerSettings.redetect_every}].")
 
     def runtime(self) -> LandmarkRuntime:
         return LandmarkRuntime.load(self.model, backend=self.backend, max_batch=self.batch_size, detector=self.detector)
@@ -239,13 +242,13 @@ def align(opts: AlignOptions) -> None:
         raise ChsError("no inputs: give image files, folders or videos (or try --demo)")
     if out is not None:
         check_output_dir(out)
-    items = collect_inputs(inputs)
+    items, skipped = collect_inputs(inputs)
     if not items:
         raise ChsError("no images or videos found in the given folders")
     book = BoxBook.read(opts.boxes) if opts.boxes is not None else BoxBook({})
     runtime = opts.runtime()
     names = OutputNames(Path(out)) if out is not None else None
-    stats = {"images": 0, "faces": 0, "skipped": 0, "videos": 0, "frames": 0, "detector_calls": 0, "cut_short": 0}
+    stats = {"images": 0, "faces": 0, "skipped": skipped, "videos": 0, "frames": 0, "detector_calls": 0, "cut_short": 0}
     show_bar = any(i.root is not None or i.video for i in items)
     with _progress(show_bar) as progress:
         job = Job(runtime, book, names, as_json, stats, progress, batch_size, settings)

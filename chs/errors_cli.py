@@ -98,6 +98,11 @@ class OneLineTyper(typer.Typer):
     other bad input: one ``error:`` line and exit 2, not click's multi-line usage panel. ``--help`` and a bare
     command that shows its help are unchanged."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # help texts are plain text: "chs[detect]" and "[default: 30]" must not be read as rich markup and vanish
+        kwargs.setdefault("rich_markup_mode", None)
+        super().__init__(*args, **kwargs)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:

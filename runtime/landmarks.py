@@ -110,7 +110,7 @@ class LandmarkRuntime:
             raise ChsError(f"{type(runner).__name__} is not a runner (needs .name, .meta and .infer(batch))")
         whole_number(max_batch, "max_batch", 1)
         if isinstance(detector, str) and detector not in DETECTOR_NAMES and not detector.endswith(".onnx"):
-            raise ChsError(f"unknown detector '{detector}' ({', '.join(DETECTOR_NAMES)}, or a FaceDetector object)")
+            raise ChsError(f"unknown detector '{detector}' (yunet, dlib, a YuNet .onnx file, or a FaceDetector object)")
         if detector is not None and not isinstance(detector, str) and not callable(getattr(detector, "detect", None)):
             raise ChsError(f"{type(detector).__name__} is not a face detector (needs .detect(image) -> "
                            "(boxes, scores), and .box_map to map its boxes)")

@@ -28,9 +28,11 @@ def test_usage_errors_are_one_line_and_exit_2(args, message):
     assert res.stdout == ""
 
 
-def test_help_is_unchanged():
+def test_help_shows_options_and_their_bracketed_text():
     res = _chs("align", "--help")
     assert res.returncode == 0 and "Usage:" in res.stdout and "--out" in res.stdout and res.stderr == ""
+    text = " ".join(res.stdout.split())  # help texts are plain: brackets are not eaten as rich markup
+    assert "dlib (pip install chs[detect])" in text and "lost) [default: 30]" in text
     bare = _chs()  # no command: the help, as before
     assert bare.returncode in (0, 2) and "Usage:" in bare.stdout + bare.stderr and "error:" not in bare.stderr
 
