@@ -18,6 +18,7 @@ from chs.model.training.mixed import (
     FivePointTrainSet,
     MixedBatchSampler,
     MixedTrainSet,
+    awing_weights,
     direct_points,
     five_point_matrix,
     gaussian_maps,
@@ -179,3 +180,13 @@ def test_trainer_runs_mixed_supervision_and_reports_offset_and_five_point_val(fa
 def test_five_point_set_refuses_full_faces(faces):
     with pytest.raises(ChsError, match="68-point faces"):
         FivePointTrainSet(load_dataset(faces), get_preset("tiny"), 0, None)
+
+
+def test_five_point_weight_map_is_the_full_faces_awing_map():
+    """The 5-point faces' torch weight map and the full faces' numpy one share AWing's threshold and weight."""
+    from chs.model.training.targets import AWING_WEIGHT, awing_weight_map
+
+    target = gaussian_maps(torch.tensor([[[3.2, 4.7], [0.0, 15.0], [9.5, 9.5]]]), 16, 1.5)
+    got = awing_weights(target)
+    np.testing.assert_array_equal(got.numpy(), awing_weight_map(target[0].numpy())[None])
+    assert set(np.unique(got.numpy())) == {1.0, AWING_WEIGHT}

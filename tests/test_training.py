@@ -290,3 +290,25 @@ def test_flip_probability_is_checked(faces, tmp_path):
     with pytest.raises(ChsError, match="flip must be a probability"):
         Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", flip=1.5))
     assert Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run0", flip=0.0)).train_set.augment.flip == 0.0
+
+
+def test_augmentation_shifts_scale_with_the_inference_crop_side(faces):
+    """Training jitter is in units of the crop side that inference uses (runtime.geometry.crop_side, one
+    formula for both): the unjittered crop maps crop_side(box) image pixels onto the crop."""
+    from chs.model.training.augment import AugmentConfig, augment_crop
+    from chs.runtime.datasets import load_dataset
+    from chs.runtime.geometry import CropRule, box_from_landmarks, crop_affine, crop_side
+    from chs.runtime.schemes import get_scheme
+
+    s, scheme = load_dataset(faces)[0], get_scheme("68")
+    box, rule = box_from_landmarks(s.landmarks), CropRule(scale=1.4)
+    assert crop_side(box, rule) == pytest.approx(max(box[2] - box[0], box[3] - box[1]) * 1.4)
+    assert np.hypot(*crop_affine(box, 64, rule)[:, 0]) == pytest.approx(64 / crop_side(box, rule))
+    still = dict(scale=0.0, rotation=0.0, flip=0.0, occlusion=0.0, photometric=0.0)
+    _, p0 = augment_crop(s.load_image(), s.landmarks, box, 64, rule, scheme, None)
+    _, p1 = augment_crop(s.load_image(), s.landmarks, box, 64, rule, scheme, np.random.default_rng(0),
+                         AugmentConfig(translation=25.0, **still))
+    # a shift of at most 25/256 of the crop side moves every point by the same at most 25/256 * 64 crop pixels
+    d = p1 - p0
+    np.testing.assert_allclose(d, d[:1].repeat(len(d), 0), atol=1e-9)
+    assert 0 < np.abs(d[0]).max() <= 25 / 256 * 64 + 1e-9

@@ -28,6 +28,7 @@ from chs.model.config import ChsConfig
 from chs.model.training.augment import AugmentConfig, augment_crop
 from chs.model.training.data import FaceTrainSet
 from chs.model.training.losses import adaptive_wing_loss, log_wing_loss
+from chs.model.training.targets import AWING_THRESHOLD, AWING_WEIGHT
 from chs.runtime.datasets import FaceSample
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import load_images
@@ -80,6 +81,11 @@ def gaussian_maps(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor
     return gy[..., :, None] * gx[..., None, :]
 
 
+def awing_weights(target: torch.Tensor) -> torch.Tensor:
+    """:func:`awing_weight_map`'s torch twin for (N, m, H, W) targets made on the training device."""
+    return 1.0 + (AWING_WEIGHT - 1.0) * F.max_pool2d((target > AWING_THRESHOLD).float(), 3, 1, 1)
+
+
 class FivePointTerms(nn.Module):
     """The 5-point faces' loss, with the learned per-point offset (heatmap cells) of their labels."""
 
@@ -99,7 +105,7 @@ class FivePointTerms(nn.Module):
             return coord
         k5, k68 = zip(*self.direct, strict=True)
         target = gaussian_maps(five[:, list(k5)] - self.offset[list(k5)].detach(), self.size, self.sigma)
-        weight = 1.0 + 9.0 * F.max_pool2d((target > 0.2).float(), 3, 1, 1)  # AWing's dilated foreground
+        weight = awing_weights(target)
         hm = sum(adaptive_wing_loss(h[:, list(k68)].float(), target, weight) for h in heatmaps) / len(heatmaps)
         return coord + hm
 
@@ -214,4 +220,5 @@ def mixed_losses(out: dict, maps, weight, target, five, kind, terms: FivePointTe
 
 
 __all__ = ["FIVE", "FULL", "FivePointTerms", "FivePointTrainSet", "MixedBatchSampler", "MixedTrainSet",
-           "direct_points", "five_point_matrix", "gaussian_maps", "mixed_losses", "soft_decode", "with_offset_group"]
+           "awing_weights", "direct_points", "five_point_matrix", "gaussian_maps", "mixed_losses", "soft_decode",
+           "with_offset_group"]
