@@ -150,8 +150,8 @@ def test_mixed_batches_hold_the_requested_share():
     assert len(full) == len(set(full)) == 18
     assert batches == list(MixedBatchSampler(20, 7, 8, 0.25, 1, 0))
     assert batches != list(MixedBatchSampler(20, 7, 8, 0.25, 1, 1))
-    with pytest.raises(ChsError):
-        MixedBatchSampler(20, 7, 8, 1.0, 1, 0)
+    with pytest.raises(ChsError, match=r"mixed batches of 8 need >= 6 full and >= 1 5-point faces \(have 5 and 7;"):
+        MixedBatchSampler(5, 7, 8, 0.25, 1, 0)
 
 
 def test_trainer_runs_mixed_supervision_and_reports_offset_and_five_point_val(faces, mtfl, tmp_path):

@@ -165,14 +165,14 @@ class MixedTrainSet(Dataset):
 
 class MixedBatchSampler(Sampler[list[int]]):
     """Batches of ``batch_size`` with round(batch_size * mix) 5-point faces; one epoch = one pass over the
-    full faces (drop_last), the 5-point faces drawn from a per-epoch permutation (cycled if needed)."""
+    full faces (drop_last), the 5-point faces drawn from a per-epoch permutation (cycled if needed). ``mix`` in
+    (0, 1) is check_train_options' to check."""
 
     def __init__(self, n_full: int, n_five: int, batch_size: int, mix: float, seed: int, epoch: int):
-        if not 0.0 < mix < 1.0:
-            raise ChsError(f"--mix must be in (0, 1), got {mix}")
         self.k5 = min(max(round(batch_size * mix), 1), batch_size - 1)
         if batch_size < 2 or n_five < 1 or n_full < batch_size - self.k5:
-            raise ChsError(f"mixed batches of {batch_size} need >= {batch_size - self.k5} full and >= 1 5-point faces")
+            raise ChsError(f"mixed batches of {batch_size} need >= {batch_size - self.k5} full and >= 1 5-point faces "
+                           f"(have {n_full} and {n_five}; lower --batch-size)")
         self.n_full, self.n_five, self.batch_size = n_full, n_five, batch_size
         self.rng = np.random.default_rng([seed, 15, epoch])
 
@@ -196,8 +196,6 @@ def with_offset_group(groups: list[dict], terms: FivePointTerms | None, lr_scale
     model card), which is exactly what the offset is there to prevent."""
     if terms is None:
         return groups
-    if not lr_scale > 0:
-        raise ChsError(f"--offset-lr-scale must be > 0, got {lr_scale}")
     out = [g | {"params": [p for p in g["params"] if p is not terms.offset]} for g in groups]
     return [g for g in out if g["params"]] + [{"params": [terms.offset], "lr_scale": lr_scale, "weight_decay": 0.0}]
 
