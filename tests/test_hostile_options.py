@@ -86,6 +86,8 @@ def test_training_options_are_checked_when_made(tmp_path, option, value, message
     (["--sigma", "-1"], "--sigma must be in (0, 16]"),
     (["--max-samples", "-3"], "--max-samples must be >= 0"),
     (["--seed", "100000000000000000"], "--seed must be < 2**32"),
+    (["--batch-size", "10"], "--batch-size 10 is more than the 4 training faces"),  # once: 0 steps, exit 0
+    (["--preset", "wflw"], "dataset has 68-point landmarks but the model predicts 98"),  # once: IndexError
 ])
 def test_chs_train_refuses_bad_options_and_writes_nothing(tmp_path, args, message):
     if "cuda:7" in args and torch.cuda.device_count() > 7:

@@ -34,9 +34,9 @@ from chs.model.training.mixed import (
 from chs.model.training.options import TrainOptions
 from chs.model.training.options_checks import check_finite_loss, check_finite_weights
 from chs.model.training.state import restore_train_state, train_state_tensors
-from chs.runtime.datasets import load_dataset
+from chs.runtime.datasets import FaceSample, load_dataset
 from chs.runtime.errors import ChsError
-from chs.runtime.evaluate import load_images, predict_samples, sample_box, stage_summary
+from chs.runtime.evaluate import compared_scheme, load_images, predict_samples, sample_box, stage_summary
 from chs.runtime.metrics import summarize
 from chs.runtime.schemes import get_scheme
 
@@ -99,12 +99,32 @@ def _optimizer(opts: TrainOptions, params) -> torch.optim.Optimizer:
     raise ChsError(f"unknown optimizer '{opts.optimizer}' (sgd or adam)")
 
 
+def check_data_scheme(samples: list[FaceSample], what: str, model_scheme: str, five: bool = False) -> None:
+    """Refuse a set whose faces lack the points the model trains on (``five``: a 5-point set, --data5/--val5):
+    98-point indexing of 68-point labels fails deep in the loader, a folder mixing 5- and 68-point files on
+    a box. The rules are chs-eval's: one scheme per set, :func:`compared_scheme` between it and the model's."""
+    schemes = sorted({s.scheme for s in samples}, key=int)
+    if len(schemes) > 1:
+        raise ChsError(f"{what}: dataset mixes landmark schemes {schemes}; use one scheme per set")
+    if not schemes:
+        return
+    try:
+        compared = compared_scheme(schemes[0], model_scheme)
+    except ChsError as e:
+        raise ChsError(f"{what}: {e}") from None
+    want = "5" if five else model_scheme
+    if compared != want:
+        hint = "takes 5-point faces" if five else f"needs {model_scheme}-point faces (5-point ones: --data5, --val5)"
+        raise ChsError(f"{what}: dataset has {schemes[0]}-point landmarks; it {hint}")
+
+
 class Trainer:
     def __init__(self, cfg: ChsConfig, opts: TrainOptions, resume: str | None = None, log=print):
         self.cfg, self.opts, self.log = cfg.validate(), opts, log
         self._setup_process()
+        sets = self._read_sets()
         self._build(resume)
-        self._load_data()
+        self._load_data(sets)
         self.net = self.module
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(self.module)
@@ -135,33 +155,57 @@ class Trainer:
         if resume:
             self._resume(Path(resume))
 
-    def _load_data(self) -> None:
+    def _read_sets(self) -> dict[str, list[FaceSample] | None]:
+        """Every set's annotations (the validation sets on rank 0 only), their landmark schemes checked
+        against the model's before a model is built or an image is read."""
+        opts, scheme, rank0 = self.opts, self.cfg.scheme, self.rank == 0
+        cut = slice(opts.max_samples or None)
+        sets = {"--data": load_dataset(opts.data)[cut],
+                "--data5": load_dataset(opts.data5, "train")[cut] if opts.data5 else None,
+                "--val": load_dataset(opts.val) if opts.val and rank0 else None,
+                "--val5": load_dataset(opts.val5, "val") if opts.val5 and rank0 else None}
+        paths = {"--data": opts.data, "--data5": opts.data5, "--val": opts.val, "--val5": opts.val5}
+        for option, samples in sets.items():
+            if samples is not None:
+                check_data_scheme(samples, f"{option} {paths[option]}", scheme, five=option.endswith("5"))
+        return sets
+
+    def _load_data(self, sets: dict[str, list[FaceSample] | None]) -> None:
         """The training set (augmented, in memory) and, on rank 0, the validation images."""
         opts, cfg = self.opts, self.cfg
-        samples = load_dataset(opts.data)
-        if opts.max_samples:
-            samples = samples[: opts.max_samples]
-        self.train_set = FaceTrainSet(samples, cfg, opts.sigma, opts.seed, self._augment_config())
+        self.train_set = FaceTrainSet(sets["--data"], cfg, opts.sigma, opts.seed, self._augment_config())
         if opts.data5:
-            self.train_set = self._mixed_set(self.train_set)
+            self.train_set = self._mixed_set(self.train_set, sets["--data5"])
         if self.train_set.skipped:
             self.log(f"skipped {len(self.train_set.skipped)} unreadable image(s) in {opts.data}")
         if len(self.train_set) == 0:
             raise ChsError(f"no usable training images in {opts.data}")
+        self._check_batches()
         # (kept samples, images), loaded on rank 0 only
-        self.val = load_images(load_dataset(opts.val))[:2] if opts.val and self.rank == 0 else None
-        self.val5 = load_images(load_dataset(opts.val5, "val"))[:2] if opts.val5 and self.rank == 0 else None
+        self.val = load_images(sets["--val"])[:2] if sets["--val"] is not None else None
+        self.val5 = load_images(sets["--val5"])[:2] if sets["--val5"] is not None else None
+
+    def _check_batches(self) -> None:
+        """Refuse a batch larger than the faces: the loader drops the incomplete batch, so the run would take
+        no step and save the untrained model as its checkpoints."""
+        opts, n = self.opts, len(self.train_set)
+        if isinstance(self.train_set, MixedTrainSet):  # its sampler says what its batches need
+            full, five = len(self.train_set.full), len(self.train_set.five)
+            MixedBatchSampler(full, five, opts.batch_size, opts.mix, opts.seed, 0)
+            return
+        per = math.ceil(n / self.world)  # DistributedSampler's share of one process
+        if opts.batch_size > per:
+            where = f" per process ({n} over {self.world} processes)" if self.world > 1 else ""
+            raise ChsError(f"--batch-size {opts.batch_size} is more than the {per} training faces{where}; "
+                           "lower --batch-size")
 
     def _augment_config(self) -> AugmentConfig | None:
         return AugmentConfig(flip=self.opts.flip) if self.opts.augment else None
 
-    def _mixed_set(self, full: FaceTrainSet) -> MixedTrainSet:
+    def _mixed_set(self, full: FaceTrainSet, five: list[FaceSample]) -> MixedTrainSet:
         if self.world > 1:
             raise ChsError("mixed supervision (--data5) runs in one process; DDP is not supported with it")
         aug = AugmentConfig(flip=self.opts.flip5) if self.opts.augment else None
-        five = load_dataset(self.opts.data5, "train")
-        if self.opts.max_samples:
-            five = five[: self.opts.max_samples]
         return MixedTrainSet(full, FivePointTrainSet(five, self.cfg, self.opts.seed, aug))
 
     def _param_groups(self) -> list[dict]:
