@@ -269,14 +269,18 @@ class Trainer:
                           num_workers=self.opts.workers)
 
     def validate(self) -> dict | None:
-        if self.val is None:
+        """--val's metrics (``nme_iod`` ...) and --val5's (under ``five``), each when given: --val5 is reported
+        with or without --val. None when neither is given."""
+        if self.val is None and self.val5 is None:
             return None
-        kept, images = self.val
         model = self.served_model
         runner = TorchRunner(model, self.opts.device)
         model.train(False)
-        pred = predict_samples(runner, images, [sample_box(s, runner.meta) for s in kept], 64)
-        res = stage_summary(pred, np.stack([s.landmarks for s in kept]), self.cfg.scheme)
+        res: dict = {}
+        if self.val is not None:
+            kept, images = self.val
+            pred = predict_samples(runner, images, [sample_box(s, runner.meta) for s in kept], 64)
+            res = stage_summary(pred, np.stack([s.landmarks for s in kept]), self.cfg.scheme)
         if self.val5 is not None:  # 5-point validation: the model's points reduced to 5, set-wide shift removed
             kept5, images5 = self.val5
             pred5 = predict_samples(runner, images5, [sample_box(s, runner.meta) for s in kept5], 64)["landmarks"]
@@ -335,24 +339,26 @@ class Trainer:
                     progress(epoch, step + 1, len(loader), float(loss.detach()), lr)
             train_s = time.time() - t0
             val = self.validate() if self.rank == 0 else None
+            nme = None if val is None else val.get("nme_iod")  # None without --val (e.g. --val5 only)
             rec = {"epoch": epoch, "loss": total / max(seen, 1), "lr": lr_at(opts, epoch + 1),
                    "parts": [p / max(len(loader), 1) for p in (parts_sum or [])],
                    "images_per_s": seen * self.world / train_s, "epoch_s": time.time() - t0,
-                   "val_nme_iod": None if val is None else val["nme_iod"],
-                   "val_nme_iod_per_stage": None if val is None else val["nme_iod_per_stage"],
+                   "val_nme_iod": nme,
+                   "val_nme_iod_per_stage": None if nme is None else val.get("nme_iod_per_stage"),
                    # mean signed error (IOD units): a steady shift means the labels' convention is not learnt
-                   "val_offset": None if val is None else [val["offset_x"], val["offset_y"]]}
+                   "val_offset": None if nme is None else [val["offset_x"], val["offset_y"]]}
             if self.module.five is not None:  # the 5-point labels' learned offset, in crop pixels
                 rec["five_offset_px"] = (self.module.five.offset.detach().cpu() * self.cfg.heatmap_stride).tolist()
+            if self.module.five is not None or self.opts.val5:  # --val5 is reported with or without --data5
                 rec["val5"] = None if val is None else val.get("five")
             self.history.append(rec)
             if self.rank == 0:
-                improved = val is not None and val["nme_iod"] < self.best
+                improved = nme is not None and nme < self.best
                 if improved:
-                    self.best = val["nme_iod"]
+                    self.best = nme
                 self._save(f"epoch_{epoch:03d}", epoch, val)
                 self._save("last", epoch, val)
-                if improved or val is None:
+                if improved or nme is None:
                     self._save("best", epoch, val)
                 self.log(json.dumps(rec))
             if self.world > 1:
