@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from chs.model.chs import CHSNet, build_model
 from chs.model.config import ChsConfig
 from chs.runtime.assets import resolve_model_path
-from chs.runtime.errors import ChsError
+from chs.runtime.errors import ChsError, first_line
+from chs.runtime.files import replace_dir
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -28,7 +29,8 @@ TRAIN_STATE = "optimizer.safetensors"  # optimizer and training state, written o
 
 def save_checkpoint(model: CHSNet, directory: str | os.PathLike, info: dict | None = None,
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write weights and config atomically (a temp folder renamed into place)."""
+    """Write weights and config atomically: a temp folder swapped in by :func:`replace_dir` (renames, the old
+    folder deleted last), so a run killed while saving keeps a whole checkpoint, not a deleted one."""
     out = Path(directory)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -39,12 +41,9 @@ def save_checkpoint(model: CHSNet, directory: str | os.PathLike, info: dict | No
             save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()}, str(tmp / TRAIN_STATE))
         meta = {"config": model.cfg.to_dict(), "info": info or {}}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        tmp.chmod(0o755)  # mkdtemp makes the folder private; a checkpoint is meant to be shared
         for f in tmp.iterdir():
             f.chmod(0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_dir(tmp, out)  # also opens the private mkdtemp folder to others: a checkpoint is meant to be shared
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -123,7 +122,7 @@ def load_checkpoint(directory: str | os.PathLike, ccr: int | None = None, map_lo
     except (SafetensorError, OSError, ValueError) as e:
         if isinstance(e, ChsError):
             raise
-        raise ChsError(f"checkpoint weights {weights} are truncated or corrupt ({str(e).splitlines()[0]})") from None
+        raise ChsError(f"checkpoint weights {weights} are truncated or corrupt ({first_line(e)})") from None
     check_finite(state, weights)
     model = build_model(cfg.replace(ccr_stages=k))
     keep = {name: t for name, t in state.items() if _kept(name, k)}

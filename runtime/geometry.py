@@ -86,6 +86,12 @@ def check_box(box, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
     return b
 
 
+def crop_side(box, rule: CropRule = CropRule()) -> float:
+    """Side in image pixels of the square crop of a (checked) box, before any jitter: the one formula that
+    inference crops and training augmentation (whose shifts scale with it) share."""
+    return float(max(box[2] - box[0], box[3] - box[1]) * rule.scale)
+
+
 def crop_affine(box, size: int, rule: CropRule = CropRule(), *, rotation_deg: float = 0.0, scale_jitter: float = 1.0,
                 shift_px: tuple[float, float] = (0.0, 0.0), flip: bool = False) -> np.ndarray:
     """2x3 matrix mapping image coordinates to crop coordinates.
@@ -95,7 +101,7 @@ def crop_affine(box, size: int, rule: CropRule = CropRule(), *, rotation_deg: fl
     image) and optionally mirrored; it is resampled to ``size`` x ``size`` pixels.
     """
     x0, y0, x1, y1 = check_box(box)
-    side = max(x1 - x0, y1 - y0) * rule.scale * scale_jitter
+    side = crop_side((x0, y0, x1, y1), rule) * scale_jitter
     cx = (x0 + x1) / 2.0 + shift_px[0]
     cy = (y0 + y1) / 2.0 + rule.shift_y * side + shift_px[1]
     s = size / side

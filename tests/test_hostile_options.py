@@ -62,6 +62,12 @@ def ckpt(tmp_path_factory) -> Path:
     ("max_samples", -3, "--max-samples must be >= 0, got -3"),
     ("device", "cuda:7", "--device cuda:7: this machine has"),
     ("device", "gpu", "--device must be cpu, cuda or cuda:N"),
+    ("seed", 2**32, "--seed must be < 2**32 (4294967296), got 4294967296"),  # seed * 1000 + epoch overflowed torch
+    # once checked only after the data was read and the model built
+    ("mix", 1.0, "--mix must be in (0, 1), got 1.0"),
+    ("flip5", 1.5, "--flip5 must be a probability in [0, 1], got 1.5"),
+    ("offset_lr_scale", 0.0, "--offset-lr-scale must be > 0, got 0.0"),
+    ("amp", "fp16", "--amp fp16 is not supported on cpu (none, bf16; fp16 needs CUDA)"),
 ])
 def test_training_options_are_checked_when_made(tmp_path, option, value, message):
     if option == "device" and value == "cuda:7" and torch.cuda.device_count() > 7:
@@ -79,6 +85,9 @@ def test_training_options_are_checked_when_made(tmp_path, option, value, message
     (["--device", "cuda:7"], "--device cuda:7"),
     (["--sigma", "-1"], "--sigma must be in (0, 16]"),
     (["--max-samples", "-3"], "--max-samples must be >= 0"),
+    (["--seed", "100000000000000000"], "--seed must be < 2**32"),
+    (["--batch-size", "10"], "--batch-size 10 is more than the 4 training faces"),  # once: 0 steps, exit 0
+    (["--preset", "wflw"], "dataset has 68-point landmarks but the model predicts 98"),  # once: IndexError
 ])
 def test_chs_train_refuses_bad_options_and_writes_nothing(tmp_path, args, message):
     if "cuda:7" in args and torch.cuda.device_count() > 7:

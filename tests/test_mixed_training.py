@@ -18,6 +18,7 @@ from chs.model.training.mixed import (
     FivePointTrainSet,
     MixedBatchSampler,
     MixedTrainSet,
+    awing_weights,
     direct_points,
     five_point_matrix,
     gaussian_maps,
@@ -149,8 +150,8 @@ def test_mixed_batches_hold_the_requested_share():
     assert len(full) == len(set(full)) == 18
     assert batches == list(MixedBatchSampler(20, 7, 8, 0.25, 1, 0))
     assert batches != list(MixedBatchSampler(20, 7, 8, 0.25, 1, 1))
-    with pytest.raises(ChsError):
-        MixedBatchSampler(20, 7, 8, 1.0, 1, 0)
+    with pytest.raises(ChsError, match=r"mixed batches of 8 need >= 6 full and >= 1 5-point faces \(have 5 and 7;"):
+        MixedBatchSampler(5, 7, 8, 0.25, 1, 0)
 
 
 def test_trainer_runs_mixed_supervision_and_reports_offset_and_five_point_val(faces, mtfl, tmp_path):
@@ -179,3 +180,25 @@ def test_trainer_runs_mixed_supervision_and_reports_offset_and_five_point_val(fa
 def test_five_point_set_refuses_full_faces(faces):
     with pytest.raises(ChsError, match="68-point faces"):
         FivePointTrainSet(load_dataset(faces), get_preset("tiny"), 0, None)
+
+
+def test_five_point_validation_runs_without_val(faces, mtfl, tmp_path):
+    """--val5 was evaluated only inside --val's validation: without --val it was loaded and never reported."""
+    opts = TrainOptions(data=str(faces), out=str(tmp_path / "run"), val5=str(mtfl), flip=0.0, epochs=1, batch_size=2,
+                        lr=1e-3, optimizer="adam", schedule="cosine", sigma=1.5, seed=0, threads=1)
+    rec = Trainer(get_preset("tiny"), opts, log=lambda *_: None).fit()["history"][0]
+    assert rec["val_nme_iod"] is None and rec["val_offset"] is None
+    assert set(rec["val5"]) == {"nme", "nme_shifted", "fr_10", "shift_x", "shift_y"}
+    assert np.isfinite(rec["val5"]["nme_shifted"]) and rec["val5"]["nme"] > 0
+    saved = json.loads((tmp_path / "run" / "best" / "config.json").read_text())["info"]
+    assert saved["val"]["five"] == rec["val5"]  # best/ is the last epoch when there is no --val NME to rank on
+
+
+def test_five_point_weight_map_is_the_full_faces_awing_map():
+    """The 5-point faces' torch weight map and the full faces' numpy one share AWing's threshold and weight."""
+    from chs.model.training.targets import AWING_WEIGHT, awing_weight_map
+
+    target = gaussian_maps(torch.tensor([[[3.2, 4.7], [0.0, 15.0], [9.5, 9.5]]]), 16, 1.5)
+    got = awing_weights(target)
+    np.testing.assert_array_equal(got.numpy(), awing_weight_map(target[0].numpy())[None])
+    assert set(np.unique(got.numpy())) == {1.0, AWING_WEIGHT}

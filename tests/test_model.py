@@ -99,6 +99,45 @@ def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_weights_error_without_a_message_is_still_one_line(tmp_path, monkeypatch):
+    """A reader error with an empty message (an OSError() from a failing disk) once raised IndexError."""
+    import chs.model.checkpoint as checkpoint
+
+    save_checkpoint(build_model(get_preset("tiny")), tmp_path / "ckpt")
+
+    def failing_read(*a, **k):
+        raise OSError()
+
+    monkeypatch.setattr(checkpoint, "load_file", failing_read)
+    with pytest.raises(ChsError) as e:
+        load_checkpoint(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    assert str(e.value) == f"checkpoint weights {weights} are truncated or corrupt (OSError)"
+
+
+def test_save_killed_while_the_old_checkpoint_is_deleted_keeps_a_whole_one(tmp_path, monkeypatch):
+    """Replacing a checkpoint once deleted the old folder before renaming the new one in: a run killed during
+    that deletion was left with no checkpoint at all."""
+    import shutil
+
+    torch.manual_seed(0)
+    old, new = build_model(get_preset("tiny")), build_model(get_preset("tiny"))
+    save_checkpoint(old, tmp_path / "last", {"epoch": 0})
+    real_rmtree = shutil.rmtree
+
+    def killed_rmtree(path, *a, **k):  # deletes, then the process is interrupted
+        real_rmtree(path, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(new, tmp_path / "last", {"epoch": 1})
+    monkeypatch.undo()
+    loaded = load_checkpoint(tmp_path / "last")  # a whole checkpoint: the new one, swapped in before the cleanup
+    for name, t in new.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], t), name
+
+
 def test_onnx_export_has_roialign_per_stage_and_matches_torch(tmp_path):
     import onnxruntime as ort
 

@@ -290,3 +290,68 @@ def test_flip_probability_is_checked(faces, tmp_path):
     with pytest.raises(ChsError, match="flip must be a probability"):
         Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", flip=1.5))
     assert Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run0", flip=0.0)).train_set.augment.flip == 0.0
+
+
+def test_batch_larger_than_the_training_faces_is_refused_before_training(faces, tmp_path):
+    """The loader drops an incomplete batch: 4 faces at --batch-size 10 once ran no step, logged loss 0.0 and
+    saved the untrained model as epoch_000/, last/ and best/."""
+    from chs.runtime.errors import ChsError
+
+    with pytest.raises(ChsError) as e:
+        Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", batch_size=10))
+    assert str(e.value) == "--batch-size 10 is more than the 4 training faces; lower --batch-size"
+    with pytest.raises(ChsError, match="--batch-size 3 is more than the 2 training faces"):
+        Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", batch_size=3, max_samples=2))
+    assert not (tmp_path / "run").exists()
+    assert len(Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", batch_size=4))._loader(0)) == 1
+
+
+def test_data_schemes_are_checked_before_the_model_is_built(faces, fixtures_dir, tmp_path, monkeypatch):
+    """68-point faces for a 98-point preset once failed with IndexError deep in the loader, and a folder mixing
+    5- and 68-point files with IndexError or a misleading box error."""
+    import chs.model.training.trainer as trainer
+    from chs.runtime.datasets import load_dataset, write_pts
+    from chs.runtime.errors import ChsError
+    from chs.runtime.schemes import get_scheme
+
+    def no_model(*a, **k):
+        raise AssertionError("model built before the data was checked")
+
+    monkeypatch.setattr(trainer, "build_model", no_model)
+    with pytest.raises(ChsError) as e:
+        Trainer(get_preset("wflw"), _opts(faces, tmp_path / "run"))
+    assert str(e.value) == f"--data {faces}: dataset has 68-point landmarks but the model predicts 98"
+    mtfl = fixtures_dir / "mtfl5"
+    with pytest.raises(ChsError) as e:
+        Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", val=str(mtfl)))
+    assert str(e.value) == (f"--val {mtfl}: dataset has 5-point landmarks; it needs 68-point faces "
+                            "(5-point ones: --data5, --val5)")
+    takeo = faces / "takeo.pts"
+    write_pts(takeo, get_scheme("68").to_five(next(s for s in load_dataset(faces) if "takeo" in str(s.image_path))
+                                              .landmarks))
+    with pytest.raises(ChsError) as e:
+        Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run"))
+    assert str(e.value) == f"--data {faces}: dataset mixes landmark schemes ['5', '68']; use one scheme per set"
+    assert not (tmp_path / "run").exists()
+
+
+def test_augmentation_shifts_scale_with_the_inference_crop_side(faces):
+    """Training jitter is in units of the crop side that inference uses (runtime.geometry.crop_side, one
+    formula for both): the unjittered crop maps crop_side(box) image pixels onto the crop."""
+    from chs.model.training.augment import AugmentConfig, augment_crop
+    from chs.runtime.datasets import load_dataset
+    from chs.runtime.geometry import CropRule, box_from_landmarks, crop_affine, crop_side
+    from chs.runtime.schemes import get_scheme
+
+    s, scheme = load_dataset(faces)[0], get_scheme("68")
+    box, rule = box_from_landmarks(s.landmarks), CropRule(scale=1.4)
+    assert crop_side(box, rule) == pytest.approx(max(box[2] - box[0], box[3] - box[1]) * 1.4)
+    assert np.hypot(*crop_affine(box, 64, rule)[:, 0]) == pytest.approx(64 / crop_side(box, rule))
+    still = dict(scale=0.0, rotation=0.0, flip=0.0, occlusion=0.0, photometric=0.0)
+    _, p0 = augment_crop(s.load_image(), s.landmarks, box, 64, rule, scheme, None)
+    _, p1 = augment_crop(s.load_image(), s.landmarks, box, 64, rule, scheme, np.random.default_rng(0),
+                         AugmentConfig(translation=25.0, **still))
+    # a shift of at most 25/256 of the crop side moves every point by the same at most 25/256 * 64 crop pixels
+    d = p1 - p0
+    np.testing.assert_allclose(d, d[:1].repeat(len(d), 0), atol=1e-9)
+    assert 0 < np.abs(d[0]).max() <= 25 / 256 * 64 + 1e-9

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from chs.runtime.geometry import CropRule, crop_affine, transform_points, warp_crop
+from chs.runtime.geometry import CropRule, crop_affine, crop_side, transform_points, warp_crop
 from chs.runtime.schemes import LandmarkScheme
 
 
@@ -69,7 +69,7 @@ def augment_crop(image: np.ndarray, landmarks: np.ndarray, box: np.ndarray, size
         m = crop_affine(box, size, rule)
         return warp_crop(image, m, size), transform_points(landmarks, m)
     flip = rng.random() < cfg.flip
-    side = max(box[2] - box[0], box[3] - box[1]) * rule.scale
+    side = crop_side(box, rule)
     shift = rng.uniform(-1, 1, 2) * cfg.translation / 256.0 * side
     m = crop_affine(box, size, rule,
                     rotation_deg=float(np.clip(rng.normal(0, cfg.rotation / 2.5), -cfg.rotation, cfg.rotation)),

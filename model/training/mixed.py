@@ -28,6 +28,7 @@ from chs.model.config import ChsConfig
 from chs.model.training.augment import AugmentConfig, augment_crop
 from chs.model.training.data import FaceTrainSet
 from chs.model.training.losses import adaptive_wing_loss, log_wing_loss
+from chs.model.training.targets import AWING_THRESHOLD, AWING_WEIGHT
 from chs.runtime.datasets import FaceSample
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import load_images
@@ -80,6 +81,11 @@ def gaussian_maps(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor
     return gy[..., :, None] * gx[..., None, :]
 
 
+def awing_weights(target: torch.Tensor) -> torch.Tensor:
+    """:func:`awing_weight_map`'s torch twin for (N, m, H, W) targets made on the training device."""
+    return 1.0 + (AWING_WEIGHT - 1.0) * F.max_pool2d((target > AWING_THRESHOLD).float(), 3, 1, 1)
+
+
 class FivePointTerms(nn.Module):
     """The 5-point faces' loss, with the learned per-point offset (heatmap cells) of their labels."""
 
@@ -99,7 +105,7 @@ class FivePointTerms(nn.Module):
             return coord
         k5, k68 = zip(*self.direct, strict=True)
         target = gaussian_maps(five[:, list(k5)] - self.offset[list(k5)].detach(), self.size, self.sigma)
-        weight = 1.0 + 9.0 * F.max_pool2d((target > 0.2).float(), 3, 1, 1)  # AWing's dilated foreground
+        weight = awing_weights(target)
         hm = sum(adaptive_wing_loss(h[:, list(k68)].float(), target, weight) for h in heatmaps) / len(heatmaps)
         return coord + hm
 
@@ -159,14 +165,14 @@ class MixedTrainSet(Dataset):
 
 class MixedBatchSampler(Sampler[list[int]]):
     """Batches of ``batch_size`` with round(batch_size * mix) 5-point faces; one epoch = one pass over the
-    full faces (drop_last), the 5-point faces drawn from a per-epoch permutation (cycled if needed)."""
+    full faces (drop_last), the 5-point faces drawn from a per-epoch permutation (cycled if needed). ``mix`` in
+    (0, 1) is check_train_options' to check."""
 
     def __init__(self, n_full: int, n_five: int, batch_size: int, mix: float, seed: int, epoch: int):
-        if not 0.0 < mix < 1.0:
-            raise ChsError(f"--mix must be in (0, 1), got {mix}")
         self.k5 = min(max(round(batch_size * mix), 1), batch_size - 1)
         if batch_size < 2 or n_five < 1 or n_full < batch_size - self.k5:
-            raise ChsError(f"mixed batches of {batch_size} need >= {batch_size - self.k5} full and >= 1 5-point faces")
+            raise ChsError(f"mixed batches of {batch_size} need >= {batch_size - self.k5} full and >= 1 5-point faces "
+                           f"(have {n_full} and {n_five}; lower --batch-size)")
         self.n_full, self.n_five, self.batch_size = n_full, n_five, batch_size
         self.rng = np.random.default_rng([seed, 15, epoch])
 
@@ -190,8 +196,6 @@ def with_offset_group(groups: list[dict], terms: FivePointTerms | None, lr_scale
     model card), which is exactly what the offset is there to prevent."""
     if terms is None:
         return groups
-    if not lr_scale > 0:
-        raise ChsError(f"--offset-lr-scale must be > 0, got {lr_scale}")
     out = [g | {"params": [p for p in g["params"] if p is not terms.offset]} for g in groups]
     return [g for g in out if g["params"]] + [{"params": [terms.offset], "lr_scale": lr_scale, "weight_decay": 0.0}]
 
@@ -214,4 +218,5 @@ def mixed_losses(out: dict, maps, weight, target, five, kind, terms: FivePointTe
 
 
 __all__ = ["FIVE", "FULL", "FivePointTerms", "FivePointTrainSet", "MixedBatchSampler", "MixedTrainSet",
-           "direct_points", "five_point_matrix", "gaussian_maps", "mixed_losses", "soft_decode", "with_offset_group"]
+           "awing_weights", "direct_points", "five_point_matrix", "gaussian_maps", "mixed_losses", "soft_decode",
+           "with_offset_group"]

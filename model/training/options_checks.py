@@ -9,6 +9,8 @@ from typing import Any
 
 from chs.runtime.errors import ChsError
 
+MAX_SEED = 2**32  # seeds are 0 .. MAX_SEED - 1
+
 
 def _number(value: Any, option: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -44,6 +46,8 @@ def check_train_options(o: Any) -> None:
             raise ChsError(f"{name} must be a whole number, got {value!r:.40}")
         if value < lo:
             raise ChsError(f"{name} must be >= {lo}, got {value}")
+    if o.seed >= MAX_SEED:  # seed * 1000 + epoch seeds a torch.Generator, which takes 64-bit seeds
+        raise ChsError(f"--seed must be < 2**32 ({MAX_SEED}), got {o.seed}")
     sigma = _number(o.sigma, "--sigma")
     if not 0 < sigma <= 16:
         raise ChsError(f"--sigma must be in (0, 16] heatmap cells, got {o.sigma}")
@@ -53,6 +57,12 @@ def check_train_options(o: Any) -> None:
         raise ChsError(f"--ema must be in (0, 1), or 0 for off; got {o.ema}")
     if _number(o.init_lr_scale, "--init-lr-scale") <= 0:
         raise ChsError(f"--init-lr-scale must be > 0, got {o.init_lr_scale}")
+    if not 0.0 < _number(o.mix, "--mix") < 1.0:
+        raise ChsError(f"--mix must be in (0, 1), got {o.mix}")
+    if not 0.0 <= _number(o.flip5, "--flip5") <= 1.0:
+        raise ChsError(f"--flip5 must be a probability in [0, 1], got {o.flip5}")
+    if _number(o.offset_lr_scale, "--offset-lr-scale") <= 0:
+        raise ChsError(f"--offset-lr-scale must be > 0, got {o.offset_lr_scale}")
     if _number(o.momentum, "momentum") < 0 or _number(o.weight_decay, "weight_decay") < 0:
         raise ChsError("momentum and weight_decay must be >= 0")
     if o.optimizer not in ("sgd", "adam"):
@@ -62,6 +72,8 @@ def check_train_options(o: Any) -> None:
     if o.amp not in ("none", "bf16", "fp16"):
         raise ChsError(f"--amp must be none, bf16 or fp16, got '{o.amp}'")
     check_device(o.device)
+    if o.amp == "fp16" and o.device == "cpu":
+        raise ChsError(f"--amp fp16 is not supported on {o.device} (none, bf16; fp16 needs CUDA)")
 
 
 def check_finite_loss(loss: float, epoch: int, step: int) -> None:

@@ -6,6 +6,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+# AWing's weight map: ``AWING_WEIGHT`` on the 3x3-dilated foreground (heatmap > ``AWING_THRESHOLD``), 1 elsewhere;
+# the full faces' numpy targets and the 5-point faces' torch targets (model/training/mixed.py) both use these
+AWING_THRESHOLD = 0.2
+AWING_WEIGHT = 10.0
+
 
 def boundary_heatmap(points: np.ndarray, lines: tuple[tuple[int, ...], ...], size: int, sigma: float) -> np.ndarray:
     """Facial-boundary map as in AWing: draw the polylines, then a Gaussian of the distance to them."""
@@ -24,7 +29,8 @@ def boundary_heatmap(points: np.ndarray, lines: tuple[tuple[int, ...], ...], siz
     return hm.astype(np.float32)
 
 
-def awing_weight_map(heatmaps: np.ndarray, threshold: float = 0.2, weight: float = 10.0) -> np.ndarray:
+def awing_weight_map(heatmaps: np.ndarray, threshold: float = AWING_THRESHOLD,
+                     weight: float = AWING_WEIGHT) -> np.ndarray:
     """1 on the background, ``weight`` on the 3x3-dilated foreground (heatmap > threshold)."""
     fg = (heatmaps > threshold).astype(np.uint8)
     kernel = np.ones((3, 3), np.uint8)

@@ -34,9 +34,9 @@ from chs.model.training.mixed import (
 from chs.model.training.options import TrainOptions
 from chs.model.training.options_checks import check_finite_loss, check_finite_weights
 from chs.model.training.state import restore_train_state, train_state_tensors
-from chs.runtime.datasets import load_dataset
+from chs.runtime.datasets import FaceSample, load_dataset
 from chs.runtime.errors import ChsError
-from chs.runtime.evaluate import load_images, predict_samples, sample_box, stage_summary
+from chs.runtime.evaluate import compared_scheme, load_images, predict_samples, sample_box, stage_summary
 from chs.runtime.metrics import summarize
 from chs.runtime.schemes import get_scheme
 
@@ -76,23 +76,19 @@ def _ema_model(model: CHSNet, decay: float) -> torch.optim.swa_utils.AveragedMod
     """torch's EMA of weights and buffers (BN running statistics are averaged too, which steadies them)."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    if not 0.0 < decay < 1.0:
-        raise ChsError(f"--ema must be in (0, 1), got {decay}")
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     ema.module.cfg = model.cfg
     return ema
 
 
 def _autocast(opts: TrainOptions) -> torch.autocast | None:
-    """Mixed precision: bf16 on CUDA or on CPUs with bf16 units (AMX/AVX-512 BF16), fp16 on CUDA only."""
+    """Mixed precision: bf16 on CUDA or on CPUs with bf16 units (AMX/AVX-512 BF16), fp16 on CUDA only
+    (check_train_options refuses fp16 elsewhere)."""
     if opts.amp == "none":
         return None
-    cuda = opts.device.startswith("cuda")
     if opts.amp == "bf16":
-        return torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16)
-    if opts.amp == "fp16" and cuda:
-        return torch.autocast("cuda", dtype=torch.float16)
-    raise ChsError(f"--amp {opts.amp} is not supported on {opts.device} (none, bf16; fp16 needs CUDA)")
+        return torch.autocast("cuda" if opts.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+    return torch.autocast("cuda", dtype=torch.float16)
 
 
 def _optimizer(opts: TrainOptions, params) -> torch.optim.Optimizer:
@@ -103,12 +99,32 @@ def _optimizer(opts: TrainOptions, params) -> torch.optim.Optimizer:
     raise ChsError(f"unknown optimizer '{opts.optimizer}' (sgd or adam)")
 
 
+def check_data_scheme(samples: list[FaceSample], what: str, model_scheme: str, five: bool = False) -> None:
+    """Refuse a set whose faces lack the points the model trains on (``five``: a 5-point set, --data5/--val5):
+    98-point indexing of 68-point labels fails deep in the loader, a folder mixing 5- and 68-point files on
+    a box. The rules are chs-eval's: one scheme per set, :func:`compared_scheme` between it and the model's."""
+    schemes = sorted({s.scheme for s in samples}, key=int)
+    if len(schemes) > 1:
+        raise ChsError(f"{what}: dataset mixes landmark schemes {schemes}; use one scheme per set")
+    if not schemes:
+        return
+    try:
+        compared = compared_scheme(schemes[0], model_scheme)
+    except ChsError as e:
+        raise ChsError(f"{what}: {e}") from None
+    want = "5" if five else model_scheme
+    if compared != want:
+        hint = "takes 5-point faces" if five else f"needs {model_scheme}-point faces (5-point ones: --data5, --val5)"
+        raise ChsError(f"{what}: dataset has {schemes[0]}-point landmarks; it {hint}")
+
+
 class Trainer:
     def __init__(self, cfg: ChsConfig, opts: TrainOptions, resume: str | None = None, log=print):
         self.cfg, self.opts, self.log = cfg.validate(), opts, log
         self._setup_process()
+        sets = self._read_sets()
         self._build(resume)
-        self._load_data()
+        self._load_data(sets)
         self.net = self.module
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(self.module)
@@ -139,39 +155,57 @@ class Trainer:
         if resume:
             self._resume(Path(resume))
 
-    def _load_data(self) -> None:
+    def _read_sets(self) -> dict[str, list[FaceSample] | None]:
+        """Every set's annotations (the validation sets on rank 0 only), their landmark schemes checked
+        against the model's before a model is built or an image is read."""
+        opts, scheme, rank0 = self.opts, self.cfg.scheme, self.rank == 0
+        cut = slice(opts.max_samples or None)
+        sets = {"--data": load_dataset(opts.data)[cut],
+                "--data5": load_dataset(opts.data5, "train")[cut] if opts.data5 else None,
+                "--val": load_dataset(opts.val) if opts.val and rank0 else None,
+                "--val5": load_dataset(opts.val5, "val") if opts.val5 and rank0 else None}
+        paths = {"--data": opts.data, "--data5": opts.data5, "--val": opts.val, "--val5": opts.val5}
+        for option, samples in sets.items():
+            if samples is not None:
+                check_data_scheme(samples, f"{option} {paths[option]}", scheme, five=option.endswith("5"))
+        return sets
+
+    def _load_data(self, sets: dict[str, list[FaceSample] | None]) -> None:
         """The training set (augmented, in memory) and, on rank 0, the validation images."""
         opts, cfg = self.opts, self.cfg
-        samples = load_dataset(opts.data)
-        if opts.max_samples:
-            samples = samples[: opts.max_samples]
-        self.train_set = FaceTrainSet(samples, cfg, opts.sigma, opts.seed, self._augment_config())
+        self.train_set = FaceTrainSet(sets["--data"], cfg, opts.sigma, opts.seed, self._augment_config())
         if opts.data5:
-            self.train_set = self._mixed_set(self.train_set)
+            self.train_set = self._mixed_set(self.train_set, sets["--data5"])
         if self.train_set.skipped:
             self.log(f"skipped {len(self.train_set.skipped)} unreadable image(s) in {opts.data}")
         if len(self.train_set) == 0:
             raise ChsError(f"no usable training images in {opts.data}")
+        self._check_batches()
         # (kept samples, images), loaded on rank 0 only
-        self.val = load_images(load_dataset(opts.val))[:2] if opts.val and self.rank == 0 else None
-        self.val5 = load_images(load_dataset(opts.val5, "val"))[:2] if opts.val5 and self.rank == 0 else None
+        self.val = load_images(sets["--val"])[:2] if sets["--val"] is not None else None
+        self.val5 = load_images(sets["--val5"])[:2] if sets["--val5"] is not None else None
+
+    def _check_batches(self) -> None:
+        """Refuse a batch larger than the faces: the loader drops the incomplete batch, so the run would take
+        no step and save the untrained model as its checkpoints."""
+        opts, n = self.opts, len(self.train_set)
+        if isinstance(self.train_set, MixedTrainSet):  # its sampler says what its batches need
+            full, five = len(self.train_set.full), len(self.train_set.five)
+            MixedBatchSampler(full, five, opts.batch_size, opts.mix, opts.seed, 0)
+            return
+        per = math.ceil(n / self.world)  # DistributedSampler's share of one process
+        if opts.batch_size > per:
+            where = f" per process ({n} over {self.world} processes)" if self.world > 1 else ""
+            raise ChsError(f"--batch-size {opts.batch_size} is more than the {per} training faces{where}; "
+                           "lower --batch-size")
 
     def _augment_config(self) -> AugmentConfig | None:
-        if not self.opts.augment:
-            return None
-        if not 0.0 <= self.opts.flip <= 1.0:
-            raise ChsError(f"flip must be a probability in [0, 1], got {self.opts.flip}")
-        return AugmentConfig(flip=self.opts.flip)
+        return AugmentConfig(flip=self.opts.flip) if self.opts.augment else None
 
-    def _mixed_set(self, full: FaceTrainSet) -> MixedTrainSet:
+    def _mixed_set(self, full: FaceTrainSet, five: list[FaceSample]) -> MixedTrainSet:
         if self.world > 1:
             raise ChsError("mixed supervision (--data5) runs in one process; DDP is not supported with it")
-        if not 0.0 <= self.opts.flip5 <= 1.0:
-            raise ChsError(f"--flip5 must be a probability in [0, 1], got {self.opts.flip5}")
         aug = AugmentConfig(flip=self.opts.flip5) if self.opts.augment else None
-        five = load_dataset(self.opts.data5, "train")
-        if self.opts.max_samples:
-            five = five[: self.opts.max_samples]
         return MixedTrainSet(full, FivePointTrainSet(five, self.cfg, self.opts.seed, aug))
 
     def _param_groups(self) -> list[dict]:
@@ -181,8 +215,6 @@ class Trainer:
         run re-converging; slowing only its weights keeps it there while the new CCR stages learn.
         """
         scale = self.opts.init_lr_scale
-        if not scale > 0:
-            raise ChsError(f"--init-lr-scale must be > 0, got {scale}")
         if scale == 1.0 or not self.opts.init:
             return [{"params": list(self.module.parameters()), "lr_scale": 1.0}]
         from safetensors import safe_open
@@ -237,14 +269,18 @@ class Trainer:
                           num_workers=self.opts.workers)
 
     def validate(self) -> dict | None:
-        if self.val is None:
+        """--val's metrics (``nme_iod`` ...) and --val5's (under ``five``), each when given: --val5 is reported
+        with or without --val. None when neither is given."""
+        if self.val is None and self.val5 is None:
             return None
-        kept, images = self.val
         model = self.served_model
         runner = TorchRunner(model, self.opts.device)
         model.train(False)
-        pred = predict_samples(runner, images, [sample_box(s, runner.meta) for s in kept], 64)
-        res = stage_summary(pred, np.stack([s.landmarks for s in kept]), self.cfg.scheme)
+        res: dict = {}
+        if self.val is not None:
+            kept, images = self.val
+            pred = predict_samples(runner, images, [sample_box(s, runner.meta) for s in kept], 64)
+            res = stage_summary(pred, np.stack([s.landmarks for s in kept]), self.cfg.scheme)
         if self.val5 is not None:  # 5-point validation: the model's points reduced to 5, set-wide shift removed
             kept5, images5 = self.val5
             pred5 = predict_samples(runner, images5, [sample_box(s, runner.meta) for s in kept5], 64)["landmarks"]
@@ -303,24 +339,26 @@ class Trainer:
                     progress(epoch, step + 1, len(loader), float(loss.detach()), lr)
             train_s = time.time() - t0
             val = self.validate() if self.rank == 0 else None
+            nme = None if val is None else val.get("nme_iod")  # None without --val (e.g. --val5 only)
             rec = {"epoch": epoch, "loss": total / max(seen, 1), "lr": lr_at(opts, epoch + 1),
                    "parts": [p / max(len(loader), 1) for p in (parts_sum or [])],
                    "images_per_s": seen * self.world / train_s, "epoch_s": time.time() - t0,
-                   "val_nme_iod": None if val is None else val["nme_iod"],
-                   "val_nme_iod_per_stage": None if val is None else val["nme_iod_per_stage"],
+                   "val_nme_iod": nme,
+                   "val_nme_iod_per_stage": None if nme is None else val.get("nme_iod_per_stage"),
                    # mean signed error (IOD units): a steady shift means the labels' convention is not learnt
-                   "val_offset": None if val is None else [val["offset_x"], val["offset_y"]]}
+                   "val_offset": None if nme is None else [val["offset_x"], val["offset_y"]]}
             if self.module.five is not None:  # the 5-point labels' learned offset, in crop pixels
                 rec["five_offset_px"] = (self.module.five.offset.detach().cpu() * self.cfg.heatmap_stride).tolist()
+            if self.module.five is not None or self.opts.val5:  # --val5 is reported with or without --data5
                 rec["val5"] = None if val is None else val.get("five")
             self.history.append(rec)
             if self.rank == 0:
-                improved = val is not None and val["nme_iod"] < self.best
+                improved = nme is not None and nme < self.best
                 if improved:
-                    self.best = val["nme_iod"]
+                    self.best = nme
                 self._save(f"epoch_{epoch:03d}", epoch, val)
                 self._save("last", epoch, val)
-                if improved or val is None:
+                if improved or nme is None:
                     self._save("best", epoch, val)
                 self.log(json.dumps(rec))
             if self.world > 1:
