@@ -20,7 +20,7 @@ from chs.model.chs import CHSNet, build_model
 from chs.model.config import ChsConfig
 from chs.runtime.assets import resolve_model_path
 from chs.runtime.errors import ChsError, first_line
-from chs.runtime.files import replace_dir
+from chs.runtime.files import read_json, replace_dir
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -55,12 +55,10 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict:
     cfg_file = path / CONFIG if path.is_dir() else path
     if not cfg_file.exists():
         raise ChsError(f"not a chs checkpoint: {path} (no {CONFIG})")
+    meta = read_json(cfg_file, "checkpoint config")  # not UTF-8, not JSON, nested too deeply: one line
     try:
-        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
         ChsConfig.from_dict(meta["config"])
-    except UnicodeDecodeError:
-        raise ChsError(f"checkpoint config {cfg_file} is not UTF-8 JSON text") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, ChsError):
             raise ChsError(f"{cfg_file}: {e}") from None
         raise ChsError(f"checkpoint config {cfg_file} is unreadable or not a chs config") from None

@@ -39,6 +39,15 @@ def compared_scheme(data_scheme: str, model_scheme: str) -> str:
     raise ChsError(f"dataset has {data_scheme}-point landmarks but the model predicts {model_scheme}")
 
 
+def dataset_scheme(samples: Sequence[FaceSample], model_scheme: str) -> str:
+    """The scheme a set of faces is compared in against a model's (:func:`compared_scheme`); evaluation and
+    training both refuse a set that mixes schemes (a folder of 5- and 68-point files)."""
+    schemes = sorted({s.scheme for s in samples}, key=int)
+    if len(schemes) != 1:
+        raise ChsError(f"dataset mixes landmark schemes {schemes}; use one scheme per set")
+    return compared_scheme(schemes[0], model_scheme)
+
+
 def load_images(samples: Sequence[FaceSample]) -> tuple[list[FaceSample], list[np.ndarray], list[str]]:
     """Read every image; unreadable ones are skipped with a warning naming the file."""
     kept, images, skipped = [], [], []
@@ -98,10 +107,7 @@ def evaluate_runner(runner: Runner, samples: Sequence[FaceSample], batch_size: i
     kept, images, skipped = load_images(samples)
     if not kept:
         raise ChsError("none of the dataset's images could be read")
-    schemes = {s.scheme for s in kept}
-    if len(schemes) != 1:
-        raise ChsError(f"dataset mixes landmark schemes {sorted(schemes)}; evaluate one at a time")
-    scheme = compared_scheme(schemes.pop(), runner.meta.scheme)
+    scheme = dataset_scheme(kept, runner.meta.scheme)
     gt = np.stack([s.landmarks for s in kept])
     boxes = [sample_box(s, runner.meta) for s in kept]
     pred = predict_samples(runner, images, boxes, batch_size)

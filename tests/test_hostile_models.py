@@ -89,7 +89,17 @@ def test_non_utf8_config_is_one_line(ckpt, tmp_path):
     text = (bad / "config.json").read_text().replace('"tiny"', '"tiny\u00e9"')
     (bad / "config.json").write_bytes(text.encode("latin-1"))
     faces = Path(__file__).resolve().parent / "fixtures" / "pts"
-    _one_error_line(_cli("eval", bad, "--data", faces), "is not UTF-8 JSON text")
+    line = _one_error_line(_cli("eval", bad, "--data", faces), "checkpoint config")
+    assert line.endswith("config.json is not UTF-8 text"), line
+
+
+def test_config_nested_too_deeply_is_one_line(ckpt, tmp_path):
+    from chs.model.checkpoint import read_checkpoint_config
+
+    bad = _copy(ckpt, tmp_path / "deep")
+    (bad / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ChsError, match="checkpoint config .*config.json is nested too deeply"):
+        read_checkpoint_config(bad)
 
 
 # ---------------------------------------------------------------------------------------- 8: non-finite weights

@@ -36,7 +36,7 @@ from chs.model.training.options_checks import check_finite_loss, check_finite_we
 from chs.model.training.state import restore_train_state, train_state_tensors
 from chs.runtime.datasets import FaceSample, load_dataset
 from chs.runtime.errors import ChsError
-from chs.runtime.evaluate import compared_scheme, load_images, predict_samples, sample_box, stage_summary
+from chs.runtime.evaluate import dataset_scheme, load_images, predict_samples, sample_box, stage_summary
 from chs.runtime.metrics import summarize
 from chs.runtime.schemes import get_scheme
 
@@ -102,20 +102,17 @@ def _optimizer(opts: TrainOptions, params) -> torch.optim.Optimizer:
 def check_data_scheme(samples: list[FaceSample], what: str, model_scheme: str, five: bool = False) -> None:
     """Refuse a set whose faces lack the points the model trains on (``five``: a 5-point set, --data5/--val5):
     98-point indexing of 68-point labels fails deep in the loader, a folder mixing 5- and 68-point files on
-    a box. The rules are chs-eval's: one scheme per set, :func:`compared_scheme` between it and the model's."""
-    schemes = sorted({s.scheme for s in samples}, key=int)
-    if len(schemes) > 1:
-        raise ChsError(f"{what}: dataset mixes landmark schemes {schemes}; use one scheme per set")
-    if not schemes:
+    a box. chs-eval's rule, :func:`chs.runtime.evaluate.dataset_scheme`, decides."""
+    if not samples:
         return
     try:
-        compared = compared_scheme(schemes[0], model_scheme)
+        compared = dataset_scheme(samples, model_scheme)
     except ChsError as e:
         raise ChsError(f"{what}: {e}") from None
     want = "5" if five else model_scheme
     if compared != want:
         hint = "takes 5-point faces" if five else f"needs {model_scheme}-point faces (5-point ones: --data5, --val5)"
-        raise ChsError(f"{what}: dataset has {schemes[0]}-point landmarks; it {hint}")
+        raise ChsError(f"{what}: dataset has {samples[0].scheme}-point landmarks; it {hint}")
 
 
 class Trainer:
