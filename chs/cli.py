@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from chs.errors_cli import OneLineTyper, one_line_errors
+from chs.errors_cli import OneLineTyper, missing_package, one_line_errors
 from chs.model.training.options import TrainOptions
 from chs.options_cli import options_command
 from chs.runtime.errors import ChsError
@@ -88,9 +88,16 @@ def evaluate(opts: EvalOptions) -> None:
     """NME / FR / AUC of a model on a dataset (ground-truth-landmark boxes, or the face detector's)."""
     model, data, batch_size, as_json, plot, boxes, split = (opts.model, opts.data, opts.batch_size, opts.as_json,
                                                            opts.plot, opts.boxes, opts.split)
-    from chs.model.runner import open_runner
+    from chs.runtime.backends.opener import open_model
     from chs.runtime.datasets import load_dataset
     from chs.runtime.evaluate import evaluate_runner
+
+    try:
+        from chs.model.runner import open_checkpoint
+    except ModuleNotFoundError as e:  # a torch-free install evaluates .onnx, engines, triton:// and the bundled ONNX
+        if missing_package(e) is None:
+            raise
+        open_checkpoint = None
 
     if boxes not in ("gt", "detector"):
         raise ChsError(f"--boxes must be gt or detector, got '{boxes}'")
@@ -100,20 +107,15 @@ def evaluate(opts: EvalOptions) -> None:
         from chs.benchmarks.plots import check_plot_path
 
         check_plot_path(plot)
-    runner = open_runner(model, ccr=opts.ccr, backend="auto")
+    runner = open_model(model, "auto", ccr=opts.ccr, checkpoint=open_checkpoint)
     if boxes == "detector":
         from chs.runtime.detector import make_detector
         from chs.runtime.detector_eval import evaluate_with_detector
 
         res = evaluate_with_detector(runner, make_detector(opts.detector), load_dataset(data, split),
                                      batch_size=batch_size)
-        if as_json:
-            _print_json(res)
-        else:
-            typer.echo(f"n={res['n']} of {res['n_images']} (misses {res['misses']})  NME(IOD) "
-                       f"{res['nme_iod'] * 100:.2f}%  FR@10 {res['fr_10'] * 100:.2f}%")
-        return
-    res = evaluate_runner(runner, load_dataset(data, split), batch_size)
+    else:
+        res = evaluate_runner(runner, load_dataset(data, split), batch_size)
     if plot:
         from chs.benchmarks.plots import plot_ced
 
@@ -121,6 +123,10 @@ def evaluate(opts: EvalOptions) -> None:
     res.pop("per_sample_nme", None)
     if as_json:
         _print_json(res)
+        return
+    if boxes == "detector":
+        typer.echo(f"n={res['n']} of {res['n_images']} (misses {res['misses']})  NME(IOD) "
+                   f"{res['nme_iod'] * 100:.2f}%  FR@10 {res['fr_10'] * 100:.2f}%")
         return
     typer.echo(f"n={res['n']}  NME(IOD) {res['nme_iod'] * 100:.2f}%  NME(IPD) {res['nme_ipd'] * 100:.2f}%  "
                f"FR@10 {res['fr_10'] * 100:.2f}%  AUC@10 {res['auc_10']:.4f}  "

@@ -17,8 +17,8 @@ from chs.runtime.backends.base import Runner
 from chs.runtime.datasets import FaceSample
 from chs.runtime.detector import IDENTITY_MAP, MATCH_IOU, BoxMap, FaceDetector, box_iou
 from chs.runtime.errors import ChsError
-from chs.runtime.evaluate import compared_scheme, predict_samples
-from chs.runtime.metrics import summarize
+from chs.runtime.evaluate import dataset_scheme, predict_samples
+from chs.runtime.metrics import nme, primary_normaliser, summarize
 from chs.runtime.schemes import get_scheme
 
 
@@ -141,12 +141,16 @@ def evaluate_with_detector(runner: Runner, detector: FaceDetector, samples: Sequ
     and left out of the NME; see :func:`match_detections`)."""
     n, images, boxes, gts = match_detections(detector, samples, iou_threshold)
     pred = predict_samples(runner, images, boxes, batch_size)["landmarks"]
-    scheme = compared_scheme(samples[0].scheme, runner.meta.scheme) if samples else runner.meta.scheme
+    scheme = dataset_scheme(samples, runner.meta.scheme) if samples else runner.meta.scheme
     if scheme != runner.meta.scheme:  # 5-point labels: the model's points reduced to 5
         pred = get_scheme(runner.meta.scheme).to_five(pred)
-    result = summarize(pred, np.stack(gts), scheme, shift="own" if scheme == "5" else None)
+    gt = np.stack(gts)
+    result = summarize(pred, gt, scheme, shift="own" if scheme == "5" else None)
     result.update(n_images=n, misses=n - len(images), miss_rate=(n - len(images)) / n,
-                  detector=getattr(detector, "name", type(detector).__name__), boxes="detector")
+                  detector=getattr(detector, "name", type(detector).__name__), boxes="detector",
+                  ccr=runner.meta.ccr, scheme=scheme)
+    if len(gt):  # what chs-eval --plot draws, as for ground-truth boxes
+        result["per_sample_nme"] = nme(pred, gt, scheme, primary_normaliser(scheme))
     return result
 
 

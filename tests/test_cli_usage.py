@@ -3,8 +3,10 @@ input: one ``error:`` line and exit code 2, not click's multi-line usage panel; 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +65,26 @@ def test_a_missing_optional_package_names_its_install(blocked, app, args, instal
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: this command needs {blocked}, which is not installed: ")
     assert install in lines[0]
+
+
+def test_eval_of_an_onnx_file_needs_no_torch(fixtures_dir):
+    """chs-eval on an exported model runs in a torch-free install (the README's `serve` / runtime-only use)."""
+    onnx_file = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "default" / "model.onnx"
+    code = NO_PACKAGE.format(blocked="torch", app="eval_app")
+    res = subprocess.run([sys.executable, "-c", code, str(onnx_file), "--data", str(fixtures_dir / "pts"), "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["n"] == 4 and 0 < out["nme_iod"] < 0.2
+    ckpt = subprocess.run([sys.executable, "-c", code, str(onnx_file.parent), "--data", str(fixtures_dir / "pts")],
+                          capture_output=True, text=True, timeout=300)
+    assert ckpt.returncode == 2 and "is a training checkpoint" in ckpt.stderr, ckpt.stderr
+
+
+def test_eval_plot_with_detector_boxes(fixtures_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    onnx_file = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "default" / "model.onnx"
+    res = _chs("eval", str(onnx_file), "--data", str(fixtures_dir / "pts"), "--boxes", "detector",
+               "--plot", str(tmp_path / "ced.png"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "ced.png").stat().st_size > 1000 and res.stdout.startswith("n=")
