@@ -63,7 +63,9 @@ def train(opts: TrainOptions, preset: str, ccr: int | None, backward: str | None
 
         trainer = Trainer(cfg, opts, resume=resume, log=bar.console.print)
         result = trainer.fit(progress)
-    typer.echo(f"best val NME (IOD): {result['best_val_nme_iod']}  checkpoints in {opts.out}")
+    if trainer.rank == 0:  # under torchrun every process returns here; one report
+        best = result["best_val_nme_iod"]
+        typer.echo(f"best val NME (IOD): {'-' if best is None else f'{best * 100:.2f} %'}  checkpoints in {opts.out}")
 
 
 # ---------------------------------------------------------------------------------------------- eval

@@ -97,6 +97,23 @@ def test_chs_train_refuses_bad_options_and_writes_nothing(tmp_path, args, messag
     assert "checkpoints in" not in res.stdout and not (tmp_path / "bad").exists()
 
 
+def test_chs_train_out_on_an_existing_file_is_refused_before_training(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    res = _run(train_app, "--data", FACES, "--preset", "tiny", "--out", afile, "--batch-size", "2")
+    _one_error_line(res, f"--out {afile} exists and is not a folder")
+    assert afile.read_text() == "keep me"
+
+
+def test_chs_train_reports_the_best_nme_in_percent(tmp_path):
+    res = _run(train_app, "--data", FACES, "--val", FACES, "--preset", "tiny", "--out", tmp_path / "run",
+               "--batch-size", "2", "--epochs", "1", "--threads", "1")
+    assert res.exit_code == 0, res.stderr[-2000:]
+    best = json.loads((tmp_path / "run" / "best" / "config.json").read_text())["info"]["best"]  # a fraction
+    line = res.stdout.strip().splitlines()[-1]
+    assert line == f"best val NME (IOD): {best * 100:.2f} %  checkpoints in {tmp_path / 'run'}", line
+
+
 def test_diverging_training_stops_with_one_line(faces, tmp_path):
     opts = TrainOptions(data=str(faces), out=str(tmp_path / "run"), epochs=2, batch_size=2, lr=1e25, sigma=1.5,
                         threads=1, schedule="cosine")

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from chs.runtime.errors import ChsError
+from chs.runtime.files import check_output_dir
 
 MAX_SEED = 2**32  # seeds are 0 .. MAX_SEED - 1
 
@@ -74,6 +75,9 @@ def check_train_options(o: Any) -> None:
     check_device(o.device)
     if o.amp == "fp16" and o.device == "cpu":
         raise ChsError(f"--amp fp16 is not supported on {o.device} (none, bf16; fp16 needs CUDA)")
+    if not o.out:
+        raise ChsError("--out is an empty path ('')")
+    check_output_dir(o.out, "--out")  # an existing file there would fail only after the first epoch
 
 
 def check_finite_loss(loss: float, epoch: int, step: int) -> None:
