@@ -50,12 +50,28 @@ def check_export_paths(o: Any) -> Path:
         if value is not None and not Path(value).exists():
             raise ChsError(f"{option} {value} not found")
     out = check_output_dir(o.out)
+    _refuse_out_holding_inputs(o, out)
     if out.is_dir() and any(out.iterdir()):
         if o.if_exists == "refuse":
             raise ChsError(f"--out {out} is not empty: pass --force to replace it, or choose a new folder")
         if o.if_exists == "replace" and not (out / "report.json").is_file():
             raise ChsError(f"--out {out} holds files that are not a chs export (no report.json): not replacing it")
     return out
+
+
+def _refuse_out_holding_inputs(o: Any, out: Path) -> None:
+    """An ``--out`` that is, or contains, an input would be replaced (``--force``) or merged into with the
+    input gone or mixed with the export: refuse it before any work."""
+    from chs.runtime.assets import resolve_model_path
+
+    target = out.resolve()
+    for option, value in (("model", resolve_model_path(o.model)), ("--calib", o.calib),
+                          ("--parity-data", o.parity_data)):
+        if value is None:
+            continue
+        src = Path(value).resolve()
+        if src == target or target in src.parents:
+            raise ChsError(f"--out {out} holds the {option} {value}: choose an output folder outside the inputs")
 
 
 __all__ = ["IF_EXISTS", "check_export_options", "check_export_paths"]

@@ -165,6 +165,21 @@ def test_export_into_non_empty_folder_needs_force(ckpt, tmp_path, no_export_work
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.parametrize("where", ["model", "calib", "parity_data"])
+def test_forced_export_refuses_an_out_that_holds_its_input(ckpt, tmp_path, no_export_work, where):
+    """--force replaces --out whole: an input inside it (or --out itself) would be deleted with it."""
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "report.json").write_text("{}")  # a previous export: --force would replace it
+    inner = Path(shutil.copytree(ckpt, out / "ckpt"))
+    args = {"model": [inner], "calib": [ckpt, "--int8", "--calib", inner],
+            "parity_data": [ckpt, "--parity-data", out]}[where]
+    option = {"model": "model", "calib": "--calib", "parity_data": "--parity-data"}[where]
+    _one_error_line(_run(export_app, *args, "--out", out, "--engine", "never", "--force"),
+                    f"--out {out} holds the {option} ")
+    assert sorted(p.name for p in inner.iterdir()) == sorted(p.name for p in ckpt.iterdir())
+
+
 def test_forced_export_replaces_the_previous_one_whole(ckpt, tmp_path):
     out = tmp_path / "e"
     out.mkdir()
