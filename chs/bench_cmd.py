@@ -105,27 +105,13 @@ def _choices(text: str, option: str, allowed: tuple[str, ...]) -> list[str]:
 
 
 def _request(model: str, backend: str, precision: str, ccr: str | None, batch: str | None = None,
-             work_dir: str | None = None, **fields) -> BenchRequest:
+             **fields) -> BenchRequest:
     """The comma-list options parsed into the one validated request of the command."""
     return BenchRequest(
         model, backends=_choices(backend, "--backend", BACKENDS),
         precisions=_choices(precision, "--precision", PRECISIONS),
         ccrs=_ints(ccr, "--ccr", 0) if ccr is not None else None,
-        batches=_ints(batch, "--batch", 1) if batch is not None else (1,),
-        work_dir=_work_dir(model, work_dir), **fields)
-
-
-def _work_dir(model: str, work_dir: str | None) -> str:
-    if work_dir:
-        return work_dir
-    import hashlib
-    from pathlib import Path
-
-    from chs.runtime.assets import resolve_model_path
-
-    path = resolve_model_path(model).resolve()
-    tag = hashlib.sha256(str(path).encode()).hexdigest()[:10]
-    return str(Path.home() / ".cache" / "chs" / "bench" / f"{path.name}-{tag}")
+        batches=_ints(batch, "--batch", 1) if batch is not None else (1,), **fields)
 
 
 def _log(msg: str) -> None:
@@ -187,9 +173,10 @@ def latency(
         from pathlib import Path
 
         from chs.benchmarks.presets import preset_checkpoint
+        from chs.export.options import cache_dir
 
         work_dir = opts.get("work_dir")
-        root = Path(work_dir) if work_dir else Path(_work_dir("default", None)).parent
+        root = Path(work_dir) if work_dir else cache_dir("bench")
         opts["model"] = str(preset_checkpoint(preset, root))
         opts["work_dir"] = work_dir and str(Path(work_dir) / Path(opts["model"]).name)
         opts["timing_only"] = True

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from chs.runtime.errors import ChsError
 from chs.runtime.options import option
+
+
+def cache_dir(name: str) -> Path:
+    """``~/.cache/chs/<name>``: the one root of what chs keeps between runs (calibration ranges, bench exports)."""
+    return Path.home() / ".cache" / "chs" / name
 
 
 def parse_batch(text: str) -> tuple[int, int, int]:

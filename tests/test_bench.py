@@ -166,6 +166,18 @@ def test_bad_lists_one_line_error(bench, args):
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
 
 
+def test_work_dir_defaults_to_the_user_cache_in_the_library(monkeypatch, tmp_path):
+    """BenchRequest, not the CLI, resolves a missing work_dir: ~/.cache/chs/bench/<model>-<path hash>."""
+    import hashlib
+
+    from chs.runtime.assets import DEFAULT_DIR
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    tag = hashlib.sha256(str(DEFAULT_DIR.resolve()).encode()).hexdigest()[:10]
+    assert BenchRequest("default").work_dir == tmp_path / ".cache" / "chs" / "bench" / f"{DEFAULT_DIR.name}-{tag}"
+    assert BenchRequest("default", work_dir="mine").work_dir == "mine"
+
+
 def test_dlib_peer_row_on_real_faces():
     """dlib's 68-point predictor with its own HOG boxes on the four real fixture faces (when installed)."""
     from chs.benchmarks.accuracy import load_samples, peer_accuracy_row
