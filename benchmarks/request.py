@@ -7,6 +7,7 @@ when it is made, before any export or timing starts.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,11 @@ class BenchRequest:
             raise ChsError(f"--ort-sessions must be 1-{MAX_SESSIONS}, got {self.ort_sessions}")
         if self.passes < 1 or self.repeats < 1:
             raise ChsError("--repeats and passes must be >= 1")
+        if self.warmup < 0:
+            raise ChsError(f"--warmup must be >= 0, got {self.warmup}")
+        if not 0 < self.max_seconds < math.inf:  # NaN fails too: it would never stop a row
+            raise ChsError(f"--max-seconds must be a finite number > 0, got {self.max_seconds}")
+        check_threads(self.threads)
         trained = trained_ccr(self.model)
         ccrs = tuple(range(min(2, trained) + 1)) if self.ccrs is None else tuple(self.ccrs)
         for k in ccrs:
@@ -84,6 +90,12 @@ class BenchRequest:
             object.__setattr__(self, "work_dir", default_work_dir(self.model))
         for name in ("backends", "precisions", "batches"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+
+
+def check_threads(threads: int | None) -> None:
+    """Intra-op threads: None (the libraries' default) or >= 1 (torch raises a RuntimeError on others)."""
+    if threads is not None and threads < 1:
+        raise ChsError(f"--threads must be >= 1 (or left out for the default), got {threads}")
 
 
 def trained_ccr(model: str | os.PathLike) -> int:

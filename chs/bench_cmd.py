@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from chs.benchmarks.profile import ProfileOptions
 from chs.benchmarks.request import BACKENDS, PRECISIONS, BenchRequest
 from chs.benchmarks.serve import ServeBenchOptions
 from chs.errors_cli import one_line_errors
@@ -284,24 +285,23 @@ def tradeoff(
     typer.echo(f"wrote {', '.join(sorted(files))} to {out}")
 
 
+def _profile_extra(models: Annotated[list[str], typer.Argument(
+        help="ONNX files, e.g. model_fp32.onnx model_int8_u8s8.onnx.")], as_json: AsJson = False) -> None:
+    """chs-bench profile's files and output switch."""
+
+
 @bench_app.command()
 @one_line_errors
-def profile(
-    models: Annotated[list[str], typer.Argument(help="ONNX files, e.g. model_fp32.onnx model_int8_u8s8.onnx.")],
-    batch: Annotated[int, typer.Option(help="Batch size of the zero input.")] = 1,
-    runs: Annotated[int, typer.Option(help="Profiled calls per model.")] = 30,
-    threads: Threads = None,
-    top: Annotated[int, typer.Option(help="Op types shown per model.")] = 10,
-    as_json: AsJson = False,
-) -> None:
+@options_command(ProfileOptions, extra=_profile_extra)
+def profile(opts: ProfileOptions, models: list[str], as_json: bool) -> None:
     """ONNX Runtime CPU kernel time per operator type: what an FP16 or INT8 file adds beside the convolutions."""
     from chs.benchmarks.profile import format_profiles, op_profile
 
-    profiles = [op_profile(m, batch, runs, threads=threads) for m in models]
+    profiles = [op_profile(m, opts.batch, opts.runs, opts.warmup, opts.threads) for m in models]
     if as_json:
         sys.stdout.write(json.dumps(profiles, indent=2) + "\n")
     else:
-        typer.echo(format_profiles(profiles, top))
+        typer.echo(format_profiles(profiles, opts.top))
 
 
 @bench_app.command()

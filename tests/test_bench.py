@@ -166,6 +166,24 @@ def test_bad_lists_one_line_error(bench, args):
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["latency", "--threads", "-1"], "--threads must be >= 1 (or left out for the default), got -1"),
+    (["latency", "--threads", "0"], "--threads must be >= 1 (or left out for the default), got 0"),
+    (["latency", "--max-seconds", "nan"], "--max-seconds must be a finite number > 0, got nan"),
+    (["latency", "--max-seconds", "-1"], "--max-seconds must be a finite number > 0, got -1.0"),
+    (["latency", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["profile", "missing.onnx", "--top", "-1"], "--top must be >= 1, got -1"),
+    (["profile", "missing.onnx", "--threads", "-2"], "--threads must be >= 1 (or left out for the default), got -2"),
+    (["profile", "missing.onnx", "--runs", "0"], "--runs must be >= 1, got 0"),
+])
+def test_bad_numbers_refused_before_work(args, message):
+    """Values torch would crash on (threads), that never stop a row (NaN seconds) or that silently drop rows
+    (a negative --top): one line naming the option, before any model is opened."""
+    res = CliRunner().invoke(bench_app, [*args, "--no-detector"] if args[0] == "latency" else args)
+    assert res.exit_code == 2, (res.stdout, res.stderr)
+    assert res.stderr.strip().splitlines() == [f"error: {message}"]
+
+
 def test_work_dir_defaults_to_the_user_cache_in_the_library(monkeypatch, tmp_path):
     """BenchRequest, not the CLI, resolves a missing work_dir: ~/.cache/chs/bench/<model>-<path hash>."""
     import hashlib
