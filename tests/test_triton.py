@@ -162,6 +162,26 @@ def test_backend_errors(onnx_file, tmp_path):
         write_triton_repository(tmp_path, "m", engine_path=plan, meta=META, backend="python")
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"startup_timeout": float("nan")}, "--startup-timeout must be a finite number of seconds > 0, got nan"),
+    ({"startup_timeout": -5.0}, "--startup-timeout must be a finite number of seconds > 0, got -5.0"),
+    ({"tritonserver": "script.py"}, "cannot run tritonserver {cwd}/script.py: Exec format error"),
+])
+def test_serve_refuses_a_bad_timeout_and_an_unrunnable_binary(onnx_file, tmp_path, monkeypatch, changes, message):
+    """chs-serve: an executable without a shebang (even named without a folder) and a NaN or negative startup
+    timeout are one-line errors, not an OSError or a server started and stopped at once."""
+    from chs.runtime.triton_server import ServeOptions, TritonServer
+
+    write_triton_repository(tmp_path / "r", "chs", onnx_path=onnx_file, meta=META, backend="python")
+    script = tmp_path / "script.py"
+    script.write_text("print('not a server')\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ChsError) as e:
+        TritonServer(ServeOptions(str(tmp_path / "r"), **changes)).start()
+    assert str(e.value) == message.format(cwd=tmp_path)
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "python", "tensorrt"])
 def test_config_parses_into_tritons_model_config(onnx_file, tmp_path, backend):
     """Triton's own protobuf (strict text format) accepts every config, parameters and all."""
