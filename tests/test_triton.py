@@ -224,9 +224,11 @@ def test_url_parsing():
     assert parse_triton_url("triton://127.0.0.1:8000/chs") == ("http", "127.0.0.1:8000", "chs", "")
     assert parse_triton_url("triton+grpc://localhost:8001/chs/2") == ("grpc", "localhost:8001", "chs", "2")
     assert parse_triton_url("triton://[::1]:8000/m") == ("http", "[::1]:8000", "m", "")
-    for bad in ("triton://host/chs", "triton://host:port/chs", "triton://h:1/", "triton://h:1/a/b/c", "http://h:1/m"):
-        with pytest.raises(ChsError, match="triton://HOST:PORT/NAME"):
+    for bad in ("triton://host/chs", "triton://host:port/chs", "triton://h:1/", "triton://h:1/a/b/c", "http://h:1/m",
+                "triton://[::1/chs", "triton+grpc://[::1:8001/chs"):
+        with pytest.raises(ChsError, match="triton://HOST:PORT/NAME") as e:
             parse_triton_url(bad)
+        assert str(e.value).endswith(f"got '{bad}'")
     for bad, message in (("triton://h:1/m?timeout=x", "must be a number"),
                          ("triton://h:1/m?retries=2", r"only \?timeout"),
                          ("triton://h:1/m?timeout=0", "timeout must be > 0")):
