@@ -9,7 +9,6 @@ interleaved in ``passes`` rounds, so a change of machine load hits every row ali
 
 from __future__ import annotations
 
-import json
 import tempfile
 import threading
 import time
@@ -51,24 +50,23 @@ def check_options(o: ServeBenchOptions) -> None:
 
 
 def real_crops(runner, data: str | None, limit: int) -> np.ndarray:
-    """Crops of real faces with ground-truth-landmark boxes (or the demo photo's stored box)."""
+    """Crops of real faces with the boxes the model was trained on (or the demo photo's stored box)."""
     from chs.runtime.evaluate import crop_batch
-    from chs.runtime.imageio import read_image
 
     if data:
         from chs.runtime.datasets import load_dataset
-        from chs.runtime.geometry import box_from_landmarks
+        from chs.runtime.evaluate import sample_box
 
         samples = [s for s in load_dataset(data) if s.image_path is not None][:limit]
         if not samples:
             raise ChsError(f"no faces with images in {data}")
-        images = [read_image(s.image_path) for s in samples]
-        boxes = [s.box if s.box is not None else box_from_landmarks(s.landmarks) for s in samples]
+        images = [s.load_image() for s in samples]
+        boxes = [sample_box(s, runner.meta) for s in samples]
     else:
-        from chs.runtime.assets import DEMO_BOX, DEMO_IMAGE
+        from chs.runtime.assets import demo_face
 
-        images = [read_image(DEMO_IMAGE)]
-        boxes = [np.asarray(json.loads(DEMO_BOX.read_text())[DEMO_IMAGE.name][0], float)]
+        image, box = demo_face()
+        images, boxes = [image], [box]
     return crop_batch(images, boxes, runner.meta)[0]
 
 

@@ -196,6 +196,27 @@ def test_work_dir_defaults_to_the_user_cache_in_the_library(monkeypatch, tmp_pat
     assert BenchRequest("default", work_dir="mine").work_dir == "mine"
 
 
+def test_serve_bench_crops_use_the_box_the_model_was_trained_on():
+    """WFLW/COCO sets carry detector boxes; a landmark-box model must be fed ground-truth-landmark boxes."""
+    from types import SimpleNamespace
+
+    from chs.benchmarks.serve import real_crops
+    from chs.runtime.artifact import ModelMeta
+    from chs.runtime.assets import demo_face
+    from chs.runtime.datasets import load_dataset
+    from chs.runtime.evaluate import crop_batch
+    from chs.runtime.geometry import box_from_landmarks
+
+    data = str(Path(__file__).resolve().parent / "fixtures" / "coco-style" / "wflw" / "test_wflw.json")
+    meta = ModelMeta(scheme="98", num_points=98, input_size=64, heatmap_stride=4, ccr=1, precision="fp32")
+    samples = load_dataset(data)[:3]
+    assert all(s.box is not None and not s.landmark_box for s in samples)  # detector boxes in the file
+    want = crop_batch([s.load_image() for s in samples], [box_from_landmarks(s.landmarks) for s in samples], meta)[0]
+    np.testing.assert_array_equal(real_crops(SimpleNamespace(meta=meta), data, 3), want)
+    image, box = demo_face()
+    np.testing.assert_array_equal(real_crops(SimpleNamespace(meta=meta), None, 3), crop_batch([image], [box], meta)[0])
+
+
 def test_dlib_peer_row_on_real_faces():
     """dlib's 68-point predictor with its own HOG boxes on the four real fixture faces (when installed)."""
     from chs.benchmarks.accuracy import load_samples, peer_accuracy_row
