@@ -113,7 +113,7 @@ def run_serve_bench(o: ServeBenchOptions, log=print) -> dict:
     local = open_model(o.model, backend="ort", providers="cpu")
     crops = real_crops(local, o.data, o.faces)
     reference = local.infer(crops)["landmarks"]
-    from chs.runtime.backends.triton import TritonRunner
+    from chs.runtime.backends.triton import TritonRunner, parse_triton_url
 
     with tempfile.TemporaryDirectory(prefix="chs-bench-serve-") as tmp:
         server = None
@@ -128,7 +128,7 @@ def run_serve_bench(o: ServeBenchOptions, log=print) -> dict:
             server.start()
             urls = {"http": f"triton://{server.http_url}/chs", "grpc": f"triton+grpc://{server.grpc_url}/chs"}
         else:
-            urls = {"http" if o.url.startswith("triton://") else "grpc": o.url}
+            urls = {parse_triton_url(o.url)[0]: o.url}  # triton:// and triton+http:// are http
         try:
             remote = {p: TritonRunner(urls[p], timeout=o.timeout) for p in o.protocols if p in urls}
             rows = {"in-process ORT, 1 client": (local.infer, 1, None),

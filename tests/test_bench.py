@@ -217,6 +217,31 @@ def test_serve_bench_crops_use_the_box_the_model_was_trained_on():
     np.testing.assert_array_equal(real_crops(SimpleNamespace(meta=meta), None, 3), crop_batch([image], [box], meta)[0])
 
 
+@pytest.mark.parametrize("url, protocol", [("triton+http://h:1/chs", "http"), ("triton://h:1/chs", "http"),
+                                           ("triton+grpc://h:1/chs", "grpc")])
+def test_serve_bench_files_a_running_server_under_its_urls_protocol(monkeypatch, url, protocol):
+    """--url triton+http://... is an HTTP row (it was filed under gRPC: any scheme but triton:// was)."""
+    from chs.benchmarks import serve
+    from chs.runtime.backends import triton
+    from chs.runtime.backends.opener import open_model
+
+    class FakeTriton:  # the served model is the local one: only the row's protocol is under test
+        def __init__(self, u: str, timeout: float) -> None:
+            assert u == url
+            self.infer = open_model("default", backend="ort", providers="cpu").infer
+
+        def batch_counts(self) -> tuple[int, int]:
+            return 0, 0
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(triton, "TritonRunner", FakeTriton)
+    opts = serve.ServeBenchOptions(url=url, clients=1, requests=1, passes=1)
+    rows = serve.run_serve_bench(opts, log=lambda _: None)["rows"]
+    assert [r["row"] for r in rows][-1] == f"Triton {protocol}, 1 clients" and len(rows) == 3
+
+
 def test_dlib_peer_row_on_real_faces():
     """dlib's 68-point predictor with its own HOG boxes on the four real fixture faces (when installed)."""
     from chs.benchmarks.accuracy import load_samples, peer_accuracy_row
