@@ -112,7 +112,7 @@ def _time(req: BenchRequest, jobs: list[tuple[dict, Any, np.ndarray]], log: Log)
                                warmup=req.warmup if p == 0 else 1, sync=runner.synchronize,
                                max_seconds=req.max_seconds)
             except ChsError as e:  # e.g. an engine profile too small, out of memory on a device
-                row.update(status="skipped", reason=str(e).splitlines()[0])
+                row.update(status="skipped", reason=first_line(e))
                 continue
             except RuntimeError as e:  # e.g. CUDA graph capture of an op that cannot be captured
                 row.update(status="skipped", reason=f"{type(e).__name__}: {first_line(e)}")

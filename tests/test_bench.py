@@ -88,6 +88,25 @@ def test_ort_batches_split_over_sessions(bench):
         (1, "ort-cpu", 2, "ok"), (3, "ort-cpu/2x1", 1, "ok")]
 
 
+@pytest.mark.parametrize("message, reason", [("", "ChsError"), ("engine profile too small\nsee the log", None)])
+def test_a_failing_row_is_skipped_with_the_first_line_of_its_error(message, reason):
+    """A runner's ChsError becomes the row's reason (its first line; an empty message crashed the run)."""
+    from types import SimpleNamespace
+
+    from chs.benchmarks import latency
+    from chs.runtime.errors import ChsError
+
+    def infer(x):
+        raise ChsError(message)
+
+    runner = SimpleNamespace(infer=infer, synchronize=lambda: None)
+    row = {"status": "ok", "ccr": 0, "backend": "trt", "mode": "", "precision": "fp32", "batch": 1}
+    req = SimpleNamespace(passes=2, repeats=3, warmup=1, max_seconds=1.0)
+    samples = latency._time(req, [(row, runner, np.zeros((1, 3, 8, 8), np.float32))], log=lambda _: None)
+    assert samples == {id(row): []}
+    assert row["status"] == "skipped" and row["reason"] == (reason or message.splitlines()[0])
+
+
 def test_detector_row(monkeypatch):
     import chs.runtime.detector as det
 
