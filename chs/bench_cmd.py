@@ -8,9 +8,11 @@ from typing import Annotated
 
 import typer
 
+from chs.benchmarks.complexity import PAPER_PRESET
 from chs.benchmarks.profile import ProfileOptions
 from chs.benchmarks.request import BACKENDS, PRECISIONS, BenchRequest
 from chs.benchmarks.serve import ServeBenchOptions
+from chs.benchmarks.video import VideoBench
 from chs.errors_cli import one_line_errors
 from chs.options_cli import options_command, with_options
 from chs.runtime.errors import ChsError
@@ -30,7 +32,7 @@ def _group() -> None:
 @bench_app.command()
 @one_line_errors
 def complexity(
-    preset: Annotated[str, typer.Option(help="Model preset (paper figures are shown for wflw).")] = "wflw",
+    preset: Annotated[str, typer.Option(help="Model preset (paper figures are shown for wflw).")] = PAPER_PRESET,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of rows.")] = False,
 ) -> None:
     """Params and GMACs of AWing and CHS with 0/1/2/4 CCR stages, beside the paper's Table 9."""
@@ -112,7 +114,7 @@ def _request(model: str, backend: str, precision: str, ccr: str | None, batch: s
         model, backends=_choices(backend, "--backend", BACKENDS),
         precisions=_choices(precision, "--precision", PRECISIONS),
         ccrs=_ints(ccr, "--ccr", 0) if ccr is not None else None,
-        batches=_ints(batch, "--batch", 1) if batch is not None else (1,), **fields)
+        **({"batches": _ints(batch, "--batch", 1)} if batch is not None else {}), **fields)
 
 
 def _log(msg: str) -> None:
@@ -347,18 +349,18 @@ def serve(opts: ServeBenchOptions, ctx: typer.Context, as_json: bool, out: str |
 def video(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated stills to make clips from, e.g. ../shared/data/ytf68/val.")],
-    model: Annotated[str, typer.Option(help="'default' (the bundled model) or an .onnx file.")] = "default",
+    model: Annotated[str, typer.Option(help="'default' (the bundled model) or an .onnx file.")] = VideoBench.model,
     clips: Annotated[int | None, typer.Option(help="Clips, spread over the set [default: VideoBench.clips].")] = None,
     frames: Annotated[int | None, typer.Option(help="Frames per clip [default: ClipSpec.frames].")] = None,
     detectors: Annotated[str, typer.Option(help="Comma list: per-frame rows for each; the first one tracks.")
-                         ] = "yunet,dlib",
+                         ] = ",".join(VideoBench.detectors),
     out: Annotated[str | None, typer.Option(help="Write video.json/.md, jitter_vs_nme.png, machine.json, "
                                             "command.txt here.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Video stability: NME, jitter (known motion removed), detector calls/frame and frames/s of per-frame
     detection, tracking and tracking + smoothing on clips made from annotated stills."""
-    from chs.benchmarks.video import VideoBench, run_video_command
+    from chs.benchmarks.video import run_video_command
 
     bench = VideoBench.from_options(data, model, clips, frames, comma_list(detectors, "--detectors"))
     result = run_video_command(bench, out, _command_line(ctx), log=_log)

@@ -7,6 +7,7 @@ tests through the work folder.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -201,6 +202,36 @@ def test_bad_numbers_refused_before_work(args, message):
     res = CliRunner().invoke(bench_app, [*args, "--no-detector"] if args[0] == "latency" else args)
     assert res.exit_code == 2, (res.stdout, res.stderr)
     assert res.stderr.strip().splitlines() == [f"error: {message}"]
+
+
+def test_bench_cli_defaults_are_the_librarys(monkeypatch):
+    """chs-bench restates no default: every one comes from the library (accuracy once used batches (1,) where
+    BenchRequest says (1, 8))."""
+    from typer.main import get_command
+
+    from chs.benchmarks import accuracy, video
+    from chs.benchmarks.complexity import PAPER_PRESET, complexity_rows
+    from chs.benchmarks.profile import ProfileOptions, format_profiles, op_profile
+    from chs.runtime.errors import ChsError
+
+    def seen(req, log):
+        raise ChsError(f"batches {req.batches}")
+
+    monkeypatch.setattr(accuracy, "accuracy_rows", seen)
+    res = CliRunner().invoke(bench_app, ["accuracy", "--data", str(FIXTURE_PTS)])
+    assert res.stderr.strip() == f"error: batches {BenchRequest.batches}"
+
+    defaults = {name: {p.name: p.default for p in cmd.params} for name, cmd in get_command(bench_app).commands.items()}
+    assert defaults["complexity"]["preset"] == PAPER_PRESET == inspect.signature(complexity_rows).parameters[
+        "preset"].default
+    prof = inspect.signature(op_profile).parameters
+    assert defaults["profile"]["batch"] == ProfileOptions.batch == prof["batch"].default
+    assert defaults["profile"]["runs"] == ProfileOptions.runs == prof["runs"].default
+    assert defaults["profile"]["top"] == ProfileOptions.top == inspect.signature(format_profiles).parameters[
+        "top"].default
+    assert defaults["video"]["model"] == video.VideoBench.model
+    assert defaults["video"]["detectors"] == ",".join(video.VideoBench.detectors)
+    assert inspect.signature(video.default_rows).parameters["detectors"].default == video.VideoBench.detectors
 
 
 def test_work_dir_defaults_to_the_user_cache_in_the_library(monkeypatch, tmp_path):
