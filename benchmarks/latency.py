@@ -20,7 +20,7 @@ import numpy as np
 
 from chs.benchmarks.peers import detector_row, peer_latency_row
 from chs.benchmarks.request import BenchRequest, Log, model_complexity, quiet
-from chs.benchmarks.runners import Combo, RunnerFactory, Skip, batch_of, demo_crops
+from chs.benchmarks.runners import Combo, RunnerFactory, Skip, batch_of, demo_crops, runner_factory
 from chs.benchmarks.timing import PeakProbes, finish_row, peak_key, torch_threads
 from chs.runtime.errors import ChsError, first_line
 from chs.runtime.timing import time_calls
@@ -36,8 +36,7 @@ def latency_rows(req: BenchRequest, *, factory: RunnerFactory | None = None, log
 
     Times are per face (per image for the detector); p50/p90/p99 pool every pass, ``p50_ms_passes`` keeps
     each pass's p50 and ``noisy`` flags a > ``noise_threshold`` difference between them."""
-    factory = factory or RunnerFactory(req, log=log)
-    with torch_threads(factory.threads):
+    with runner_factory(req, factory, log) as factory, torch_threads(factory.threads):
         jobs, rows = _plan(req, factory)
         probes = _peaks(req, factory.device, jobs)
         samples = _time(req, jobs, log)

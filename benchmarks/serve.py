@@ -129,8 +129,11 @@ def run_serve_bench(o: ServeBenchOptions, log=print) -> dict:
             urls = {"http": f"triton://{server.http_url}/chs", "grpc": f"triton+grpc://{server.grpc_url}/chs"}
         else:
             urls = {parse_triton_url(o.url)[0]: o.url}  # triton:// and triton+http:// are http
+        remote: dict[str, TritonRunner] = {}
         try:
-            remote = {p: TritonRunner(urls[p], timeout=o.timeout) for p in o.protocols if p in urls}
+            for p in o.protocols:
+                if p in urls:
+                    remote[p] = TritonRunner(urls[p], timeout=o.timeout)
             rows = {"in-process ORT, 1 client": (local.infer, 1, None),
                     f"in-process ORT, {o.clients} clients": (local.infer, o.clients, None)}
             for p, r in remote.items():
@@ -147,9 +150,9 @@ def run_serve_bench(o: ServeBenchOptions, log=print) -> dict:
                         res["server_batch"] = (after[0] - before[0]) / max(1, after[1] - before[1])
                     log(f"{name}: {res['faces_per_s']:.1f} faces/s")
                     results[name].append(res)
+        finally:  # clients first (also when a row or a second client failed), then the server
             for r in remote.values():
                 r.close()
-        finally:
             if server is not None:
                 server.stop()
     table = [_row(name, runs, o.batch) for name, runs in results.items()]

@@ -261,9 +261,9 @@ def tradeoff(
     req = _request(**opts, data=data, max_samples=max_samples)
     previous = load_previous_rows(compare) if compare else None  # bad path: fail before the long run
     info = machine_info(req.threads)
-    factory = RunnerFactory(req, log=_log)
-    acc = accuracy_rows(req, factory=factory, log=_log)
-    lat = latency_rows(req, factory=factory, log=_log)
+    with RunnerFactory(req, log=_log) as factory:  # one set of runners for both, closed after them
+        acc = accuracy_rows(req, factory=factory, log=_log)
+        lat = latency_rows(req, factory=factory, log=_log)
     rows = join_rows(lat, acc)
     ratios = speed_ratios(lat, acc)
     line = machine_line(info)

@@ -77,8 +77,19 @@ def test_skipped_rows_have_reasons(bench):
     assert "calib" in [r for r in rows if r["backend"] == "ort"][0]["reason"]
 
 
-def test_ort_batches_split_over_sessions(bench):
-    """--ort-sessions 2: batches of 2+ crops run on two single-thread sessions, marked in the row."""
+def test_ort_batches_split_over_sessions(bench, monkeypatch):
+    """--ort-sessions 2: batches of 2+ crops run on two single-thread sessions, marked in the row; the
+    runner (and its sessions' thread pool) is closed when the rows are done."""
+    from chs.runtime.backends.ort import OrtRunner
+
+    closed: list[bool] = []
+    close = OrtRunner.close
+
+    def spy(self) -> None:
+        closed.append(self._pool is not None)
+        close(self)
+
+    monkeypatch.setattr(OrtRunner, "close", spy)
     res = CliRunner().invoke(bench_app, [
         "latency", "--model", str(bench["ckpt"]), "--backend", "ort", "--ccr", "0", "--batch", "1,3",
         "--repeats", "2", "--warmup", "1", "--work-dir", str(bench["work"]), "--no-detector", "--threads", "2",
@@ -87,6 +98,7 @@ def test_ort_batches_split_over_sessions(bench):
     lm = [r for r in json.loads(res.stdout)["rows"] if r["kind"] == "landmarks"]
     assert [(r["batch"], r["runner"], r["threads"], r["status"]) for r in lm] == [
         (1, "ort-cpu", 2, "ok"), (3, "ort-cpu/2x1", 1, "ok")]
+    assert closed == [True]  # the one ORT runner, with its split-session pool
 
 
 @pytest.mark.parametrize("message, reason", [("", "ChsError"), ("engine profile too small\nsee the log", None)])

@@ -220,6 +220,20 @@ def test_chs_export_writes_a_python_backend_repository(tmp_path):
     assert cfg["backend"] == "python" and cfg["input"][0]["dims"] == [3, 64, 64]
 
 
+def test_python_backend_model_closes_its_runner_when_unloaded():
+    """finalize (Triton unloading the model) closes the ONNX Runtime runner instead of dropping it."""
+    from types import SimpleNamespace
+
+    from chs.runtime.triton_model import TritonPythonModel
+
+    closed: list[bool] = []
+    model = TritonPythonModel()
+    model.runner = SimpleNamespace(close=lambda: closed.append(True))
+    model.finalize()
+    model.finalize()  # twice (or before initialize): nothing left to close
+    assert closed == [True] and model.runner is None
+
+
 def test_url_parsing():
     assert parse_triton_url("triton://127.0.0.1:8000/chs") == ("http", "127.0.0.1:8000", "chs", "")
     assert parse_triton_url("triton+grpc://localhost:8001/chs/2") == ("grpc", "localhost:8001", "chs", "2")
