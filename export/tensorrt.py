@@ -32,6 +32,7 @@ from chs.runtime.backends.trt_env import gpu_info, gpu_present, shared_logger, t
 from chs.runtime.backends.trt_sidecar import sha256_bytes, sidecar_path_for, sidecar_record, write_engine_and_sidecar
 from chs.runtime.contract import io_contract
 from chs.runtime.errors import ChsError
+from chs.runtime.files import atomic_output
 
 _REASON = "TensorRT engine step needs the tensorrt package and an NVIDIA GPU"
 _OK_MARKER = "chs-trt-build: ok "
@@ -223,10 +224,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildO
     write_engine_and_sidecar(engine_path, data, record)
     if cache_path is not None and cache_bytes is not None:
         try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_name(cache_path.name + ".tmp")
-            tmp.write_bytes(cache_bytes)
-            os.replace(tmp, cache_path)
+            with atomic_output(cache_path) as tmp:
+                tmp.write_bytes(cache_bytes)
         except OSError as e:  # the engine is fine; only the next build is slower
             warnings.warn(f"could not save the timing cache {cache_path}: {e}", stacklevel=2)
     return record

@@ -169,6 +169,16 @@ def test_no_timing_cache_after_build_still_writes_both(onnx_file, tmp_path):
     trt_sidecar.read_sidecar(engine).check_engine_bytes(engine, engine.read_bytes())
 
 
+def test_an_unsaved_timing_cache_leaves_no_temporary_file(onnx_file, tmp_path):
+    """A timing cache that cannot be saved (its path is a folder) warns; no temporary file stays beside it."""
+    engine, cache = tmp_path / "m.engine", tmp_path / "timing.cache"
+    cache.mkdir()
+    with pytest.warns(UserWarning, match="could not save the timing cache"):
+        build_engine(onnx_file, engine, trt=make_fake_trt(), meta=META, timing_cache=cache)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "model.onnx", "timing.cache"]
+    assert list(cache.iterdir()) == []
+
+
 def test_engine_and_sidecar_are_written_together_or_not_at_all(onnx_file, tmp_path, monkeypatch):
     engine = tmp_path / "m.engine"
     build_engine(onnx_file, engine, trt=make_fake_trt(), meta=META)
