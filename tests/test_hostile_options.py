@@ -140,12 +140,20 @@ def no_export_work(monkeypatch):
     ({"calib_method": "bogus"}, "--calib-method must be one of"),
     ({"triton": "../../escape"}, "Triton model name '../../escape' must be"),
     ({"int8": True, "calib": "/nonexistent/calib"}, "--calib /nonexistent/calib not found"),
+    ({"batch": (8, 1, 32)}, "--batch needs 1 <= MIN <= OPT <= MAX, got 8:1:32"),  # the engine builder's checker
 ])
 def test_export_options_checked_before_work(ckpt, tmp_path, no_export_work, changes, message):
     with pytest.raises(ChsError) as e:
         run_export(ExportOptions(model=str(ckpt), out=str(tmp_path / "e"), engine="never", **changes))
     assert message in str(e.value)
     assert not (tmp_path / "e").exists()
+
+
+def test_export_and_engine_builder_share_one_batch_profile_default():
+    from chs.export.options import BATCH_PROFILE
+    from chs.export.tensorrt import BuildOptions
+
+    assert ExportOptions(model="default").batch == BuildOptions().batch == BATCH_PROFILE
 
 
 def test_export_out_existing_file_refused_before_work(ckpt, tmp_path, no_export_work):

@@ -244,8 +244,10 @@ def test_build_failure_and_bad_arguments(onnx_file, tmp_path):
         build_engine(onnx_file, tmp_path / "m.engine", trt=make_fake_trt(fail_build=True), meta=META)
     with pytest.raises(ChsError, match="no input 'image'"):
         build_engine(onnx_file, tmp_path / "m.engine", trt=make_fake_trt(), input_name="image", meta=META)
-    with pytest.raises(ChsError, match="min <= opt <= max"):
+    with pytest.raises(ChsError, match="^batch needs 1 <= MIN <= OPT <= MAX, got 8:4:2$"):
         build_engine(onnx_file, tmp_path / "m.engine", trt=make_fake_trt(), batch=(8, 4, 2))
+    with pytest.raises(ChsError, match="^batch must be three integers MIN:OPT:MAX, got 'abc'$"):
+        build_engine(onnx_file, tmp_path / "m.engine", trt=make_fake_trt(), batch="abc")
     with pytest.raises(ChsError, match="does not exist"):
         build_engine(tmp_path / "nope.onnx", tmp_path / "m.engine", trt=make_fake_trt())
     fixed = _onnx(tmp_path / "fixed.onnx", batch=1)
