@@ -14,7 +14,7 @@ import numpy as np
 
 from chs.benchmarks.peers import dlib_peer, dlib_predict
 from chs.benchmarks.request import BenchRequest, Log, model_complexity, quiet
-from chs.benchmarks.runners import RunnerFactory, Skip
+from chs.benchmarks.runners import RunnerFactory, Skip, runner_factory
 from chs.benchmarks.timing import torch_threads
 from chs.runtime.errors import ChsError
 
@@ -43,8 +43,7 @@ def accuracy_rows(request: BenchRequest, *, factory: RunnerFactory | None = None
     if not request.data:
         raise ChsError("accuracy rows need an annotated dataset (--data)")
     samples = load_samples(request.data, request.max_samples, request.split)
-    factory = factory or RunnerFactory(request, log=log)
-    with torch_threads(factory.threads):
+    with runner_factory(request, factory, log) as factory, torch_threads(factory.threads):
         return _accuracy_rows(request, factory, samples, log)
 
 

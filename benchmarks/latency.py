@@ -20,7 +20,7 @@ import numpy as np
 
 from chs.benchmarks.peers import detector_row, peer_latency_row
 from chs.benchmarks.request import BenchRequest, Log, model_complexity, quiet
-from chs.benchmarks.runners import Combo, RunnerFactory, Skip, batch_of, demo_crops
+from chs.benchmarks.runners import Combo, RunnerFactory, Skip, batch_of, demo_crops, runner_factory
 from chs.benchmarks.timing import PeakProbes, finish_row, peak_key, torch_threads
 from chs.runtime.errors import ChsError, first_line
 from chs.runtime.timing import time_calls
@@ -36,8 +36,7 @@ def latency_rows(req: BenchRequest, *, factory: RunnerFactory | None = None, log
 
     Times are per face (per image for the detector); p50/p90/p99 pool every pass, ``p50_ms_passes`` keeps
     each pass's p50 and ``noisy`` flags a > ``noise_threshold`` difference between them."""
-    factory = factory or RunnerFactory(req, log=log)
-    with torch_threads(factory.threads):
+    with runner_factory(req, factory, log) as factory, torch_threads(factory.threads):
         jobs, rows = _plan(req, factory)
         probes = _peaks(req, factory.device, jobs)
         samples = _time(req, jobs, log)
@@ -112,7 +111,7 @@ def _time(req: BenchRequest, jobs: list[tuple[dict, Any, np.ndarray]], log: Log)
                                warmup=req.warmup if p == 0 else 1, sync=runner.synchronize,
                                max_seconds=req.max_seconds)
             except ChsError as e:  # e.g. an engine profile too small, out of memory on a device
-                row.update(status="skipped", reason=str(e).splitlines()[0])
+                row.update(status="skipped", reason=first_line(e))
                 continue
             except RuntimeError as e:  # e.g. CUDA graph capture of an op that cannot be captured
                 row.update(status="skipped", reason=f"{type(e).__name__}: {first_line(e)}")

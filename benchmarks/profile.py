@@ -14,14 +14,37 @@ import json
 import os
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from chs.benchmarks.request import check_threads
 from chs.runtime.errors import ChsError
+from chs.runtime.options import option
 
 # ONNX Runtime's convolution kernels after its graph optimizations (FP32 NCHWc, fused, int8)
 CONV_OPS = frozenset({"Conv", "FusedConv", "NhwcFusedConv", "QLinearConv", "ConvInteger"})
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """``chs-bench profile``'s options: their one home (the CLI and :func:`op_profile` read the defaults here),
+    checked when made, before any model is profiled."""
+
+    batch: int = option(1, "Batch size of the zero input.")
+    runs: int = option(30, "Profiled calls per model.")
+    threads: int | None = option(None, "Intra-op threads of ONNX Runtime (default: its own).")
+    top: int = option(10, "Op types shown per model.")
+    warmup: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "runs", "top"):
+            if getattr(self, name) < 1:
+                raise ChsError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ChsError(f"warmup must be >= 0, got {self.warmup}")
+        check_threads(self.threads)
 
 
 def critical_path_us(nodes: list[tuple[list[str], list[str]]], durations: list[float]) -> float:
@@ -36,8 +59,8 @@ def critical_path_us(nodes: list[tuple[list[str], list[str]]], durations: list[f
     return longest
 
 
-def op_profile(model: str | os.PathLike, batch: int = 1, runs: int = 30, warmup: int = 3,
-               threads: int | None = None) -> dict:
+def op_profile(model: str | os.PathLike, batch: int = ProfileOptions.batch, runs: int = ProfileOptions.runs,
+               warmup: int = ProfileOptions.warmup, threads: int | None = ProfileOptions.threads) -> dict:
     """{"model", "precision", "batch", "threads", "ms_per_call", "kernel_ms", "conv_ms", "critical_path_ms", "ops":
     [{"op", "ms", "share", "nodes"}, ...]} sorted by time; ``critical_path_ms`` is None when ONNX Runtime cannot
     save its optimized graph."""
@@ -47,10 +70,9 @@ def op_profile(model: str | os.PathLike, batch: int = 1, runs: int = 30, warmup:
     from chs.runtime.artifact import INPUT_NAME
     from chs.runtime.backends.ort import OrtRunner
 
+    ProfileOptions(batch=batch, runs=runs, threads=threads, warmup=warmup)  # one-line errors for bad values
     path = Path(model)
     meta = OrtRunner(path, providers="cpu").meta  # validates the file and reads its input size
-    if runs < 1 or batch < 1:
-        raise ChsError("--runs and --batch must be at least 1")
     x = np.zeros((batch, 3, meta.input_size, meta.input_size), np.float32)
     with tempfile.TemporaryDirectory(prefix="chs-prof-") as tmp:
         optimized = Path(tmp) / "optimized.onnx"
@@ -106,8 +128,9 @@ def op_profile(model: str | os.PathLike, batch: int = 1, runs: int = 30, warmup:
             "critical_path_ms": critical, "ops": ops}
 
 
-def format_profiles(profiles: list[dict], top: int = 10) -> str:
+def format_profiles(profiles: list[dict], top: int = ProfileOptions.top) -> str:
     """Markdown: one table per model, its top op types by kernel time."""
+    ProfileOptions(top=top)  # a negative top would drop rows from the end instead
     out = []
     for p in profiles:
         out.append(f"### {p['model']} ({p['precision']}, batch {p['batch']}): {p['ms_per_call']:.2f} ms per call, "
@@ -124,4 +147,4 @@ def format_profiles(profiles: list[dict], top: int = 10) -> str:
     return "\n".join(out)
 
 
-__all__ = ["CONV_OPS", "critical_path_us", "format_profiles", "op_profile"]
+__all__ = ["CONV_OPS", "ProfileOptions", "critical_path_us", "format_profiles", "op_profile"]

@@ -6,10 +6,14 @@ when it is made, before any export or timing starts.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from chs.runtime.assets import resolve_model_path
 from chs.runtime.backends.ort import MAX_SESSIONS
 from chs.runtime.errors import ChsError
 
@@ -30,14 +34,14 @@ class BenchRequest:
     ``ccrs`` None: 0, 1, 2 as far as the checkpoint was trained. ``threads`` sets torch's and ONNX Runtime's
     intra-op threads (None: their defaults); ``ort_sessions`` > 1 splits ONNX Runtime CPU batches over that
     many single-thread sessions (:class:`~chs.runtime.backends.ort.OrtRunner`). ``data`` is the annotated
-    split for accuracy rows (and the exports' parity gate)."""
+    split for accuracy rows (and the exports' parity gate). ``work_dir`` None: :func:`default_work_dir`."""
 
     model: str | os.PathLike = "default"
     backends: Sequence[str] = ("torch", "ort")
     precisions: Sequence[str] = ("fp32",)
     ccrs: Sequence[int] | None = None
     batches: Sequence[int] = (1, 8)
-    work_dir: str | os.PathLike = "bench-work"
+    work_dir: str | os.PathLike | None = None
     repeats: int = 20
     calib: str | None = None
     warmup: int = 2
@@ -71,14 +75,27 @@ class BenchRequest:
             raise ChsError(f"--ort-sessions must be 1-{MAX_SESSIONS}, got {self.ort_sessions}")
         if self.passes < 1 or self.repeats < 1:
             raise ChsError("--repeats and passes must be >= 1")
+        if self.warmup < 0:
+            raise ChsError(f"--warmup must be >= 0, got {self.warmup}")
+        if not 0 < self.max_seconds < math.inf:  # NaN fails too: it would never stop a row
+            raise ChsError(f"--max-seconds must be a finite number > 0, got {self.max_seconds}")
+        check_threads(self.threads)
         trained = trained_ccr(self.model)
         ccrs = tuple(range(min(2, trained) + 1)) if self.ccrs is None else tuple(self.ccrs)
         for k in ccrs:
             if k < 0 or k > trained:
                 raise ChsError(f"--ccr {k} is not available: {self.model} was trained with {trained} CCR stage(s)")
         object.__setattr__(self, "ccrs", ccrs)
+        if not self.work_dir:  # None (or an empty --work-dir)
+            object.__setattr__(self, "work_dir", default_work_dir(self.model))
         for name in ("backends", "precisions", "batches"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+
+
+def check_threads(threads: int | None) -> None:
+    """Intra-op threads: None (the libraries' default) or >= 1 (torch raises a RuntimeError on others)."""
+    if threads is not None and threads < 1:
+        raise ChsError(f"--threads must be >= 1 (or left out for the default), got {threads}")
 
 
 def trained_ccr(model: str | os.PathLike) -> int:
@@ -86,6 +103,15 @@ def trained_ccr(model: str | os.PathLike) -> int:
     from chs.model.checkpoint import checkpoint_config
 
     return checkpoint_config(model).ccr_stages
+
+
+def default_work_dir(model: str | os.PathLike) -> Path:
+    """``~/.cache/chs/bench/<model folder>-<hash of its path>``: one checkpoint's exports, reused between runs."""
+    from chs.export.options import cache_dir
+
+    path = resolve_model_path(model).resolve()
+    tag = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+    return cache_dir("bench") / f"{path.name}-{tag}"
 
 
 def model_complexity(model: str | os.PathLike, ccr: int) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,9 +179,16 @@ class RunnerFactory:
         return self._runners[c]
 
     def close(self) -> None:
+        """Close every runner built (ONNX Runtime's split-session thread pools, device buffers)."""
         for runner in self._runners.values():
             runner.close()
         self._runners.clear()
+
+    def __enter__(self) -> RunnerFactory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _build(self, c: Combo) -> Any:
         from chs.runtime.backends.opener import open_model
@@ -231,3 +238,14 @@ class RunnerFactory:
             hi = self.max_batch
             build_engine_subprocess(src, engine, batch=(1, min(8, hi), hi), timing_cache=src.parent / "timing.cache")
         return engine
+
+
+@contextlib.contextmanager
+def runner_factory(request: BenchRequest, factory: RunnerFactory | None = None, log: Log = quiet
+                   ) -> Iterator[RunnerFactory]:
+    """``factory`` as given (its owner closes it), else a new one, closed when the block ends."""
+    if factory is not None:
+        yield factory
+        return
+    with RunnerFactory(request, log=log) as own:
+        yield own

@@ -9,7 +9,6 @@ interleaved in ``passes`` rounds, so a change of machine load hits every row ali
 
 from __future__ import annotations
 
-import json
 import tempfile
 import threading
 import time
@@ -51,24 +50,23 @@ def check_options(o: ServeBenchOptions) -> None:
 
 
 def real_crops(runner, data: str | None, limit: int) -> np.ndarray:
-    """Crops of real faces with ground-truth-landmark boxes (or the demo photo's stored box)."""
+    """Crops of real faces with the boxes the model was trained on (or the demo photo's stored box)."""
     from chs.runtime.evaluate import crop_batch
-    from chs.runtime.imageio import read_image
 
     if data:
         from chs.runtime.datasets import load_dataset
-        from chs.runtime.geometry import box_from_landmarks
+        from chs.runtime.evaluate import sample_box
 
         samples = [s for s in load_dataset(data) if s.image_path is not None][:limit]
         if not samples:
             raise ChsError(f"no faces with images in {data}")
-        images = [read_image(s.image_path) for s in samples]
-        boxes = [s.box if s.box is not None else box_from_landmarks(s.landmarks) for s in samples]
+        images = [s.load_image() for s in samples]
+        boxes = [sample_box(s, runner.meta) for s in samples]
     else:
-        from chs.runtime.assets import DEMO_BOX, DEMO_IMAGE
+        from chs.runtime.assets import demo_face
 
-        images = [read_image(DEMO_IMAGE)]
-        boxes = [np.asarray(json.loads(DEMO_BOX.read_text())[DEMO_IMAGE.name][0], float)]
+        image, box = demo_face()
+        images, boxes = [image], [box]
     return crop_batch(images, boxes, runner.meta)[0]
 
 
@@ -115,7 +113,7 @@ def run_serve_bench(o: ServeBenchOptions, log=print) -> dict:
     local = open_model(o.model, backend="ort", providers="cpu")
     crops = real_crops(local, o.data, o.faces)
     reference = local.infer(crops)["landmarks"]
-    from chs.runtime.backends.triton import TritonRunner
+    from chs.runtime.backends.triton import TritonRunner, parse_triton_url
 
     with tempfile.TemporaryDirectory(prefix="chs-bench-serve-") as tmp:
         server = None
@@ -130,9 +128,12 @@ def run_serve_bench(o: ServeBenchOptions, log=print) -> dict:
             server.start()
             urls = {"http": f"triton://{server.http_url}/chs", "grpc": f"triton+grpc://{server.grpc_url}/chs"}
         else:
-            urls = {"http" if o.url.startswith("triton://") else "grpc": o.url}
+            urls = {parse_triton_url(o.url)[0]: o.url}  # triton:// and triton+http:// are http
+        remote: dict[str, TritonRunner] = {}
         try:
-            remote = {p: TritonRunner(urls[p], timeout=o.timeout) for p in o.protocols if p in urls}
+            for p in o.protocols:
+                if p in urls:
+                    remote[p] = TritonRunner(urls[p], timeout=o.timeout)
             rows = {"in-process ORT, 1 client": (local.infer, 1, None),
                     f"in-process ORT, {o.clients} clients": (local.infer, o.clients, None)}
             for p, r in remote.items():
@@ -149,9 +150,9 @@ def run_serve_bench(o: ServeBenchOptions, log=print) -> dict:
                         res["server_batch"] = (after[0] - before[0]) / max(1, after[1] - before[1])
                     log(f"{name}: {res['faces_per_s']:.1f} faces/s")
                     results[name].append(res)
+        finally:  # clients first (also when a row or a second client failed), then the server
             for r in remote.values():
                 r.close()
-        finally:
             if server is not None:
                 server.stop()
     table = [_row(name, runs, o.batch) for name, runs in results.items()]

@@ -137,7 +137,10 @@ class Row:
     settings: TrackerSettings = field(default_factory=TrackerSettings)
 
 
-def default_rows(detectors: Sequence[str] = ("yunet", "dlib"), one_euro: OneEuroSettings | None = None,
+DETECTORS = ("yunet", "dlib")  # per-frame rows for each; the first one tracks
+
+
+def default_rows(detectors: Sequence[str] = DETECTORS, one_euro: OneEuroSettings | None = None,
                  redetect_every: int | None = None) -> list[Row]:
     """Per-frame detection with each detector, then tracking and tracking + smoothing (first detector)."""
     base = TrackerSettings() if redetect_every is None else TrackerSettings(redetect_every=redetect_every)
@@ -233,7 +236,7 @@ class VideoBench:
     model: str = "default"
     clips: int = 20
     spec: ClipSpec = field(default_factory=ClipSpec)
-    detectors: tuple[str, ...] = ("yunet", "dlib")
+    detectors: tuple[str, ...] = DETECTORS
 
     @classmethod
     def from_options(cls, data: str, model: str, clips: int | None, frames: int | None,

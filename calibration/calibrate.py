@@ -21,6 +21,7 @@ from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
 from chs.calibration.reader import CropReader
 from chs.runtime.errors import ChsError
+from chs.runtime.files import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,9 @@ def _read_cache(path: Path, method: str) -> dict[str, tuple[float, float]] | Non
 
 
 def _write_cache(path: Path, ranges: dict[str, tuple[float, float]], method: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"version": CACHE_VERSION, "method": method, "ranges": {k: list(v) for k, v in sorted(ranges.items())}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calib-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(payload, f)
-    os.replace(tmp, path)  # atomic: a concurrent export never reads half a file
+    with atomic_output(path) as tmp:  # a concurrent export never reads half a file; a failed write leaves none
+        tmp.write_text(json.dumps(payload), encoding="utf-8")
 
 
 def calibrate(fp32_path: str | os.PathLike, crops: np.ndarray, method: str = "minmax",

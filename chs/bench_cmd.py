@@ -8,8 +8,11 @@ from typing import Annotated
 
 import typer
 
+from chs.benchmarks.complexity import PAPER_PRESET
+from chs.benchmarks.profile import ProfileOptions
 from chs.benchmarks.request import BACKENDS, PRECISIONS, BenchRequest
 from chs.benchmarks.serve import ServeBenchOptions
+from chs.benchmarks.video import VideoBench
 from chs.errors_cli import one_line_errors
 from chs.options_cli import options_command, with_options
 from chs.runtime.errors import ChsError
@@ -29,7 +32,7 @@ def _group() -> None:
 @bench_app.command()
 @one_line_errors
 def complexity(
-    preset: Annotated[str, typer.Option(help="Model preset (paper figures are shown for wflw).")] = "wflw",
+    preset: Annotated[str, typer.Option(help="Model preset (paper figures are shown for wflw).")] = PAPER_PRESET,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of rows.")] = False,
 ) -> None:
     """Params and GMACs of AWing and CHS with 0/1/2/4 CCR stages, beside the paper's Table 9."""
@@ -105,27 +108,13 @@ def _choices(text: str, option: str, allowed: tuple[str, ...]) -> list[str]:
 
 
 def _request(model: str, backend: str, precision: str, ccr: str | None, batch: str | None = None,
-             work_dir: str | None = None, **fields) -> BenchRequest:
+             **fields) -> BenchRequest:
     """The comma-list options parsed into the one validated request of the command."""
     return BenchRequest(
         model, backends=_choices(backend, "--backend", BACKENDS),
         precisions=_choices(precision, "--precision", PRECISIONS),
         ccrs=_ints(ccr, "--ccr", 0) if ccr is not None else None,
-        batches=_ints(batch, "--batch", 1) if batch is not None else (1,),
-        work_dir=_work_dir(model, work_dir), **fields)
-
-
-def _work_dir(model: str, work_dir: str | None) -> str:
-    if work_dir:
-        return work_dir
-    import hashlib
-    from pathlib import Path
-
-    from chs.runtime.assets import resolve_model_path
-
-    path = resolve_model_path(model).resolve()
-    tag = hashlib.sha256(str(path).encode()).hexdigest()[:10]
-    return str(Path.home() / ".cache" / "chs" / "bench" / f"{path.name}-{tag}")
+        **({"batches": _ints(batch, "--batch", 1)} if batch is not None else {}), **fields)
 
 
 def _log(msg: str) -> None:
@@ -187,9 +176,10 @@ def latency(
         from pathlib import Path
 
         from chs.benchmarks.presets import preset_checkpoint
+        from chs.export.options import cache_dir
 
         work_dir = opts.get("work_dir")
-        root = Path(work_dir) if work_dir else Path(_work_dir("default", None)).parent
+        root = Path(work_dir) if work_dir else cache_dir("bench")
         opts["model"] = str(preset_checkpoint(preset, root))
         opts["work_dir"] = work_dir and str(Path(work_dir) / Path(opts["model"]).name)
         opts["timing_only"] = True
@@ -271,9 +261,9 @@ def tradeoff(
     req = _request(**opts, data=data, max_samples=max_samples)
     previous = load_previous_rows(compare) if compare else None  # bad path: fail before the long run
     info = machine_info(req.threads)
-    factory = RunnerFactory(req, log=_log)
-    acc = accuracy_rows(req, factory=factory, log=_log)
-    lat = latency_rows(req, factory=factory, log=_log)
+    with RunnerFactory(req, log=_log) as factory:  # one set of runners for both, closed after them
+        acc = accuracy_rows(req, factory=factory, log=_log)
+        lat = latency_rows(req, factory=factory, log=_log)
     rows = join_rows(lat, acc)
     ratios = speed_ratios(lat, acc)
     line = machine_line(info)
@@ -297,24 +287,23 @@ def tradeoff(
     typer.echo(f"wrote {', '.join(sorted(files))} to {out}")
 
 
+def _profile_extra(models: Annotated[list[str], typer.Argument(
+        help="ONNX files, e.g. model_fp32.onnx model_int8_u8s8.onnx.")], as_json: AsJson = False) -> None:
+    """chs-bench profile's files and output switch."""
+
+
 @bench_app.command()
 @one_line_errors
-def profile(
-    models: Annotated[list[str], typer.Argument(help="ONNX files, e.g. model_fp32.onnx model_int8_u8s8.onnx.")],
-    batch: Annotated[int, typer.Option(help="Batch size of the zero input.")] = 1,
-    runs: Annotated[int, typer.Option(help="Profiled calls per model.")] = 30,
-    threads: Threads = None,
-    top: Annotated[int, typer.Option(help="Op types shown per model.")] = 10,
-    as_json: AsJson = False,
-) -> None:
+@options_command(ProfileOptions, extra=_profile_extra)
+def profile(opts: ProfileOptions, models: list[str], as_json: bool) -> None:
     """ONNX Runtime CPU kernel time per operator type: what an FP16 or INT8 file adds beside the convolutions."""
     from chs.benchmarks.profile import format_profiles, op_profile
 
-    profiles = [op_profile(m, batch, runs, threads=threads) for m in models]
+    profiles = [op_profile(m, opts.batch, opts.runs, opts.warmup, opts.threads) for m in models]
     if as_json:
         sys.stdout.write(json.dumps(profiles, indent=2) + "\n")
     else:
-        typer.echo(format_profiles(profiles, top))
+        typer.echo(format_profiles(profiles, opts.top))
 
 
 @bench_app.command()
@@ -360,18 +349,18 @@ def serve(opts: ServeBenchOptions, ctx: typer.Context, as_json: bool, out: str |
 def video(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated stills to make clips from, e.g. ../shared/data/ytf68/val.")],
-    model: Annotated[str, typer.Option(help="'default' (the bundled model) or an .onnx file.")] = "default",
+    model: Annotated[str, typer.Option(help="'default' (the bundled model) or an .onnx file.")] = VideoBench.model,
     clips: Annotated[int | None, typer.Option(help="Clips, spread over the set [default: VideoBench.clips].")] = None,
     frames: Annotated[int | None, typer.Option(help="Frames per clip [default: ClipSpec.frames].")] = None,
     detectors: Annotated[str, typer.Option(help="Comma list: per-frame rows for each; the first one tracks.")
-                         ] = "yunet,dlib",
+                         ] = ",".join(VideoBench.detectors),
     out: Annotated[str | None, typer.Option(help="Write video.json/.md, jitter_vs_nme.png, machine.json, "
                                             "command.txt here.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Video stability: NME, jitter (known motion removed), detector calls/frame and frames/s of per-frame
     detection, tracking and tracking + smoothing on clips made from annotated stills."""
-    from chs.benchmarks.video import VideoBench, run_video_command
+    from chs.benchmarks.video import run_video_command
 
     bench = VideoBench.from_options(data, model, clips, frames, comma_list(detectors, "--detectors"))
     result = run_video_command(bench, out, _command_line(ctx), log=_log)

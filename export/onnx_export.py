@@ -71,9 +71,4 @@ def simplify(proto: onnx.ModelProto, check_input: np.ndarray) -> onnx.ModelProto
     )
     if not ok:
         raise ChsError("onnxsim could not validate the simplified model")
-    # onnxsim keeps node names but drops node metadata; the module scopes in it drive FP16/INT8 placement
-    scopes = {n.name: list(n.metadata_props) for n in proto.graph.node}
-    for node in simplified.graph.node:
-        if node.name in scopes and not node.metadata_props:
-            node.metadata_props.extend(scopes[node.name])
-    return simplified
+    return simplified  # FP16/INT8 placement reads parameter names (chs.model.sensitive), not node metadata

@@ -3,19 +3,40 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from chs.runtime.errors import ChsError
 from chs.runtime.options import option
 
 
-def parse_batch(text: str) -> tuple[int, int, int]:
+def cache_dir(name: str) -> Path:
+    """``~/.cache/chs/<name>``: the one root of what chs keeps between runs (calibration ranges, bench exports)."""
+    return Path.home() / ".cache" / "chs" / name
+
+
+BATCH_PROFILE = (1, 8, 32)  # TensorRT optimisation profile (min, opt, max): chs-export's and BuildOptions' default
+
+
+def check_batch(batch: object, option: str = "batch") -> tuple[int, int, int]:
+    """The one check of a TensorRT batch profile (min, opt, max), for chs-export and the engine builder."""
     try:
-        lo, opt, hi = (int(v) for v in text.split(":"))
+        b = tuple(int(v) for v in batch)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise ChsError(f"{option} must be three integers MIN:OPT:MAX, got {batch!r}") from None
+    if len(b) != 3 or not 1 <= b[0] <= b[1] <= b[2]:
+        raise ChsError(f"{option} needs 1 <= MIN <= OPT <= MAX, got {':'.join(map(str, b))}")
+    return b  # type: ignore[return-value]
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    """``--batch MIN:OPT:MAX`` as typed."""
+    try:
+        values = tuple(int(v) for v in text.split(":"))
     except ValueError:
-        raise ChsError(f"--batch must be MIN:OPT:MAX (e.g. 1:8:32), got '{text}'") from None
-    if not 1 <= lo <= opt <= hi:
-        raise ChsError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {text}")
-    return lo, opt, hi
+        values = ()
+    if len(values) != 3:
+        raise ChsError(f"--batch must be MIN:OPT:MAX (e.g. {':'.join(map(str, BATCH_PROFILE))}), got '{text}'")
+    return check_batch(values, "--batch")
 
 
 @dataclass
@@ -29,7 +50,7 @@ class ExportOptions:
     calib_method: str = option("minmax", "minmax, entropy or percentile.")
     calib_images: int = option(256, "Calibration images used at most.")
     parity_data: str | None = option(None, "Annotated faces for the parity gate (default: the bundled demo face).")
-    batch: tuple[int, int, int] = option((1, 8, 32), "TensorRT optimisation profile MIN:OPT:MAX.",
+    batch: tuple[int, int, int] = option(BATCH_PROFILE, "TensorRT optimisation profile MIN:OPT:MAX.",
                                          parse=parse_batch, show=lambda b: ":".join(map(str, b)))
     opset: int = option(18, "ONNX opset.")
     engine: str = option("auto", "auto (if TensorRT + GPU), always, never.")

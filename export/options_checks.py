@@ -15,6 +15,7 @@ IF_EXISTS = ("refuse", "replace", "merge")
 def check_export_options(o: Any) -> None:
     """Values only (no file system): ChsError naming the first bad option (o: an ExportOptions)."""
     from chs.calibration.calibrate import METHODS
+    from chs.export.options import check_batch
     from chs.export.triton import check_model_name
 
     if o.engine not in ("auto", "always", "never"):
@@ -27,6 +28,7 @@ def check_export_options(o: Any) -> None:
         raise ChsError(f"--calib-images must be >= 1, got {o.calib_images}")
     if o.ccr is not None and o.ccr < 0:
         raise ChsError(f"--ccr must be >= 0, got {o.ccr}")
+    check_batch(o.batch, "--batch")  # library callers pass a tuple the command line's parser never saw
     if o.triton is not None:
         check_model_name(o.triton)
         from chs.export.triton import BACKENDS
@@ -50,12 +52,28 @@ def check_export_paths(o: Any) -> Path:
         if value is not None and not Path(value).exists():
             raise ChsError(f"{option} {value} not found")
     out = check_output_dir(o.out)
+    _refuse_out_holding_inputs(o, out)
     if out.is_dir() and any(out.iterdir()):
         if o.if_exists == "refuse":
             raise ChsError(f"--out {out} is not empty: pass --force to replace it, or choose a new folder")
         if o.if_exists == "replace" and not (out / "report.json").is_file():
             raise ChsError(f"--out {out} holds files that are not a chs export (no report.json): not replacing it")
     return out
+
+
+def _refuse_out_holding_inputs(o: Any, out: Path) -> None:
+    """An ``--out`` that is, or contains, an input would be replaced (``--force``) or merged into with the
+    input gone or mixed with the export: refuse it before any work."""
+    from chs.runtime.assets import resolve_model_path
+
+    target = out.resolve()
+    for option, value in (("model", resolve_model_path(o.model)), ("--calib", o.calib),
+                          ("--parity-data", o.parity_data)):
+        if value is None:
+            continue
+        src = Path(value).resolve()
+        if src == target or target in src.parents:
+            raise ChsError(f"--out {out} holds the {option} {value}: choose an output folder outside the inputs")
 
 
 __all__ = ["IF_EXISTS", "check_export_options", "check_export_paths"]

@@ -21,7 +21,7 @@ import torch
 from chs import __version__
 from chs.export.golden import write_golden
 from chs.export.onnx_export import count_ops, export_onnx, simplify
-from chs.export.options import ExportOptions
+from chs.export.options import ExportOptions, cache_dir
 from chs.export.options_checks import check_export_options, check_export_paths
 from chs.export.parity import CRITERIA, compare, held_out_crops, judge, parity_crops
 from chs.model.checkpoint import load_checkpoint, resolve_model_path
@@ -157,8 +157,7 @@ def _export_into(tmp: Path, opts: ExportOptions, model, meta, parity: tuple, cal
         from chs.calibration.calibrate import calibrate
         from chs.calibration.quantize import quantize_int8
 
-        cache = Path.home() / ".cache" / "chs" / "calibration"
-        ranges = calibrate(fp32, calib_crops, opts.calib_method, cache_dir=cache)
+        ranges = calibrate(fp32, calib_crops, opts.calib_method, cache_dir=cache_dir("calibration"))
         log(f"calibration ({opts.calib_method}, {len(calib_crops)} crops): "
             f"{'cache hit' if getattr(ranges, 'cache_hit', False) else 'computed'}")
         for flavour in ("s8s8", "u8s8"):

@@ -27,11 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chs.export.options import BATCH_PROFILE, check_batch
 from chs.runtime.artifact import INPUT_NAME, ModelMeta, read_onnx_meta
 from chs.runtime.backends.trt_env import gpu_info, gpu_present, shared_logger, tensorrt_major, tensorrt_version
 from chs.runtime.backends.trt_sidecar import sha256_bytes, sidecar_path_for, sidecar_record, write_engine_and_sidecar
 from chs.runtime.contract import io_contract
 from chs.runtime.errors import ChsError
+from chs.runtime.files import atomic_output
 
 _REASON = "TensorRT engine step needs the tensorrt package and an NVIDIA GPU"
 _OK_MARKER = "chs-trt-build: ok "
@@ -74,21 +76,11 @@ def _meta_from_onnx(onnx_path: Path) -> ModelMeta:
     return read_onnx_meta(model, f"ONNX model {onnx_path.name}")
 
 
-def _check_batch(batch: tuple[int, int, int]) -> tuple[int, int, int]:
-    try:
-        b = tuple(int(v) for v in batch)
-    except (TypeError, ValueError):
-        raise ChsError(f"batch must be three integers (min, opt, max), got {batch!r}") from None
-    if len(b) != 3 or not 1 <= b[0] <= b[1] <= b[2]:
-        raise ChsError(f"batch must be (min, opt, max) with 1 <= min <= opt <= max, got {batch!r}")
-    return b  # type: ignore[return-value]
-
-
 @dataclass(frozen=True)
 class BuildOptions:
     """How an engine is built; the one home of these defaults (the child's argparse has none)."""
 
-    batch: tuple[int, int, int] = (1, 8, 32)  # (min, opt, max) of the batch profile
+    batch: tuple[int, int, int] = BATCH_PROFILE  # (min, opt, max) of the batch profile
     input_name: str = INPUT_NAME
     workspace_mb: int = 2048
     timing_cache: str | None = None  # a file, read if present and rewritten after the build
@@ -98,7 +90,7 @@ class BuildOptions:
         if self.workspace_mb <= 0:
             raise ChsError(f"workspace_mb must be positive, got {self.workspace_mb}")
         cache = None if self.timing_cache is None else str(self.timing_cache)
-        return dataclasses.replace(self, batch=_check_batch(self.batch), timing_cache=cache)
+        return dataclasses.replace(self, batch=check_batch(self.batch), timing_cache=cache)
 
 
 def _options(options: BuildOptions | None, overrides: dict) -> BuildOptions:
@@ -223,10 +215,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildO
     write_engine_and_sidecar(engine_path, data, record)
     if cache_path is not None and cache_bytes is not None:
         try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_name(cache_path.name + ".tmp")
-            tmp.write_bytes(cache_bytes)
-            os.replace(tmp, cache_path)
+            with atomic_output(cache_path) as tmp:
+                tmp.write_bytes(cache_bytes)
         except OSError as e:  # the engine is fine; only the next build is slower
             warnings.warn(f"could not save the timing cache {cache_path}: {e}", stacklevel=2)
     return record

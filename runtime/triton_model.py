@@ -95,4 +95,7 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        self.runner = None
+        """Triton unloads the model: close the ONNX Runtime session now, not whenever it is collected."""
+        runner, self.runner = getattr(self, "runner", None), None
+        if runner is not None:
+            runner.close()

@@ -15,6 +15,7 @@ The server runs in its own process group so a stop reaches the python-backend st
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -75,7 +76,7 @@ def find_tritonserver(explicit: str | None = None) -> ServerInstall:
         p = Path(explicit)
         if not p.is_file() or not os.access(p, os.X_OK):
             raise ChsError(f"tritonserver binary {p} does not exist or is not executable")
-        return _install_for(p)
+        return _install_for(p.absolute())  # a bare name (script.py) would be looked up on PATH by Popen
     spec = find_spec("pytriton")  # locates the package without importing it (its __init__ wants numpy<2)
     if spec is not None and spec.submodule_search_locations:
         root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
@@ -180,6 +181,8 @@ class TritonServer:
                 raise ChsError(f"port {port} must be in 1..65535")
         if len({opts.http_port, opts.grpc_port, opts.metrics_port}) != 3:
             raise ChsError("the HTTP, gRPC and metrics ports must differ")
+        if not 0 < opts.startup_timeout < math.inf:  # NaN or <= 0 would start a server and never wait for it
+            raise ChsError(f"--startup-timeout must be a finite number of seconds > 0, got {opts.startup_timeout}")
         self.install = find_tritonserver(opts.tritonserver)
         if self.install.wheel_root is not None:
             other = {m: b for m, b in self.models.items() if b != "python"}
@@ -234,9 +237,12 @@ class TritonServer:
             backend_dir = python_backend_dir(self.install, tmp / "backends") if self.install.wheel_root else None
             self.log_path = Path(self.opts.log_file) if self.opts.log_file else tmp / "tritonserver.log"
             with open(self.log_path, "wb") as log:
-                self.process = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, env=server_environment(self.install),
-                                                start_new_session=True)
+                try:
+                    self.process = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
+                                                    stdin=subprocess.DEVNULL, env=server_environment(self.install),
+                                                    start_new_session=True)
+                except OSError as e:  # e.g. a script without a shebang line: Exec format error
+                    raise ChsError(f"cannot run tritonserver {self.install.binary}: {e.strerror or e}") from None
             self.wait_ready()
         except BaseException:  # not ready, or interrupted while waiting: never leave a server behind
             self.stop()

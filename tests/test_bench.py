@@ -7,6 +7,7 @@ tests through the work folder.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -76,8 +77,19 @@ def test_skipped_rows_have_reasons(bench):
     assert "calib" in [r for r in rows if r["backend"] == "ort"][0]["reason"]
 
 
-def test_ort_batches_split_over_sessions(bench):
-    """--ort-sessions 2: batches of 2+ crops run on two single-thread sessions, marked in the row."""
+def test_ort_batches_split_over_sessions(bench, monkeypatch):
+    """--ort-sessions 2: batches of 2+ crops run on two single-thread sessions, marked in the row; the
+    runner (and its sessions' thread pool) is closed when the rows are done."""
+    from chs.runtime.backends.ort import OrtRunner
+
+    closed: list[bool] = []
+    close = OrtRunner.close
+
+    def spy(self) -> None:
+        closed.append(self._pool is not None)
+        close(self)
+
+    monkeypatch.setattr(OrtRunner, "close", spy)
     res = CliRunner().invoke(bench_app, [
         "latency", "--model", str(bench["ckpt"]), "--backend", "ort", "--ccr", "0", "--batch", "1,3",
         "--repeats", "2", "--warmup", "1", "--work-dir", str(bench["work"]), "--no-detector", "--threads", "2",
@@ -86,6 +98,26 @@ def test_ort_batches_split_over_sessions(bench):
     lm = [r for r in json.loads(res.stdout)["rows"] if r["kind"] == "landmarks"]
     assert [(r["batch"], r["runner"], r["threads"], r["status"]) for r in lm] == [
         (1, "ort-cpu", 2, "ok"), (3, "ort-cpu/2x1", 1, "ok")]
+    assert closed == [True]  # the one ORT runner, with its split-session pool
+
+
+@pytest.mark.parametrize("message, reason", [("", "ChsError"), ("engine profile too small\nsee the log", None)])
+def test_a_failing_row_is_skipped_with_the_first_line_of_its_error(message, reason):
+    """A runner's ChsError becomes the row's reason (its first line; an empty message crashed the run)."""
+    from types import SimpleNamespace
+
+    from chs.benchmarks import latency
+    from chs.runtime.errors import ChsError
+
+    def infer(x):
+        raise ChsError(message)
+
+    runner = SimpleNamespace(infer=infer, synchronize=lambda: None)
+    row = {"status": "ok", "ccr": 0, "backend": "trt", "mode": "", "precision": "fp32", "batch": 1}
+    req = SimpleNamespace(passes=2, repeats=3, warmup=1, max_seconds=1.0)
+    samples = latency._time(req, [(row, runner, np.zeros((1, 3, 8, 8), np.float32))], log=lambda _: None)
+    assert samples == {id(row): []}
+    assert row["status"] == "skipped" and row["reason"] == (reason or message.splitlines()[0])
 
 
 def test_detector_row(monkeypatch):
@@ -164,6 +196,112 @@ def test_bad_lists_one_line_error(bench, args):
     assert res.exit_code == 2, (res.stdout, res.stderr)
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["latency", "--threads", "-1"], "--threads must be >= 1 (or left out for the default), got -1"),
+    (["latency", "--threads", "0"], "--threads must be >= 1 (or left out for the default), got 0"),
+    (["latency", "--max-seconds", "nan"], "--max-seconds must be a finite number > 0, got nan"),
+    (["latency", "--max-seconds", "-1"], "--max-seconds must be a finite number > 0, got -1.0"),
+    (["latency", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["profile", "missing.onnx", "--top", "-1"], "--top must be >= 1, got -1"),
+    (["profile", "missing.onnx", "--threads", "-2"], "--threads must be >= 1 (or left out for the default), got -2"),
+    (["profile", "missing.onnx", "--runs", "0"], "--runs must be >= 1, got 0"),
+])
+def test_bad_numbers_refused_before_work(args, message):
+    """Values torch would crash on (threads), that never stop a row (NaN seconds) or that silently drop rows
+    (a negative --top): one line naming the option, before any model is opened."""
+    res = CliRunner().invoke(bench_app, [*args, "--no-detector"] if args[0] == "latency" else args)
+    assert res.exit_code == 2, (res.stdout, res.stderr)
+    assert res.stderr.strip().splitlines() == [f"error: {message}"]
+
+
+def test_bench_cli_defaults_are_the_librarys(monkeypatch):
+    """chs-bench restates no default: every one comes from the library (accuracy once used batches (1,) where
+    BenchRequest says (1, 8))."""
+    from typer.main import get_command
+
+    from chs.benchmarks import accuracy, video
+    from chs.benchmarks.complexity import PAPER_PRESET, complexity_rows
+    from chs.benchmarks.profile import ProfileOptions, format_profiles, op_profile
+    from chs.runtime.errors import ChsError
+
+    def seen(req, log):
+        raise ChsError(f"batches {req.batches}")
+
+    monkeypatch.setattr(accuracy, "accuracy_rows", seen)
+    res = CliRunner().invoke(bench_app, ["accuracy", "--data", str(FIXTURE_PTS)])
+    assert res.stderr.strip() == f"error: batches {BenchRequest.batches}"
+
+    defaults = {name: {p.name: p.default for p in cmd.params} for name, cmd in get_command(bench_app).commands.items()}
+    assert defaults["complexity"]["preset"] == PAPER_PRESET == inspect.signature(complexity_rows).parameters[
+        "preset"].default
+    prof = inspect.signature(op_profile).parameters
+    assert defaults["profile"]["batch"] == ProfileOptions.batch == prof["batch"].default
+    assert defaults["profile"]["runs"] == ProfileOptions.runs == prof["runs"].default
+    assert defaults["profile"]["top"] == ProfileOptions.top == inspect.signature(format_profiles).parameters[
+        "top"].default
+    assert defaults["video"]["model"] == video.VideoBench.model
+    assert defaults["video"]["detectors"] == ",".join(video.VideoBench.detectors)
+    assert inspect.signature(video.default_rows).parameters["detectors"].default == video.VideoBench.detectors
+
+
+def test_work_dir_defaults_to_the_user_cache_in_the_library(monkeypatch, tmp_path):
+    """BenchRequest, not the CLI, resolves a missing work_dir: ~/.cache/chs/bench/<model>-<path hash>."""
+    import hashlib
+
+    from chs.runtime.assets import DEFAULT_DIR
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    tag = hashlib.sha256(str(DEFAULT_DIR.resolve()).encode()).hexdigest()[:10]
+    assert BenchRequest("default").work_dir == tmp_path / ".cache" / "chs" / "bench" / f"{DEFAULT_DIR.name}-{tag}"
+    assert BenchRequest("default", work_dir="mine").work_dir == "mine"
+
+
+def test_serve_bench_crops_use_the_box_the_model_was_trained_on():
+    """WFLW/COCO sets carry detector boxes; a landmark-box model must be fed ground-truth-landmark boxes."""
+    from types import SimpleNamespace
+
+    from chs.benchmarks.serve import real_crops
+    from chs.runtime.artifact import ModelMeta
+    from chs.runtime.assets import demo_face
+    from chs.runtime.datasets import load_dataset
+    from chs.runtime.evaluate import crop_batch
+    from chs.runtime.geometry import box_from_landmarks
+
+    data = str(Path(__file__).resolve().parent / "fixtures" / "coco-style" / "wflw" / "test_wflw.json")
+    meta = ModelMeta(scheme="98", num_points=98, input_size=64, heatmap_stride=4, ccr=1, precision="fp32")
+    samples = load_dataset(data)[:3]
+    assert all(s.box is not None and not s.landmark_box for s in samples)  # detector boxes in the file
+    want = crop_batch([s.load_image() for s in samples], [box_from_landmarks(s.landmarks) for s in samples], meta)[0]
+    np.testing.assert_array_equal(real_crops(SimpleNamespace(meta=meta), data, 3), want)
+    image, box = demo_face()
+    np.testing.assert_array_equal(real_crops(SimpleNamespace(meta=meta), None, 3), crop_batch([image], [box], meta)[0])
+
+
+@pytest.mark.parametrize("url, protocol", [("triton+http://h:1/chs", "http"), ("triton://h:1/chs", "http"),
+                                           ("triton+grpc://h:1/chs", "grpc")])
+def test_serve_bench_files_a_running_server_under_its_urls_protocol(monkeypatch, url, protocol):
+    """--url triton+http://... is an HTTP row (it was filed under gRPC: any scheme but triton:// was)."""
+    from chs.benchmarks import serve
+    from chs.runtime.backends import triton
+    from chs.runtime.backends.opener import open_model
+
+    class FakeTriton:  # the served model is the local one: only the row's protocol is under test
+        def __init__(self, u: str, timeout: float) -> None:
+            assert u == url
+            self.infer = open_model("default", backend="ort", providers="cpu").infer
+
+        def batch_counts(self) -> tuple[int, int]:
+            return 0, 0
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(triton, "TritonRunner", FakeTriton)
+    opts = serve.ServeBenchOptions(url=url, clients=1, requests=1, passes=1)
+    rows = serve.run_serve_bench(opts, log=lambda _: None)["rows"]
+    assert [r["row"] for r in rows][-1] == f"Triton {protocol}, 1 clients" and len(rows) == 3
 
 
 def test_dlib_peer_row_on_real_faces():

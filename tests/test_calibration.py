@@ -158,6 +158,19 @@ def test_calibration_cache_skips_the_calibrator(fp32_path, crops, tmp_path, monk
         calibrate(fp32_path, crops[:2], "minmax", cache_dir=tmp_path)
 
 
+def test_a_failed_cache_write_leaves_no_file(tmp_path, monkeypatch):
+    """A cache write that fails (disk full) leaves neither a cache file nor a temporary one behind."""
+    from types import SimpleNamespace
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(calib_module, "json", SimpleNamespace(dump=disk_full, dumps=disk_full))
+    with pytest.raises(OSError, match="No space left"):
+        calib_module._write_cache(tmp_path / "cache" / "key.json", {"conv_out": (-1.0, 2.0)}, "minmax")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_methods_give_ranges_inside_minmax(fp32_path, crops, ranges, method):
     got = calibrate(fp32_path, crops, method)

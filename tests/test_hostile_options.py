@@ -166,12 +166,20 @@ def no_export_work(monkeypatch):
     ({"calib_method": "bogus"}, "--calib-method must be one of"),
     ({"triton": "../../escape"}, "Triton model name '../../escape' must be"),
     ({"int8": True, "calib": "/nonexistent/calib"}, "--calib /nonexistent/calib not found"),
+    ({"batch": (8, 1, 32)}, "--batch needs 1 <= MIN <= OPT <= MAX, got 8:1:32"),  # the engine builder's checker
 ])
 def test_export_options_checked_before_work(ckpt, tmp_path, no_export_work, changes, message):
     with pytest.raises(ChsError) as e:
         run_export(ExportOptions(model=str(ckpt), out=str(tmp_path / "e"), engine="never", **changes))
     assert message in str(e.value)
     assert not (tmp_path / "e").exists()
+
+
+def test_export_and_engine_builder_share_one_batch_profile_default():
+    from chs.export.options import BATCH_PROFILE
+    from chs.export.tensorrt import BuildOptions
+
+    assert ExportOptions(model="default").batch == BuildOptions().batch == BATCH_PROFILE
 
 
 def test_export_out_existing_file_refused_before_work(ckpt, tmp_path, no_export_work):
@@ -189,6 +197,21 @@ def test_export_into_non_empty_folder_needs_force(ckpt, tmp_path, no_export_work
     _one_error_line(_run(export_app, ckpt, "--out", out, "--engine", "never", "--force"),
                     "holds files that are not a chs export")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("where", ["model", "calib", "parity_data"])
+def test_forced_export_refuses_an_out_that_holds_its_input(ckpt, tmp_path, no_export_work, where):
+    """--force replaces --out whole: an input inside it (or --out itself) would be deleted with it."""
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "report.json").write_text("{}")  # a previous export: --force would replace it
+    inner = Path(shutil.copytree(ckpt, out / "ckpt"))
+    args = {"model": [inner], "calib": [ckpt, "--int8", "--calib", inner],
+            "parity_data": [ckpt, "--parity-data", out]}[where]
+    option = {"model": "model", "calib": "--calib", "parity_data": "--parity-data"}[where]
+    _one_error_line(_run(export_app, *args, "--out", out, "--engine", "never", "--force"),
+                    f"--out {out} holds the {option} ")
+    assert sorted(p.name for p in inner.iterdir()) == sorted(p.name for p in ckpt.iterdir())
 
 
 def test_forced_export_replaces_the_previous_one_whole(ckpt, tmp_path):

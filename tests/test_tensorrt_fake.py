@@ -169,6 +169,16 @@ def test_no_timing_cache_after_build_still_writes_both(onnx_file, tmp_path):
     trt_sidecar.read_sidecar(engine).check_engine_bytes(engine, engine.read_bytes())
 
 
+def test_an_unsaved_timing_cache_leaves_no_temporary_file(onnx_file, tmp_path):
+    """A timing cache that cannot be saved (its path is a folder) warns; no temporary file stays beside it."""
+    engine, cache = tmp_path / "m.engine", tmp_path / "timing.cache"
+    cache.mkdir()
+    with pytest.warns(UserWarning, match="could not save the timing cache"):
+        build_engine(onnx_file, engine, trt=make_fake_trt(), meta=META, timing_cache=cache)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "model.onnx", "timing.cache"]
+    assert list(cache.iterdir()) == []
+
+
 def test_engine_and_sidecar_are_written_together_or_not_at_all(onnx_file, tmp_path, monkeypatch):
     engine = tmp_path / "m.engine"
     build_engine(onnx_file, engine, trt=make_fake_trt(), meta=META)
@@ -234,8 +244,10 @@ def test_build_failure_and_bad_arguments(onnx_file, tmp_path):
         build_engine(onnx_file, tmp_path / "m.engine", trt=make_fake_trt(fail_build=True), meta=META)
     with pytest.raises(ChsError, match="no input 'image'"):
         build_engine(onnx_file, tmp_path / "m.engine", trt=make_fake_trt(), input_name="image", meta=META)
-    with pytest.raises(ChsError, match="min <= opt <= max"):
+    with pytest.raises(ChsError, match="^batch needs 1 <= MIN <= OPT <= MAX, got 8:4:2$"):
         build_engine(onnx_file, tmp_path / "m.engine", trt=make_fake_trt(), batch=(8, 4, 2))
+    with pytest.raises(ChsError, match="^batch must be three integers MIN:OPT:MAX, got 'abc'$"):
+        build_engine(onnx_file, tmp_path / "m.engine", trt=make_fake_trt(), batch="abc")
     with pytest.raises(ChsError, match="does not exist"):
         build_engine(tmp_path / "nope.onnx", tmp_path / "m.engine", trt=make_fake_trt())
     fixed = _onnx(tmp_path / "fixed.onnx", batch=1)

@@ -162,6 +162,26 @@ def test_backend_errors(onnx_file, tmp_path):
         write_triton_repository(tmp_path, "m", engine_path=plan, meta=META, backend="python")
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"startup_timeout": float("nan")}, "--startup-timeout must be a finite number of seconds > 0, got nan"),
+    ({"startup_timeout": -5.0}, "--startup-timeout must be a finite number of seconds > 0, got -5.0"),
+    ({"tritonserver": "script.py"}, "cannot run tritonserver {cwd}/script.py: Exec format error"),
+])
+def test_serve_refuses_a_bad_timeout_and_an_unrunnable_binary(onnx_file, tmp_path, monkeypatch, changes, message):
+    """chs-serve: an executable without a shebang (even named without a folder) and a NaN or negative startup
+    timeout are one-line errors, not an OSError or a server started and stopped at once."""
+    from chs.runtime.triton_server import ServeOptions, TritonServer
+
+    write_triton_repository(tmp_path / "r", "chs", onnx_path=onnx_file, meta=META, backend="python")
+    script = tmp_path / "script.py"
+    script.write_text("print('not a server')\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ChsError) as e:
+        TritonServer(ServeOptions(str(tmp_path / "r"), **changes)).start()
+    assert str(e.value) == message.format(cwd=tmp_path)
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "python", "tensorrt"])
 def test_config_parses_into_tritons_model_config(onnx_file, tmp_path, backend):
     """Triton's own protobuf (strict text format) accepts every config, parameters and all."""
@@ -200,13 +220,29 @@ def test_chs_export_writes_a_python_backend_repository(tmp_path):
     assert cfg["backend"] == "python" and cfg["input"][0]["dims"] == [3, 64, 64]
 
 
+def test_python_backend_model_closes_its_runner_when_unloaded():
+    """finalize (Triton unloading the model) closes the ONNX Runtime runner instead of dropping it."""
+    from types import SimpleNamespace
+
+    from chs.runtime.triton_model import TritonPythonModel
+
+    closed: list[bool] = []
+    model = TritonPythonModel()
+    model.runner = SimpleNamespace(close=lambda: closed.append(True))
+    model.finalize()
+    model.finalize()  # twice (or before initialize): nothing left to close
+    assert closed == [True] and model.runner is None
+
+
 def test_url_parsing():
     assert parse_triton_url("triton://127.0.0.1:8000/chs") == ("http", "127.0.0.1:8000", "chs", "")
     assert parse_triton_url("triton+grpc://localhost:8001/chs/2") == ("grpc", "localhost:8001", "chs", "2")
     assert parse_triton_url("triton://[::1]:8000/m") == ("http", "[::1]:8000", "m", "")
-    for bad in ("triton://host/chs", "triton://host:port/chs", "triton://h:1/", "triton://h:1/a/b/c", "http://h:1/m"):
-        with pytest.raises(ChsError, match="triton://HOST:PORT/NAME"):
+    for bad in ("triton://host/chs", "triton://host:port/chs", "triton://h:1/", "triton://h:1/a/b/c", "http://h:1/m",
+                "triton://[::1/chs", "triton+grpc://[::1:8001/chs"):
+        with pytest.raises(ChsError, match="triton://HOST:PORT/NAME") as e:
             parse_triton_url(bad)
+        assert str(e.value).endswith(f"got '{bad}'")
     for bad, message in (("triton://h:1/m?timeout=x", "must be a number"),
                          ("triton://h:1/m?retries=2", r"only \?timeout"),
                          ("triton://h:1/m?timeout=0", "timeout must be > 0")):

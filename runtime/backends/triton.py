@@ -30,16 +30,16 @@ def is_triton_url(model: object) -> bool:
 
 def parse_triton_url(url: str) -> tuple[str, str, str, str]:
     """``triton[+grpc]://HOST:PORT/NAME[/VERSION]`` -> (protocol, "HOST:PORT", NAME, VERSION or "")."""
-    parts = urlsplit(url)
-    protocol = SCHEMES.get(parts.scheme.lower())
-    path = [p for p in parts.path.split("/") if p]
+    bad = ChsError(f"Triton model URL must be triton://HOST:PORT/NAME[/VERSION] (or triton+grpc://...), got '{url}'")
     try:
+        parts = urlsplit(url)  # raises ValueError itself for e.g. an unclosed IPv6 bracket
         port = parts.port
     except ValueError:
-        port = None
+        raise bad from None
+    protocol = SCHEMES.get(parts.scheme.lower())
+    path = [p for p in parts.path.split("/") if p]
     if protocol is None or not parts.hostname or port is None or not 1 <= len(path) <= 2:
-        raise ChsError(f"Triton model URL must be triton://HOST:PORT/NAME[/VERSION] (or triton+grpc://...), "
-                       f"got '{url}'")
+        raise bad
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return protocol, f"{host}:{port}", path[0], path[1] if len(path) == 2 else ""
 

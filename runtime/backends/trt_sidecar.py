@@ -17,6 +17,7 @@ from pathlib import Path
 from chs.runtime.artifact import ModelMeta
 from chs.runtime.contract import contract_meta, validate_contract
 from chs.runtime.errors import ChsError
+from chs.runtime.files import atomic_output
 
 SIDECAR_VERSION = 2
 
@@ -127,18 +128,9 @@ def sidecar_record(contract: dict, onnx: dict | None = None, build: dict | None 
 
 def write_engine_and_sidecar(engine_path: str | os.PathLike, data: bytes, record: dict) -> None:
     """Write both files or neither: both go to temporary names first, then replace the old pair (sidecar
-    first; a crash between the two renames leaves a pair whose sha256 disagrees, which the runner
-    refuses rather than running the wrong engine)."""
+    first: the inner block ends first; a crash between the two renames leaves a pair whose sha256
+    disagrees, which the runner refuses rather than running the wrong engine)."""
     engine_path = Path(engine_path)
-    side = sidecar_path_for(engine_path)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_engine = engine_path.with_name(engine_path.name + ".tmp")
-    tmp_side = side.with_name(side.name + ".tmp")
-    try:
+    with atomic_output(engine_path) as tmp_engine, atomic_output(sidecar_path_for(engine_path)) as tmp_side:
         tmp_engine.write_bytes(data)
         tmp_side.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp_side, side)
-        os.replace(tmp_engine, engine_path)
-    finally:
-        for t in (tmp_engine, tmp_side):
-            t.unlink(missing_ok=True)
