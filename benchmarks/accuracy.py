@@ -16,6 +16,7 @@ from chs.benchmarks.peers import dlib_peer, dlib_predict
 from chs.benchmarks.request import BenchRequest, Log, model_complexity, quiet
 from chs.benchmarks.runners import RunnerFactory, Skip, runner_factory
 from chs.benchmarks.timing import torch_threads
+from chs.runtime.detector import MATCH_IOU
 from chs.runtime.errors import ChsError
 
 METRICS = ("n", "nme", "nme_iod", "nme_ipd", "fr_8", "fr_10", "auc_8", "auc_10")
@@ -75,7 +76,7 @@ def _accuracy_rows(req: BenchRequest, factory: RunnerFactory, samples: list, log
     return rows
 
 
-def peer_accuracy_row(samples: Sequence, data: str, iou_threshold: float = 0.3) -> dict:
+def peer_accuracy_row(samples: Sequence, data: str, iou_threshold: float = MATCH_IOU) -> dict:
     """dlib's 68-point predictor on the same faces, fed by its own detector (dlib HOG, raw boxes: the boxes the
     predictor was trained on), when installed. Faces the detector misses are counted and left out of the
     NME, as for ``chs-eval --boxes detector``; compare with that row, not with the GT-box rows. On 5-point

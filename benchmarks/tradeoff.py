@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chs.runtime.errors import ChsError
+from chs.runtime.files import read_json
 
 COLUMNS = ("kind", "ccr", "gmacs", "backend", "runner", "mode", "precision", "batch", "p50_ms", "p90_ms", "p99_ms",
            "faces_per_s", "floor_ms", "efficiency", "noisy", "nme", "nme_iod", "fr_10", "auc_10", "dnme_pt",
@@ -191,15 +192,10 @@ def load_previous_rows(path: str | Path) -> list[dict]:
     p = Path(path)
     if p.is_dir():
         p = p / "table.json" if (p / "table.json").is_file() else p / "latency.json"
-    try:
-        payload = json.loads(p.read_text())
-        rows = payload["rows"] if isinstance(payload, dict) else payload
-        if not isinstance(rows, list):
-            raise TypeError
-    except FileNotFoundError:
-        raise ChsError(f"--compare: {p} not found") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        raise ChsError(f"--compare: {p} is not a chs-bench table.json or latency.json") from None
+    payload = read_json(p, "--compare file")
+    rows = payload.get("rows") if isinstance(payload, dict) else payload
+    if not isinstance(rows, list):
+        raise ChsError(f"--compare: {p} is not a chs-bench table.json or latency.json")
     return [r for r in rows if isinstance(r, dict)]
 
 

@@ -13,14 +13,14 @@ from chs.benchmarks.profile import ProfileOptions
 from chs.benchmarks.request import BACKENDS, PRECISIONS, BenchRequest
 from chs.benchmarks.serve import ServeBenchOptions
 from chs.benchmarks.video import VideoBench
-from chs.errors_cli import one_line_errors
+from chs.errors_cli import OneLineTyper, one_line_errors
 from chs.options_cli import options_command, with_options
 from chs.runtime.errors import ChsError
 from chs.runtime.options import comma_list
 
 D = BenchRequest  # the option defaults: BenchRequest's field defaults
 
-bench_app = typer.Typer(help="Benchmarks: complexity (Table 9), latency, accuracy, trade-off, serving.",
+bench_app = OneLineTyper(help="Benchmarks: complexity (Table 9), latency, accuracy, trade-off, serving.",
                         no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 
@@ -142,6 +142,14 @@ def _write_json(path, obj) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, default=str))
 
 
+def _check_out(out: str | None) -> None:
+    """An --out that cannot become a folder (an existing file, a read-only parent) fails before the benchmark."""
+    if out is not None:
+        from chs.runtime.files import check_output_dir
+
+        check_output_dir(out)
+
+
 def _emit(ctx: typer.Context, out: str | None, name: str, payload: dict, as_json: bool, text: str) -> None:
     """``--out``: payload as ``name``, machine.json and command.txt; then JSON or the text table on stdout."""
     if out:
@@ -171,6 +179,7 @@ def latency(
     from chs.benchmarks.machine import machine_info, machine_line
     from chs.benchmarks.report import format_latency, format_ratios, speed_ratios
 
+    _check_out(out)
     as_json = opts.pop("as_json")
     if preset:
         from pathlib import Path
@@ -222,6 +231,7 @@ def accuracy(
     from chs.benchmarks.accuracy import accuracy_rows
     from chs.benchmarks.machine import machine_info, machine_line
 
+    _check_out(out)
     as_json = opts.pop("as_json")
     req = _request(**opts, data=data, max_samples=max_samples, split=split)
     info = machine_info(req.threads)
@@ -257,6 +267,7 @@ def tradeoff(
         write_tradeoff,
     )
 
+    _check_out(out)
     as_json = opts.pop("as_json")
     req = _request(**opts, data=data, max_samples=max_samples)
     previous = load_previous_rows(compare) if compare else None  # bad path: fail before the long run
@@ -335,6 +346,7 @@ def serve(opts: ServeBenchOptions, ctx: typer.Context, as_json: bool, out: str |
     from chs.benchmarks.machine import machine_info, machine_line
     from chs.benchmarks.serve import format_serve, run_serve_bench
 
+    _check_out(out)
     info = machine_info(None)
     result = run_serve_bench(opts, log=_log)
     text = format_serve(result, machine_line(info))
@@ -362,6 +374,7 @@ def video(
     detection, tracking and tracking + smoothing on clips made from annotated stills."""
     from chs.benchmarks.video import run_video_command
 
+    _check_out(out)
     bench = VideoBench.from_options(data, model, clips, frames, comma_list(detectors, "--detectors"))
     result = run_video_command(bench, out, _command_line(ctx), log=_log)
     sys.stdout.write(json.dumps(result["overall"], indent=2) + "\n" if as_json else result["table"])

@@ -371,8 +371,22 @@ def test_compare_runs_reports_run_to_run_agreement(tmp_path):
     with pytest.raises(ChsError, match="not found"):
         load_previous_rows(tmp_path / "nothing.json")
     (tmp_path / "bad.json").write_text("{ not json")
-    with pytest.raises(ChsError, match="not a chs-bench table.json"):
+    with pytest.raises(ChsError, match="--compare file .*bad.json is not valid JSON"):
         load_previous_rows(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text('{"rows": 3}')
+    with pytest.raises(ChsError, match="not a chs-bench table.json"):
+        load_previous_rows(tmp_path / "other.json")
     res = CliRunner().invoke(bench_app, ["tradeoff", "--data", str(FIXTURE_PTS), "--out", str(tmp_path / "o"),
                                          "--compare", str(tmp_path / "nothing.json")])
     assert res.exit_code == 2 and "not found" in res.output and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", [["latency"], ["accuracy", "--data", str(FIXTURE_PTS)],
+                                     ["tradeoff", "--data", str(FIXTURE_PTS)], ["video", "--data", str(FIXTURE_PTS)],
+                                     ["serve"]])
+def test_out_on_an_existing_file_is_refused_before_the_benchmark(command, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    res = CliRunner().invoke(bench_app, [*command, "--out", str(afile)])
+    assert res.exit_code == 2 and f"--out {afile} exists and is not a folder" in res.output, res.output
+    assert afile.read_text() == "keep me"

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from chs.runtime.artifact import INPUT_NAME, META_KEY, OUTPUT_LANDMARKS, OUTPUT_SCORES, ModelMeta
+from chs.runtime.backends.base import check_outputs
 from chs.runtime.errors import ChsError
 
 SCHEMES = {"triton": "http", "triton+http": "http", "triton+grpc": "grpc"}
@@ -179,7 +180,7 @@ class TritonRunner:
             out = self._infer_chunk(x[s : s + self.max_batch])
             lms.append(out[0])
             scs.append(out[1])
-        return {"landmarks": np.concatenate(lms), "scores": np.concatenate(scs)}
+        return check_outputs({"landmarks": np.concatenate(lms), "scores": np.concatenate(scs)}, self.name)
 
     def _infer_chunk(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m = self._mod

@@ -17,7 +17,7 @@ from pathlib import Path
 from chs.runtime.artifact import ModelMeta
 from chs.runtime.contract import contract_meta, validate_contract
 from chs.runtime.errors import ChsError
-from chs.runtime.files import atomic_output
+from chs.runtime.files import atomic_output, read_json
 
 SIDECAR_VERSION = 2
 
@@ -98,10 +98,7 @@ def read_sidecar(engine_path: str | os.PathLike, sidecar_path: str | os.PathLike
     if not p.is_file():
         raise ChsError(f"engine sidecar {p} is missing: it carries the crop rule and normalisation; "
                        "rebuild the engine with chs-export or pass sidecar_path")
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ChsError(f"engine sidecar {p} is not valid JSON") from None
+    data = read_json(p, "engine sidecar")
     if not isinstance(data, dict):
         raise ChsError(f"engine sidecar {p} is not a JSON object")
     version = data.get("sidecar_version")
