@@ -203,3 +203,20 @@ def test_evaluate_with_detector_counts_misses_and_matches_gt_boxes(tiny_onnx, fi
     ref = evaluate_runner(runner, samples[1:])
     assert res["n_images"] == len(samples) and res["misses"] == 1 and res["n"] == len(samples) - 1
     assert res["nme_iod"] == pytest.approx(ref["nme_iod"], abs=1e-12)
+
+
+def test_detector_timing_reports_median_and_min_of_the_same_calls():
+    from chs.benchmarks.detectors import time_detectors
+
+    class Slow:
+        def __init__(self):
+            self.calls = 0
+
+        def detect(self, image):
+            self.calls += 1
+            return np.zeros((0, 4)), np.zeros(0)
+
+    dets = {"a": Slow(), "b": Slow()}
+    timed = time_detectors(dets, np.zeros((8, 8, 3), np.uint8), repeats=5)
+    assert [d.calls for d in dets.values()] == [6, 6]  # one warm-up + 5 timed calls each, one pass
+    assert all(0 <= t["min"] <= t["median"] for t in timed.values())
