@@ -26,15 +26,12 @@ SHIFTED = ("nme_shifted", "fr_10_shifted", "auc_10_shifted", "shift_x", "shift_y
 
 def load_samples(data: str | os.PathLike, max_samples: int | None = None, split: str | None = None) -> list:
     """The dataset's faces; with ``max_samples``, that many spread evenly over the split."""
-    from chs.runtime.datasets import load_dataset
+    from chs.runtime.datasets import load_dataset, spread_evenly
 
     samples = load_dataset(data, split)
     if not samples:
         raise ChsError(f"no annotated faces in {data}")
-    if max_samples and len(samples) > max_samples:
-        pick = np.linspace(0, len(samples) - 1, max_samples).round().astype(int)
-        samples = [samples[i] for i in sorted(set(pick))]
-    return samples
+    return spread_evenly(samples, max_samples)
 
 
 def accuracy_rows(request: BenchRequest, *, factory: RunnerFactory | None = None, log: Log = quiet) -> list[dict]:

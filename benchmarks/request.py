@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chs.runtime.assets import resolve_model_path
+from chs.runtime.backends.base import DEFAULT_BATCH
 from chs.runtime.backends.ort import MAX_SESSIONS
 from chs.runtime.errors import ChsError
 
@@ -57,7 +58,7 @@ class BenchRequest:
     ort_sessions: int = 1
     data: str | None = None
     max_samples: int | None = None
-    batch_size: int = 32
+    batch_size: int = DEFAULT_BATCH
     split: str | None = None  # part of a set that defines splits (mtfl5: train, val)
     timing_only: bool = False  # random weights (chs.benchmarks.presets): rows marked, exports not gated
 

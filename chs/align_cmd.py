@@ -23,6 +23,7 @@ import typer
 from chs.errors_cli import fail, one_line_errors, printable
 from chs.options_cli import options_command
 from chs.runtime.assets import DEMO_IMAGE
+from chs.runtime.backends.base import DEFAULT_BATCH
 from chs.runtime.datasets import IMAGE_EXTENSIONS
 from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, writable_fps, write_image
 from chs.runtime.errors import ChsError
@@ -208,7 +209,7 @@ class AlignOptions:
     demo: bool = option(False, "Run on the bundled astronaut photo and write <out or ./chs-demo>/"
                         "astronaut_landmarks.png.", flag="--demo")
     backend: str = option("auto", "auto (by file type), ort or tensorrt.")
-    batch_size: int = option(32, "Faces per inference batch.")
+    batch_size: int = option(DEFAULT_BATCH, "Faces per inference batch.")
     detector: str = option("yunet", "Face detector for images without boxes: yunet (bundled), dlib (pip install "
                            "chs[detect]) or a YuNet .onnx file.")
     smooth: bool = option(True, "Video: One-Euro smoothing of the tracked landmarks (never applied to still "

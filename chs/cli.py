@@ -14,6 +14,7 @@ import typer
 from chs.errors_cli import OneLineTyper, missing_package, one_line_errors
 from chs.model.training.options import TrainOptions
 from chs.options_cli import options_command
+from chs.runtime.backends.base import DEFAULT_BATCH
 from chs.runtime.errors import ChsError
 from chs.runtime.options import option
 
@@ -76,7 +77,7 @@ class EvalOptions:
     model: str = option(help="Checkpoint folder, exported .onnx, or 'default'.")
     data: str = option(help="Annotated dataset to evaluate on.")
     ccr: int | None = option(None, "Serve only the first K CCR stages.")
-    batch_size: int = option(32, "Faces per inference batch.")
+    batch_size: int = option(DEFAULT_BATCH, "Faces per inference batch.")
     as_json: bool = option(False, "Print the metrics as JSON.", flag="--json")
     plot: str | None = option(None, "Write the CED curve to this PNG.")
     boxes: str = option("gt", "gt (boxes from the ground-truth landmarks) or detector.")

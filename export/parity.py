@@ -25,7 +25,7 @@ import numpy as np
 
 from chs.runtime.artifact import ModelMeta
 from chs.runtime.assets import demo_face
-from chs.runtime.datasets import FaceSample, load_dataset
+from chs.runtime.datasets import FaceSample, load_dataset, spread_evenly
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import crop_batch, load_images, sample_box
 from chs.runtime.geometry import CropRule, crop_affine, crop_face, transform_points, warp_crop
@@ -50,8 +50,7 @@ def parity_crops(meta: ModelMeta, data: str | None = None, max_images: int = 64,
         samples = load_dataset(data)
         if not samples:
             raise ChsError(f"no faces in parity data {data}")
-        pick = np.linspace(0, len(samples) - 1, min(max_images, len(samples))).round().astype(int)
-        crops, gt, n = annotated_crops([samples[i] for i in sorted(set(pick))], meta, str(data))
+        crops, gt, n = annotated_crops(spread_evenly(samples, max_images), meta, str(data))
         return crops, gt, f"{_faces(n, gt, meta)} from {data}"
     image, box = demo_face()
     rng = np.random.default_rng(seed)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .dataset_formats import (
     IMAGE_EXTENSIONS,
     FaceSample,
@@ -32,6 +34,15 @@ def _wflw_image_root(txt: Path) -> Path:
         if cand.is_dir():
             return cand
     return parent
+
+
+def spread_evenly(samples: list[FaceSample], k: int) -> list[FaceSample]:
+    """At most ``k`` of ``samples``, evenly spaced over the list (first and last included), in order: a subset
+    that covers a set sorted by identity or source instead of its first faces."""
+    if not k or len(samples) <= k:
+        return list(samples)
+    pick = np.linspace(0, len(samples) - 1, k).round().astype(int)
+    return [samples[i] for i in sorted(set(pick))]
 
 
 def is_dataset_folder(path: PathLike) -> bool:
@@ -76,5 +87,6 @@ def load_dataset(path: PathLike, split: str | None = None) -> list[FaceSample]:
     raise ChsError(f"unknown dataset format '{p.name}' (expected a folder, .json, .mat, .txt or .csv)")
 
 
-__all__ = ["IMAGE_EXTENSIONS", "WFLW_ATTRIBUTES", "FaceSample", "load_aflw19", "load_coco_keypoints", "load_cofw_mat",
-           "is_dataset_folder", "load_dataset", "load_pts_folder", "load_wflw", "read_pts", "write_pts"]
+__all__ = ["IMAGE_EXTENSIONS", "WFLW_ATTRIBUTES", "FaceSample", "is_dataset_folder", "load_aflw19",
+           "load_coco_keypoints", "load_cofw_mat", "load_dataset", "load_pts_folder", "load_wflw", "read_pts",
+           "spread_evenly", "write_pts"]

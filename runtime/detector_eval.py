@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from chs.runtime.backends.base import Runner
+from chs.runtime.backends.base import DEFAULT_BATCH, Runner
 from chs.runtime.datasets import FaceSample
 from chs.runtime.detector import IDENTITY_MAP, MATCH_IOU, BoxMap, FaceDetector, box_iou
 from chs.runtime.errors import ChsError
@@ -136,7 +136,7 @@ def match_detections(detector: FaceDetector, samples: Sequence[FaceSample],
 
 
 def evaluate_with_detector(runner: Runner, detector: FaceDetector, samples: Sequence[FaceSample],
-                           iou_threshold: float = MATCH_IOU, batch_size: int = 32) -> dict:
+                           iou_threshold: float = MATCH_IOU, batch_size: int = DEFAULT_BATCH) -> dict:
     """Landmark metrics when the crop comes from the detector instead of the GT landmarks (misses counted
     and left out of the NME; see :func:`match_detections`)."""
     n, images, boxes, gts = match_detections(detector, samples, iou_threshold)

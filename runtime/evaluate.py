@@ -12,11 +12,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from chs.runtime.artifact import ModelMeta
-from chs.runtime.backends.base import Runner
+from chs.runtime.backends.base import DEFAULT_BATCH, Runner
 from chs.runtime.datasets import FaceSample
 from chs.runtime.errors import ChsError
 from chs.runtime.geometry import crop_face, invert_affine, transform_points
-from chs.runtime.metrics import group_summary, nme, primary_normaliser, subset_summary, summarize
+from chs.runtime.metrics import group_summary, nme, normalizing_distance, primary_normaliser, subset_summary, summarize
 from chs.runtime.mtfl import POSE_SUBSETS
 from chs.runtime.schemes import WFLW_ATTRIBUTES, get_scheme
 
@@ -78,7 +78,7 @@ def to_image_coords(points: np.ndarray, affines: np.ndarray) -> np.ndarray:
 
 
 def predict_samples(runner: Runner, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray],
-                    batch_size: int = 32) -> dict[str, np.ndarray]:
+                    batch_size: int = DEFAULT_BATCH) -> dict[str, np.ndarray]:
     """Landmarks in image coordinates for every (image, box); extra per-stage outputs kept if present."""
     outs: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(images), batch_size):
@@ -100,7 +100,7 @@ def stage_summary(pred: dict[str, np.ndarray], gt: np.ndarray, scheme: str, shif
     return result
 
 
-def evaluate_runner(runner: Runner, samples: Sequence[FaceSample], batch_size: int = 32) -> dict:
+def evaluate_runner(runner: Runner, samples: Sequence[FaceSample], batch_size: int = DEFAULT_BATCH) -> dict:
     """Metrics of a runner on annotated samples (fractions, not percent), per CCR stage when available."""
     if not samples:
         raise ChsError("no samples to evaluate")
@@ -123,7 +123,7 @@ def evaluate_runner(runner: Runner, samples: Sequence[FaceSample], batch_size: i
     result["per_sample_nme"] = nme(pred["landmarks"], gt, scheme, primary)
     attrs = [s.attributes for s in kept]
     if five:  # the signed offset of each of the 5 points (normaliser units): label conventions differ per point
-        norm = np.linalg.norm(gt[:, 0] - gt[:, 1], axis=-1)
+        norm = normalizing_distance(gt, scheme, primary)
         result["offset_per_point"] = ((pred["landmarks"] - gt) / norm[:, None, None]).mean(axis=0).tolist()
     if any("pose_subset" in a for a in attrs):  # MTFL's pose: profile / half / frontal, set-wide shift
         shift = (result["shift_x"], result["shift_y"]) if five else None

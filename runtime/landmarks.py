@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from chs.runtime.assets import DEFAULT_MODEL
-from chs.runtime.backends.base import Runner
+from chs.runtime.backends.base import DEFAULT_BATCH, Runner
 from chs.runtime.backends.opener import open_model
 from chs.runtime.detector import DETECTOR_NAMES, FaceDetector, landmark_boxes, make_detector
 from chs.runtime.errors import ChsError
@@ -105,7 +105,7 @@ class LandmarkRuntime:
     actually needs it) or ``None`` (boxes must always be given).
     """
 
-    def __init__(self, runner: Runner, detector: FaceDetector | str | None = "auto", max_batch: int = 32):
+    def __init__(self, runner: Runner, detector: FaceDetector | str | None = "auto", max_batch: int = DEFAULT_BATCH):
         if not isinstance(runner, Runner):
             raise ChsError(f"{type(runner).__name__} is not a runner (needs .name, .meta and .infer(batch))")
         whole_number(max_batch, "max_batch", 1)
@@ -123,7 +123,7 @@ class LandmarkRuntime:
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
     def load(cls, model: str | os.PathLike | Runner = "default", backend: str = "auto", providers: str = "auto",
-             detector: FaceDetector | str | None = "auto", max_batch: int = 32) -> LandmarkRuntime:
+             detector: FaceDetector | str | None = "auto", max_batch: int = DEFAULT_BATCH) -> LandmarkRuntime:
         """``model``: ``"default"`` (the bundled ONNX model), an ``.onnx`` file, an ``.engine``/``.plan``
         TensorRT engine, ``triton://HOST:PORT/NAME`` (crop here, infer on a Triton server) or a Runner
         object. ``backend``: auto (by file type), ort or tensorrt."""

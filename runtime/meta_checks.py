@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from chs.runtime.artifact import INPUT_NAME, OUTPUT_LANDMARKS
 from chs.runtime.errors import ChsError
 
 MAX_POINTS = 1000
@@ -113,7 +114,7 @@ def check_onnx_meta(meta: Any, session: Any, source: str) -> None:
     validate_meta(meta, source)
     inputs = {i.name: i.shape for i in session.get_inputs()}
     outputs = {o.name: o.shape for o in session.get_outputs()}
-    check_meta_against_graph(meta, inputs.get("input", []), outputs.get("landmarks"), source)
+    check_meta_against_graph(meta, inputs.get(INPUT_NAME, []), outputs.get(OUTPUT_LANDMARKS), source)
 
 
 __all__ = ["check_onnx_meta", "check_crop_rule", "check_meta_against_graph", "check_normalization", "validate_meta"]

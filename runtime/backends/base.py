@@ -18,6 +18,10 @@ import numpy as np
 from chs.runtime.artifact import ModelMeta
 from chs.runtime.errors import ChsError
 
+# crops per inference batch where a caller does not choose: big enough to amortise a call, small enough that
+# a batch of 128x128 crops stays a few MB
+DEFAULT_BATCH = 32
+
 
 @runtime_checkable
 class Runner(Protocol):
