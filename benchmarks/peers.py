@@ -34,10 +34,8 @@ def _time_rows(row: dict, fn: Callable[[], object], repeats: int, warmup: int, p
 
 def detector_row(repeats: int = 20, warmup: int = 2, passes: int = 2, noise_threshold: float = NOISE_THRESHOLD) -> dict:
     """Face detector time per image on the demo image (reported apart from the per-face landmark rows)."""
-    try:
-        from chs.runtime.detector import default_detector
-    except ImportError as e:
-        return _extra_row("detector", "detector", f"no detector module ({e})")
+    from chs.runtime.detector import default_detector
+
     try:
         det = default_detector()
     except ChsError as e:

@@ -40,6 +40,7 @@ def to_fp16(model: ModelLike, keep_float32: set[str] | None = None) -> onnx.Mode
     """Convert an FP32 CHS ONNX to FP16, keeping ``keep_float32`` nodes (default: the sensitive set) and
     RoiAlign in float32 and the graph input/outputs float32 (callers feed the same crops to every precision).
     """
+    from onnxruntime.quantization.onnx_model import ONNXModel
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     proto = _load(model)
@@ -49,7 +50,10 @@ def to_fp16(model: ModelLike, keep_float32: set[str] | None = None) -> onnx.Mode
     fp16 = convert_float_to_float16(proto, keep_io_types=True,
                                     op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(ALWAYS_FLOAT32_OPS)),
                                     node_block_list=sorted(keep))
-    _toposort(fp16.graph)  # the converter appends its input/output Casts at the end of the node list
+    try:  # the converter appends its input/output Casts at the end of the node list
+        ONNXModel(fp16).topological_sort()
+    except AssertionError:
+        raise ChsError("FP16 graph has a cycle or a node with a missing input") from None
     _drop_initializer_value_info(fp16)
     _drop_round_trip_casts(fp16)
     write_onnx_meta(fp16, dataclasses.replace(meta, precision="fp16"))
@@ -65,26 +69,6 @@ def _drop_initializer_value_info(model: onnx.ModelProto) -> None:
     vis = [v for v in model.graph.value_info if v.name not in inits]
     del model.graph.value_info[:]
     model.graph.value_info.extend(vis)
-
-
-def _toposort(graph: onnx.GraphProto) -> None:
-    """Reorder nodes so that every input is produced before it is consumed (stable for sorted graphs)."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(i in available for i in node.input):
-                ordered.append(node)
-                available.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise ChsError(f"FP16 graph has a cycle or a missing input at node {rest[0].name}")
-        pending = rest
-    nodes = [copy.deepcopy(n) for n in ordered]
-    del graph.node[:]
-    graph.node.extend(nodes)
 
 
 def _cast_to(node: onnx.NodeProto) -> int | None:
