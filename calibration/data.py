@@ -89,6 +89,17 @@ def identity(name: str) -> str:
     return _SOURCE_PREFIX.sub("", _FRAME_SUFFIX.sub("", name)) or name
 
 
+def item_identity(item: Item, index: int) -> str:
+    """Who an item shows: the person the dataset names (mtfl5 numbers its files per source, ``lfw_0001``, and
+    records LFW's person; its web images name nobody, so each is its own), else :func:`identity` of the file
+    name, else the item's index."""
+    obj = item[0]
+    if isinstance(obj, FaceSample) and "person" in obj.attributes:
+        return obj.attributes["person"] or f"#{index}"
+    name = item_name(item)
+    return identity(name) if name else f"#{index}"
+
+
 @dataclass(frozen=True)
 class HeldOut:
     """Items for calibration and items set aside for the export's gate; ``by`` says how they were split."""
@@ -104,21 +115,17 @@ def split_held_out(items: Sequence[Item], gate_faces: int) -> HeldOut:
     Whole identities go to one side (near-duplicate frames of one person on both sides would make the gate
     measure faces the calibration saw); identities are picked evenly over their sorted names, so the held
     out faces are spread over the set and the choice is deterministic. Without identity numbering in the
-    names, or when one "identity" would be over a quarter of the set (names numbered per source, not per
-    person), every image is its own identity (``by="image"``); sets under 8 items are not split (``"none"``)."""
+    names every image is its own identity (``by="image"``); sets under 8 items are not split (``"none"``)."""
     items = list(items)
     target = min(int(gate_faces), len(items) // 4)
     if target < 1 or len(items) < 8:
         return HeldOut(items, [], "none")
     groups: dict[str, list[int]] = {}
     for i, it in enumerate(items):
-        name = item_name(it)
-        groups.setdefault(identity(name) if name else f"#{i}", []).append(i)
+        groups.setdefault(item_identity(it, i), []).append(i)
     keys = sorted(groups)
     by = "identity" if len(keys) < len(items) else "image"
-    if len(keys) < 2 or max(map(len, groups.values())) > len(items) // 4:
-        # one person throughout, or names numbered per source (mtfl5's lfw_0001 / net_0001), not per person:
-        # hold out images evenly, there is no other way
+    if len(keys) < 2:  # one person throughout: hold out frames evenly, there is no other way
         keys, groups, by = [str(i) for i in range(len(items))], {str(i): [i] for i in range(len(items))}, "image"
     mean_size = len(items) / len(keys)
     step = max(2, int(len(keys) / max(1.0, target / mean_size)))

@@ -85,6 +85,17 @@ class EvalOptions:
     detector: str = option("yunet", "With --boxes detector: yunet (bundled), dlib or a YuNet .onnx.")
 
 
+def _is_checkpoint(model: str) -> bool:
+    """A training checkpoint (folder with config.json, or that file); 'default' is the bundled model.onnx then."""
+    from chs.runtime.assets import resolve_model_path
+    from chs.runtime.backends.triton import is_triton_url
+
+    if is_triton_url(model) or model == "default":
+        return False
+    path = resolve_model_path(model)
+    return (path / "config.json").is_file() or path.name == "config.json"
+
+
 @one_line_errors
 @options_command(EvalOptions, arguments=("model",))
 def evaluate(opts: EvalOptions) -> None:
@@ -100,6 +111,8 @@ def evaluate(opts: EvalOptions) -> None:
     except ModuleNotFoundError as e:  # a torch-free install evaluates .onnx, engines, triton:// and the bundled ONNX
         if missing_package(e) is None:
             raise
+        if opts.ccr is not None or _is_checkpoint(model):
+            raise ChsError(f"evaluating a checkpoint (or --ccr) needs torch: {missing_package(e)}") from None
         open_checkpoint = None
 
     if boxes not in ("gt", "detector"):

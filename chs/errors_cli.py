@@ -116,4 +116,5 @@ class OneLineTyper(typer.Typer):
         except typer.Abort:
             typer.echo("interrupted", err=True)
             code = 130
-        sys.exit(code if isinstance(code, int) else 0)
+        # click hands back typer.Exit's code (the commands return None); anything else is a normal end
+        sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)

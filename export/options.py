@@ -17,7 +17,7 @@ def cache_dir(name: str) -> Path:
 BATCH_PROFILE = (1, 8, 32)  # TensorRT optimisation profile (min, opt, max): chs-export's and BuildOptions' default
 
 
-def check_batch(batch: object, option: str = "batch") -> tuple[int, int, int]:
+def check_batch_profile(batch: object, option: str = "batch") -> tuple[int, int, int]:
     """The one check of a TensorRT batch profile (min, opt, max), for chs-export and the engine builder."""
     try:
         b = tuple(int(v) for v in batch)  # type: ignore[attr-defined]
@@ -36,7 +36,7 @@ def parse_batch(text: str) -> tuple[int, int, int]:
         values = ()
     if len(values) != 3:
         raise ChsError(f"--batch must be MIN:OPT:MAX (e.g. {':'.join(map(str, BATCH_PROFILE))}), got '{text}'")
-    return check_batch(values, "--batch")
+    return check_batch_profile(values, "--batch")
 
 
 @dataclass

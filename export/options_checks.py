@@ -15,7 +15,7 @@ IF_EXISTS = ("refuse", "replace", "merge")
 def check_export_options(o: Any) -> None:
     """Values only (no file system): ChsError naming the first bad option (o: an ExportOptions)."""
     from chs.calibration.calibrate import METHODS
-    from chs.export.options import check_batch
+    from chs.export.options import check_batch_profile
     from chs.export.triton import check_model_name
 
     if o.engine not in ("auto", "always", "never"):
@@ -28,7 +28,7 @@ def check_export_options(o: Any) -> None:
         raise ChsError(f"--calib-images must be >= 1, got {o.calib_images}")
     if o.ccr is not None and o.ccr < 0:
         raise ChsError(f"--ccr must be >= 0, got {o.ccr}")
-    check_batch(o.batch, "--batch")  # library callers pass a tuple the command line's parser never saw
+    check_batch_profile(o.batch, "--batch")  # library callers pass a tuple the command line's parser never saw
     if o.triton is not None:
         check_model_name(o.triton)
         from chs.export.triton import BACKENDS

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chs.export.options import BATCH_PROFILE, check_batch
+from chs.export.options import BATCH_PROFILE, check_batch_profile
 from chs.runtime.artifact import INPUT_NAME, ModelMeta, read_onnx_meta
 from chs.runtime.backends.trt_env import gpu_info, gpu_present, shared_logger, tensorrt_major, tensorrt_version
 from chs.runtime.backends.trt_sidecar import sha256_bytes, sidecar_path_for, sidecar_record, write_engine_and_sidecar
@@ -90,7 +90,7 @@ class BuildOptions:
         if self.workspace_mb <= 0:
             raise ChsError(f"workspace_mb must be positive, got {self.workspace_mb}")
         cache = None if self.timing_cache is None else str(self.timing_cache)
-        return dataclasses.replace(self, batch=check_batch(self.batch), timing_cache=cache)
+        return dataclasses.replace(self, batch=check_batch_profile(self.batch), timing_cache=cache)
 
 
 def _options(options: BuildOptions | None, overrides: dict) -> BuildOptions:

@@ -29,7 +29,7 @@ IMAGE_WRITE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
 POINT_COLOR = (0, 255, 0)  # RGB
 BOX_COLOR = (255, 64, 64)
-WRITE_FPS_RANGE = (1.0, 1000.0)  # annotated videos: a header outside this (70000 or 1e-5 fps) is taken as broken
+WRITE_FPS_RANGE = (0.1, 1000.0)  # annotated videos: mp4v refuses 1e-5 and 70000 fps, which only broken headers declare
 MP4V_SIDE_RANGE = (2, 8191)  # frame sides (px) the mp4v (MPEG-4 part 2) encoder accepts
 
 

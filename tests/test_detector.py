@@ -205,10 +205,10 @@ def test_evaluate_with_detector_counts_misses_and_matches_gt_boxes(tiny_onnx, fi
     assert res["nme_iod"] == pytest.approx(ref["nme_iod"], abs=1e-12)
 
 
-def test_detector_timing_reports_median_and_min_of_the_same_calls():
-    from chs.benchmarks.detectors import time_detectors
+def test_detector_timing_reports_median_and_min_of_the_same_calls(monkeypatch):
+    import chs.benchmarks.detectors as detectors
 
-    class Slow:
+    class Stub:
         def __init__(self):
             self.calls = 0
 
@@ -216,7 +216,17 @@ def test_detector_timing_reports_median_and_min_of_the_same_calls():
             self.calls += 1
             return np.zeros((0, 4)), np.zeros(0)
 
-    dets = {"a": Slow(), "b": Slow()}
-    timed = time_detectors(dets, np.zeros((8, 8, 3), np.uint8), repeats=5)
-    assert [d.calls for d in dets.values()] == [6, 6]  # one warm-up + 5 timed calls each, one pass
-    assert all(0 <= t["min"] <= t["median"] for t in timed.values())
+    # each timed call reads the clock twice; call k of "a" lasts a[k] ms, of "b" b[k] ms (interleaved a, b, a, b)
+    a, b = [5.0, 1.0, 9.0], [2.0, 8.0, 4.0]
+    ticks, now = [], 0.0
+    for da, db in zip(a, b, strict=True):
+        for d in (da, db):
+            ticks += [now, now + d / 1000]
+            now += 1.0
+    clock = iter(ticks)
+    monkeypatch.setattr(detectors.time, "perf_counter", lambda: next(clock))
+    dets = {"a": Stub(), "b": Stub()}
+    timed = detectors.time_detectors(dets, np.zeros((8, 8, 3), np.uint8), repeats=3)
+    assert [d.calls for d in dets.values()] == [4, 4]  # one warm-up + 3 timed calls each
+    assert timed["a"] == pytest.approx({"median": 5.0, "min": 1.0})
+    assert timed["b"] == pytest.approx({"median": 4.0, "min": 2.0})

@@ -214,6 +214,7 @@ def test_fixed_batch_onnx_runs_in_chunks_of_its_batch(tmp_path, batch):
     ref = OrtRunner(BUNDLED_ONNX, providers="cpu").infer(x)
     out = fixed.infer(x)
     assert out["landmarks"].shape == (3, 68, 2)
+    assert fixed.infer(x[:0])["landmarks"].shape == (0, 68, 2)  # as a dynamic-batch graph answers
     np.testing.assert_allclose(out["landmarks"], ref["landmarks"], atol=1e-3)
     with pytest.raises(ChsError, match=f"fixed batch of {batch}: split sessions need a dynamic batch axis"):
         OrtRunner(tmp_path / f"b{batch}.onnx", providers="cpu", sessions=2)

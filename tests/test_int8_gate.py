@@ -40,6 +40,7 @@ from chs.export.parity import (  # noqa: E402
 )
 from chs.runtime.artifact import INPUT_NAME, OUTPUT_LANDMARKS  # noqa: E402
 from chs.runtime.backends.ort import OrtRunner  # noqa: E402
+from chs.runtime.datasets import FaceSample  # noqa: E402
 
 BUNDLED = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "default" / "model.onnx"
 
@@ -83,12 +84,20 @@ def test_split_by_image_and_too_small_sets():
     assert small.by == "none" and small.gate == [] and len(small.calib) == 3
 
 
-def test_names_numbered_per_source_are_split_by_image():
-    # mtfl5 numbers its images per source (lfw_0001, net_0001): two "identities" of thousands are not people
-    names = [f"lfw_{i:04d}" for i in range(60)] + [f"net_{i:04d}" for i in range(40)]
-    held = split_held_out(_items(names), 20)
-    assert held.by == "image" and len(held.gate) == 20 and len(held.calib) == 80
-    assert {item_name(i)[:3] for i in held.gate} == {"lfw", "net"}  # spread over both sources
+def test_the_person_a_dataset_names_decides_over_file_names():
+    # mtfl5 numbers its files per source (lfw_0001, net_0001) and names LFW's people; its web images name nobody
+    people = [f"Person_{k}" for k in range(30) for _ in range(3)]
+    samples = [FaceSample(Path(f"/faces/lfw_{i:04d}.jpg"), np.zeros((5, 2)), "5", attributes={"person": p})
+               for i, p in enumerate(people)]
+    samples += [FaceSample(Path(f"/faces/net_{i:04d}.jpg"), np.zeros((5, 2)), "5", attributes={"person": None})
+                for i in range(30)]
+    items = [(s, None) for s in samples]
+    held = split_held_out(items, 24)
+    assert held.by == "identity" and 24 <= len(held.gate) <= 27
+    person = {id(it[0]): it[0].attributes["person"] for it in items}
+    gate_people = {person[id(it[0])] for it in held.gate} - {None}
+    assert gate_people and not gate_people & {person[id(it[0])] for it in held.calib}  # one side per person
+    assert any(person[id(it[0])] is None for it in held.gate)  # web images are held out one by one
 
 
 def test_ytf68_split_matches_its_identities(shared_data):
@@ -287,7 +296,7 @@ def test_faces_with_another_point_count_gate_on_shift(fixtures_dir, tmp_path):
     crops, gt, source, calib = _gate_and_calibration_crops(
         ExportOptions(model="default", out=str(tmp_path / "e"), int8=True, calib=str(fixtures_dir / "mtfl5")), meta)
     assert gt is None and len(crops) == 2 and len(calib) == 6
-    assert "another point count than the model's 68" in source and "split by image" in source
+    assert "another point count than the model's 68" in source and "split by image" in source  # 8 people, 8 faces
 
 
 def test_export_times_int8_against_fp32_in_alternating_rounds(tiny_onnx):

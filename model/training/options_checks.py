@@ -9,14 +9,9 @@ from typing import Any
 
 from chs.runtime.errors import ChsError
 from chs.runtime.files import check_output_dir
+from chs.runtime.options import finite_number, whole_number
 
 MAX_SEED = 2**32  # seeds are 0 .. MAX_SEED - 1
-
-
-def _number(value: Any, option: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ChsError(f"{option} must be a finite number, got {value!r:.40}")
-    return float(value)
 
 
 def check_device(device: str) -> None:
@@ -38,33 +33,30 @@ def check_device(device: str) -> None:
 
 def check_train_options(o: Any) -> None:
     """ChsError naming the first option out of range (o: a TrainOptions)."""
-    lr = _number(o.lr, "--lr")
+    lr = finite_number(o.lr, "--lr")
     if lr <= 0:
         raise ChsError(f"--lr must be > 0, got {o.lr}")
     for name, value, lo in (("--epochs", o.epochs, 1), ("--batch-size", o.batch_size, 1), ("--threads", o.threads, 0),
                             ("--workers", o.workers, 0), ("--max-samples", o.max_samples, 0), ("--seed", o.seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ChsError(f"{name} must be a whole number, got {value!r:.40}")
-        if value < lo:
-            raise ChsError(f"{name} must be >= {lo}, got {value}")
+        whole_number(value, name, lo)
     if o.seed >= MAX_SEED:  # seed * 1000 + epoch seeds a torch.Generator, which takes 64-bit seeds
         raise ChsError(f"--seed must be < 2**32 ({MAX_SEED}), got {o.seed}")
-    sigma = _number(o.sigma, "--sigma")
+    sigma = finite_number(o.sigma, "--sigma")
     if not 0 < sigma <= 16:
         raise ChsError(f"--sigma must be in (0, 16] heatmap cells, got {o.sigma}")
-    if not 0.0 <= _number(o.flip, "--flip") <= 1.0:
+    if not 0.0 <= finite_number(o.flip, "--flip") <= 1.0:
         raise ChsError(f"--flip must be a probability in [0, 1], got {o.flip}")
-    if not 0.0 <= _number(o.ema, "--ema") < 1.0:
+    if not 0.0 <= finite_number(o.ema, "--ema") < 1.0:
         raise ChsError(f"--ema must be in (0, 1), or 0 for off; got {o.ema}")
-    if _number(o.init_lr_scale, "--init-lr-scale") <= 0:
+    if finite_number(o.init_lr_scale, "--init-lr-scale") <= 0:
         raise ChsError(f"--init-lr-scale must be > 0, got {o.init_lr_scale}")
-    if not 0.0 < _number(o.mix, "--mix") < 1.0:
+    if not 0.0 < finite_number(o.mix, "--mix") < 1.0:
         raise ChsError(f"--mix must be in (0, 1), got {o.mix}")
-    if not 0.0 <= _number(o.flip5, "--flip5") <= 1.0:
+    if not 0.0 <= finite_number(o.flip5, "--flip5") <= 1.0:
         raise ChsError(f"--flip5 must be a probability in [0, 1], got {o.flip5}")
-    if _number(o.offset_lr_scale, "--offset-lr-scale") <= 0:
+    if finite_number(o.offset_lr_scale, "--offset-lr-scale") <= 0:
         raise ChsError(f"--offset-lr-scale must be > 0, got {o.offset_lr_scale}")
-    if _number(o.momentum, "momentum") < 0 or _number(o.weight_decay, "weight_decay") < 0:
+    if finite_number(o.momentum, "momentum") < 0 or finite_number(o.weight_decay, "weight_decay") < 0:
         raise ChsError("momentum and weight_decay must be >= 0")
     if o.optimizer not in ("sgd", "adam"):
         raise ChsError(f"unknown optimizer '{o.optimizer}' (sgd or adam)")

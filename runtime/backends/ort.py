@@ -104,6 +104,9 @@ class OrtRunner(RunnerBase):
     def _run_sessions(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         outs = [OUTPUT_LANDMARKS, OUTPUT_SCORES]
         n = self.fixed_batch
+        if n and not len(x):  # what a dynamic-batch graph answers for no crops
+            k = self.meta.num_points
+            return np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32)
         if n and len(x) != n:
             padded = np.concatenate([x, np.repeat(x[-1:], -len(x) % n, axis=0)])
             parts = [self.session.run(outs, {INPUT_NAME: padded[i:i + n]}) for i in range(0, len(padded), n)]
