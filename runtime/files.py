@@ -51,8 +51,15 @@ def special_kind(mode: int) -> str | None:
     return None
 
 
+def _check_no_nul(path: str | os.PathLike, what: str) -> None:
+    """os.stat/os.open raise a bare ValueError ('embedded null byte') for such a path."""
+    if "\0" in os.fsdecode(path):
+        raise ChsError(f"{what} path {os.fsdecode(path)!r:.80} contains a NUL byte")
+
+
 def check_input(path: str | os.PathLike, what: str = "input") -> os.stat_result:
     """stat() of an input that must exist as a regular file or folder; ChsError naming what it is otherwise."""
+    _check_no_nul(path, what)
     p = Path(path)
     try:
         st = os.stat(p)
@@ -66,6 +73,7 @@ def check_input(path: str | os.PathLike, what: str = "input") -> os.stat_result:
 
 def read_input_bytes(path: str | os.PathLike, what: str = "image", max_bytes: int | None = None) -> bytes:
     """All bytes of a regular file, without ever blocking on FIFOs or reading endless special files."""
+    _check_no_nul(path, what)
     p = Path(path)
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))

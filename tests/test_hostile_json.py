@@ -45,6 +45,12 @@ def test_every_json_reader_names_the_deep_file(tmp_path):
         ModelMeta.from_props({META_KEY: DEEP})
 
 
+def test_a_nul_byte_in_any_input_path_is_one_chs_error():
+    # the check lives in the shared input opener: os.open / os.stat would raise a bare ValueError
+    with pytest.raises(ChsError, match=r"^boxes file path 'a\\x00b.json' contains a NUL byte$"):
+        read_json("a\0b.json", "boxes file")
+
+
 def test_calibration_boxes_file_nested_too_deeply(tmp_path):
     pytest.importorskip("onnx")
     from chs.calibration.data import calibration_items
