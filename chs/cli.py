@@ -88,12 +88,10 @@ class EvalOptions:
 def _is_checkpoint(model: str) -> bool:
     """A training checkpoint (folder with config.json, or that file); 'default' is the bundled model.onnx then."""
     from chs.runtime.assets import resolve_model_path
+    from chs.runtime.backends.opener import is_checkpoint
     from chs.runtime.backends.triton import is_triton_url
 
-    if is_triton_url(model) or model == "default":
-        return False
-    path = resolve_model_path(model)
-    return (path / "config.json").is_file() or path.name == "config.json"
+    return not is_triton_url(model) and model != "default" and is_checkpoint(resolve_model_path(model))
 
 
 @one_line_errors
@@ -109,10 +107,11 @@ def evaluate(opts: EvalOptions) -> None:
     try:
         from chs.model.runner import open_checkpoint
     except ModuleNotFoundError as e:  # a torch-free install evaluates .onnx, engines, triton:// and the bundled ONNX
-        if missing_package(e) is None:
+        install = missing_package(e)
+        if install is None:
             raise
         if opts.ccr is not None or _is_checkpoint(model):
-            raise ChsError(f"evaluating a checkpoint (or --ccr) needs torch: {missing_package(e)}") from None
+            raise ChsError(f"evaluating a checkpoint (or --ccr) needs torch: {install}") from None
         open_checkpoint = None
 
     if boxes not in ("gt", "detector"):

@@ -72,9 +72,10 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
             fail(f"{e.strerror or type(e).__name__}: {e.filename}")
         except ModuleNotFoundError as e:
-            if missing_package(e) is None:
+            install = missing_package(e)
+            if install is None:
                 raise _internal(e) from None
-            fail(missing_package(e))
+            fail(install)
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             sys.exit(130)

@@ -22,6 +22,11 @@ BACKENDS = ("auto", "torch", "ort", "onnxruntime", "tensorrt", "trt")
 CheckpointOpener = Callable[[Path, "int | None", str], Runner]
 
 
+def is_checkpoint(path: Path) -> bool:
+    """A training checkpoint: a folder holding ``config.json``, or that file itself."""
+    return (path / "config.json").is_file() or path.name == "config.json"
+
+
 def open_model(model: str | os.PathLike, backend: str = "auto", providers: str = "auto", *, ccr: int | None = None,
                device: str = "cpu", threads: int = 0, sessions: int = 1,
                checkpoint: CheckpointOpener | None = None) -> Runner:
@@ -53,7 +58,7 @@ def open_model(model: str | os.PathLike, backend: str = "auto", providers: str =
         what = "a folder, not a model file" if suffix in (".onnx", ".engine", ".plan") else "a folder without a model"
         raise ChsError(f"model {path} is {what} (expected an .onnx, .engine or .plan file, or a checkpoint folder "
                        "with config.json)")
-    if path.is_dir() or path.name == "config.json":
+    if is_checkpoint(path):
         if checkpoint is None:
             raise ChsError(f"{path} is a training checkpoint: export it with chs-export (the runtime serves .onnx "
                            "and .engine files), or wrap chs.model.runner.open_runner(...) in LandmarkRuntime")
