@@ -21,7 +21,7 @@ import numpy as np
 
 from chs.benchmarks.request import check_threads
 from chs.runtime.errors import ChsError
-from chs.runtime.options import option
+from chs.runtime.options import option, whole_number
 
 # ONNX Runtime's convolution kernels after its graph optimizations (FP32 NCHWc, fused, int8)
 CONV_OPS = frozenset({"Conv", "FusedConv", "NhwcFusedConv", "QLinearConv", "ConvInteger"})
@@ -40,10 +40,8 @@ class ProfileOptions:
 
     def __post_init__(self) -> None:
         for name in ("batch", "runs", "top"):
-            if getattr(self, name) < 1:
-                raise ChsError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise ChsError(f"warmup must be >= 0, got {self.warmup}")
+            whole_number(getattr(self, name), f"--{name}", 1)
+        whole_number(self.warmup, "warmup", 0)
         check_threads(self.threads)
 
 

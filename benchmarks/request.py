@@ -17,6 +17,7 @@ from chs.runtime.assets import resolve_model_path
 from chs.runtime.backends.base import DEFAULT_BATCH
 from chs.runtime.backends.ort import MAX_SESSIONS
 from chs.runtime.errors import ChsError
+from chs.runtime.options import whole_number
 
 BACKENDS = ("torch", "ort", "trt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -76,8 +77,7 @@ class BenchRequest:
             raise ChsError(f"--ort-sessions must be 1-{MAX_SESSIONS}, got {self.ort_sessions}")
         if self.passes < 1 or self.repeats < 1:
             raise ChsError("--repeats and passes must be >= 1")
-        if self.warmup < 0:
-            raise ChsError(f"--warmup must be >= 0, got {self.warmup}")
+        whole_number(self.warmup, "--warmup", 0)
         if not 0 < self.max_seconds < math.inf:  # NaN fails too: it would never stop a row
             raise ChsError(f"--max-seconds must be a finite number > 0, got {self.max_seconds}")
         check_threads(self.threads)
