@@ -33,6 +33,10 @@ WRITE_FPS_RANGE = (0.1, 1000.0)  # annotated videos: mp4v refuses 1e-5 and 70000
 MP4V_SIDE_RANGE = (2, 8191)  # frame sides (px) the mp4v (MPEG-4 part 2) encoder accepts
 
 
+class UnreadableVideo(ChsError):
+    """A video file that opens but holds no decodable frame: bad input, like an unreadable image."""
+
+
 def _quiet_ffmpeg() -> None:
     """FFmpeg writes its own complaints about broken files to stderr; the ChsErrors here say it in one line."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -248,7 +252,7 @@ def annotate_video(runtime: LandmarkRuntime, src: str | os.PathLike, dst: str | 
                 yield from _video_chunk(runtime, frames, n, boxes, writer)
                 n += len(frames)
         if n == 0:
-            raise ChsError(f"video {reader.path} has no readable frames (empty, truncated or corrupt)")
+            raise UnreadableVideo(f"video {reader.path} has no readable frames (empty, truncated or corrupt)")
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -268,5 +272,5 @@ def _video_chunk(runtime: LandmarkRuntime, frames: list[np.ndarray], start: int,
         yield start + i, faces
 
 
-__all__ = ["VIDEO_EXTENSIONS", "WRITE_FPS_RANGE", "VideoReader", "VideoWriter", "annotate_video", "draw_faces",
-           "write_image", "writable_fps"]
+__all__ = ["VIDEO_EXTENSIONS", "WRITE_FPS_RANGE", "UnreadableVideo", "VideoReader", "VideoWriter", "annotate_video",
+           "draw_faces", "write_image", "writable_fps"]

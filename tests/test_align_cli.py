@@ -112,7 +112,7 @@ def test_folder_skips_unreadable_images(tiny_onnx, tmp_path):
     assert sorted(Path(r["image"]).name for r in recs) == ["deep.png", "ok0.png", "ok1.png", "ok2.png"]
     warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: skipped")]
     assert len(warnings) == 2 and any("cut.jpg" in w and "truncated" in w for w in warnings)
-    assert "2 unreadable image(s) skipped" in res.stderr and "Traceback" not in res.stderr
+    assert "2 unreadable file(s) skipped" in res.stderr and "Traceback" not in res.stderr
     assert (tmp_path / "out" / "sub" / "deep_landmarks.png").is_file()
 
 
@@ -120,7 +120,31 @@ def test_folder_with_only_unreadable_images(tiny_onnx, tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     res = _run(tmp_path / "d", "--model", tiny_onnx, "--boxes", _boxes_file(tmp_path / "b.json", {}))
-    assert res.exit_code == 2 and "error: none of the 1 images could be read" in res.stderr
+    assert res.exit_code == 2 and "error: none of the 1 files could be read" in res.stderr
+
+
+def test_folder_skips_unreadable_videos(tiny_onnx, tmp_path):
+    """Inside a folder a video that cannot be opened, or opens without one decodable frame, is skipped with a
+    warning like an unreadable image; named on the command line it stays an error."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    writer = cv2.VideoWriter(str(folder / "a.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 80))
+    for i in range(3):
+        writer.write(_image(80, 96, i)[..., ::-1])
+    writer.release()
+    (folder / "b.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    cv2.VideoWriter(str(folder / "c.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 80)).release()  # no frames
+    bf = _boxes_file(tmp_path / "b.json", {"a.mp4": [[10, 10, 70, 70]]})
+    res = _run(folder, "--model", tiny_onnx, "--boxes", bf, "--json", "--out", tmp_path / "out")
+    assert res.exit_code == 0, res.stderr
+    assert [json.loads(line)["frame"] for line in res.stdout.splitlines()] == [0, 1, 2]
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: skipped")]
+    assert len(warnings) == 2 and "b.mp4" in warnings[0] and "c.avi" in warnings[1] and "no readable" in warnings[1]
+    assert "2 unreadable file(s) skipped" in res.stderr and "Traceback" not in res.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_landmarks.mp4"]
+    _one_error_line(_run(folder / "c.avi", "--model", tiny_onnx), "has no readable frames")
+    only_bad = _run(folder / "b.mp4", folder / "c.avi", "--model", tiny_onnx)
+    _one_error_line(only_bad, "b.mp4")
 
 
 def test_video(tiny_onnx, tmp_path):
