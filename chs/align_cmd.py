@@ -236,16 +236,14 @@ def align(opts: AlignOptions) -> None:
     inputs, out, as_json, batch_size = opts.inputs, opts.out, opts.as_json, opts.batch_size
     if batch_size < 1:
         raise ChsError(f"--batch-size must be >= 1, got {batch_size}")
-    for flag, value in (("--out", out), ("--boxes", opts.boxes)):
-        if value == "":
-            raise ChsError(f"{flag} is an empty path ('')")
+    if opts.boxes == "":
+        raise ChsError("--boxes is an empty path ('')")
     settings = TrackerSettings(smooth=opts.smooth) if opts.redetect_every is None else \
         TrackerSettings(smooth=opts.smooth, redetect_every=opts.redetect_every)
     if opts.demo:
         if inputs:
             raise ChsError("--demo takes no inputs")
-        check_output_dir(out or DEMO_OUT)
-        _run_demo(opts, Path(out or DEMO_OUT))
+        _run_demo(opts, check_output_dir(DEMO_OUT if out is None else out))
         return
     if not inputs:
         raise ChsError("no inputs: give image files, folders or videos (or try --demo)")

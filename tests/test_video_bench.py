@@ -50,3 +50,12 @@ def test_chs_bench_video_help_shows_the_default_values():
     clips, frames = f"[default: {VideoBench.clips}]", f"[default: {ClipSpec.frames}]"
     assert res.exit_code == 0 and clips in text and frames in text, text
     assert "VideoBench." not in text and "ClipSpec." not in text
+
+
+def test_chs_bench_video_refuses_an_empty_out(fixtures_dir, tmp_path, monkeypatch):
+    """``--out ''`` is an error before any work, not the current folder filled with result files."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(bench_app, ["video", "--data", str(fixtures_dir / "pts"), "--clips", "1", "--frames", "2",
+                                         "--detectors", "yunet", "--out", ""])
+    assert res.exit_code == 2 and res.stderr.strip() == "error: --out is an empty path ('')", res.output
+    assert not list(tmp_path.iterdir())
