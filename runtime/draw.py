@@ -42,6 +42,21 @@ def _quiet_ffmpeg() -> None:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
+def _open_capture(path: Path) -> cv2.VideoCapture:
+    """A capture through FFmpeg when this OpenCV has it. With no backend named, OpenCV tries its own AVI/MJPEG
+    reader after FFmpeg refuses a file, and that reader prints its complaints about a broken AVI (with raw bytes
+    of the file) straight to stderr, beside the one-line error."""
+    _quiet_ffmpeg()
+    if not cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
+        return cv2.VideoCapture(str(path))
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # "can't be used to capture by name"
+    try:
+        return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 def writable_fps(fps: float) -> float:
     """The frame rate an annotated video is written at: the source's, clamped to ``WRITE_FPS_RANGE`` (mp4v
     refuses 70000 fps and 1e-5 fps, which only broken headers declare); 25 when it is not a positive number."""
@@ -109,8 +124,7 @@ class VideoReader:
             raise ChsError(f"cannot read video {self.path}: {e.strerror or e}") from None
         if size is not None:
             check_pixel_count(size[0], size[1], str(self.path), what="video")
-        _quiet_ffmpeg()
-        self._cap = cv2.VideoCapture(str(self.path))
+        self._cap = _open_capture(self.path)
         if not self._cap.isOpened():
             raise ChsError(f"cannot open video {self.path}: not a readable video file")
         fps = float(self._cap.get(cv2.CAP_PROP_FPS))

@@ -312,6 +312,21 @@ def test_bad_videos_are_one_line_in_a_real_process(fixtures_dir, tmp_path):
         f"error: cannot open video {tmp_path / 'junk.mp4'}: not a readable video file"]
 
 
+def test_a_cut_avi_is_one_line_in_a_real_process(tmp_path):
+    """OpenCV's own AVI reader prints 'Unexpected element ...' with raw (not UTF-8) bytes of a cut AVI straight
+    to stderr; the file must be refused with the error line alone."""
+    src = tmp_path / "full.avi"
+    writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 80))
+    for i in range(3):
+        writer.write(_image(80, 96, i)[..., ::-1])
+    writer.release()
+    (tmp_path / "cut.avi").write_bytes(src.read_bytes()[:200])
+    res = subprocess.run([sys.executable, "-m", "chs", "align", str(tmp_path / "cut.avi")], capture_output=True,
+                         timeout=120)
+    assert res.returncode == 2
+    assert res.stderr == f"error: cannot open video {tmp_path / 'cut.avi'}: not a readable video file\n".encode()
+
+
 def test_bad_videos_are_one_line_and_leave_no_file(fixtures_dir, tmp_path, monkeypatch):
     (tmp_path / "zero.mp4").write_bytes(b"")
     _one_error_line(_run(tmp_path / "zero.mp4", "--out", tmp_path / "o"), "zero.mp4")
