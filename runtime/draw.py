@@ -124,9 +124,7 @@ class VideoReader:
             raise ChsError(f"cannot read video {self.path}: {e.strerror or e}") from None
         if size is not None:
             check_pixel_count(size[0], size[1], str(self.path), what="video")
-        self._cap = _open_capture(self.path)
-        if not self._cap.isOpened():
-            raise ChsError(f"cannot open video {self.path}: not a readable video file")
+        self._cap = self._open()
         fps = float(self._cap.get(cv2.CAP_PROP_FPS))
         self.fps = fps if math.isfinite(fps) and fps > 0 else 25.0
         self.width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
@@ -138,7 +136,16 @@ class VideoReader:
             raise
         self.frame_count = max(0, int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
 
+    def _open(self) -> cv2.VideoCapture:
+        cap = _open_capture(self.path)
+        if not cap.isOpened():
+            raise ChsError(f"cannot open video {self.path}: not a readable video file")
+        return cap
+
     def __iter__(self) -> Iterator[np.ndarray]:
+        """The frames from the first one; a reader iterated again reads the file again (not zero frames)."""
+        if not self._cap.isOpened():  # closed by the end of an earlier pass (or by close())
+            self._cap = self._open()
         try:
             while True:
                 ok, frame = self._cap.read()
