@@ -207,8 +207,8 @@ def _progress(enabled: bool) -> Iterator[Callable[..., Any]]:
 class AlignOptions:
     """``chs-align``'s options (their one home)."""
 
-    inputs: list[str] | None = option(None, "Image files, folders (searched recursively) and videos (.mp4 .avi "
-                                      ".mov .mkv).")
+    inputs: list[str] | None = option(None, "Image files, folders (searched recursively) and videos "
+                                      f"({' '.join(VIDEO_EXTENSIONS)}).")
     model: str = option("default", "'default' (the bundled model), an .onnx file or a TensorRT .engine.")
     boxes: str | None = option(None, 'JSON file {"image name or path": list of (x0, y0, x1, y1) boxes}: boxes around '
                                "the face landmarks (brows/jaw to chin); images not listed use the face detector.")

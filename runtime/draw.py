@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from chs.runtime.tracking import FaceTracker
 
 IMAGE_WRITE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
+# containers OpenCV's FFmpeg reads (phone exports: .m4v, .3gp; web: .webm); .ts is left out (TypeScript in folders)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 POINT_COLOR = (0, 255, 0)  # RGB
 BOX_COLOR = (255, 64, 64)
 WRITE_FPS_RANGE = (0.1, 1000.0)  # annotated videos: mp4v refuses 1e-5 and 70000 fps, which only broken headers declare

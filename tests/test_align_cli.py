@@ -147,6 +147,26 @@ def test_folder_skips_unreadable_videos(tiny_onnx, tmp_path):
     _one_error_line(only_bad, "b.mp4")
 
 
+def test_phone_and_web_video_containers_are_videos(tiny_onnx, tmp_path):
+    """.m4v (phone exports) and .3gp clips named on the command line or found in a folder are read as videos, not
+    refused as undecodable images or passed over in the folder."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a.m4v", "b.3gp"):
+        writer = cv2.VideoWriter(str(folder / name), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 80))
+        assert writer.isOpened()
+        for i in range(2):
+            writer.write(_image(80, 96, i)[..., ::-1])
+        writer.release()
+    bf = _boxes_file(tmp_path / "b.json", {"a.m4v": [[10, 10, 70, 70]], "b.3gp": [[10, 10, 70, 70]]})
+    for inputs in ([folder], [folder / "a.m4v", folder / "b.3gp"]):
+        res = _run(*inputs, "--model", tiny_onnx, "--boxes", bf, "--json")
+        assert res.exit_code == 0, res.stderr
+        recs = [json.loads(line) for line in res.stdout.splitlines()]
+        assert [(Path(r["image"]).name, r["frame"]) for r in recs] == [("a.m4v", 0), ("a.m4v", 1), ("b.3gp", 0),
+                                                                      ("b.3gp", 1)]
+
+
 def test_video(tiny_onnx, tmp_path):
     src = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 80))
