@@ -3,7 +3,7 @@
 Registered by chs/cli.py as ``chs align`` and ``chs-align``. Output: one human-readable line per face, or
 ``--json`` lines (one JSON object per face) on stdout; warnings, progress and the summary go to stderr,
 so stdout stays machine-readable. Bad inputs end with ``error: <one line>`` and exit code 2; inside a
-folder an unreadable image is reported and skipped, so one bad file does not stop a batch job.
+folder an unreadable image or video is reported and skipped, so one bad file does not stop a batch job.
 """
 
 from __future__ import annotations
@@ -25,7 +25,15 @@ from chs.options_cli import options_command
 from chs.runtime.assets import DEMO_IMAGE
 from chs.runtime.backends.base import DEFAULT_BATCH
 from chs.runtime.datasets import IMAGE_EXTENSIONS
-from chs.runtime.draw import VIDEO_EXTENSIONS, VideoReader, annotate_video, draw_faces, writable_fps, write_image
+from chs.runtime.draw import (
+    VIDEO_EXTENSIONS,
+    UnreadableVideo,
+    VideoReader,
+    annotate_video,
+    draw_faces,
+    writable_fps,
+    write_image,
+)
 from chs.runtime.errors import ChsError
 from chs.runtime.files import check_input, check_output_dir, read_json
 from chs.runtime.imageio import read_image
@@ -92,7 +100,7 @@ class BoxBook:
 def collect_inputs(inputs: list[str]) -> tuple[list[Item], int]:
     """(items, entries skipped): files as named (videos by extension); folders expanded to their images and
     videos, sorted. A named FIFO, device or symlink loop is an error; inside a folder such entries are skipped
-    with a warning and counted with the unreadable images."""
+    with a warning and counted with the unreadable files."""
     items: list[Item] = []
     skipped = 0
     for raw in inputs:
@@ -199,8 +207,8 @@ def _progress(enabled: bool) -> Iterator[Callable[..., Any]]:
 class AlignOptions:
     """``chs-align``'s options (their one home)."""
 
-    inputs: list[str] | None = option(None, "Image files, folders (searched recursively) and videos (.mp4 .avi "
-                                      ".mov .mkv).")
+    inputs: list[str] | None = option(None, "Image files, folders (searched recursively) and videos "
+                                      f"({' '.join(VIDEO_EXTENSIONS)}).")
     model: str = option("default", "'default' (the bundled model), an .onnx file or a TensorRT .engine.")
     boxes: str | None = option(None, 'JSON file {"image name or path": list of (x0, y0, x1, y1) boxes}: boxes around '
                                "the face landmarks (brows/jaw to chin); images not listed use the face detector.")
@@ -228,16 +236,14 @@ def align(opts: AlignOptions) -> None:
     inputs, out, as_json, batch_size = opts.inputs, opts.out, opts.as_json, opts.batch_size
     if batch_size < 1:
         raise ChsError(f"--batch-size must be >= 1, got {batch_size}")
-    for flag, value in (("--out", out), ("--boxes", opts.boxes)):
-        if value == "":
-            raise ChsError(f"{flag} is an empty path ('')")
+    if opts.boxes == "":
+        raise ChsError("--boxes is an empty path ('')")
     settings = TrackerSettings(smooth=opts.smooth) if opts.redetect_every is None else \
         TrackerSettings(smooth=opts.smooth, redetect_every=opts.redetect_every)
     if opts.demo:
         if inputs:
             raise ChsError("--demo takes no inputs")
-        check_output_dir(out or DEMO_OUT)
-        _run_demo(opts, Path(out or DEMO_OUT))
+        _run_demo(opts, check_output_dir(DEMO_OUT if out is None else out))
         return
     if not inputs:
         raise ChsError("no inputs: give image files, folders or videos (or try --demo)")
@@ -260,7 +266,7 @@ def align(opts: AlignOptions) -> None:
         for item in (i for i in items if i.video):
             _align_video(job, item)
     if stats["skipped"] and not stats["images"] and not stats["videos"]:
-        fail(f"none of the {stats['skipped']} images could be read")
+        fail(f"none of the {stats['skipped']} files could be read")
     parts = [f"{stats['faces']} face(s) in {stats['images']} image(s)"]
     if stats["videos"]:
         parts.append(f"{stats['frames']} frame(s) of {stats['videos']} video(s), detector on {stats['detector_calls']} "
@@ -268,10 +274,18 @@ def align(opts: AlignOptions) -> None:
     if stats["cut_short"]:
         parts.append(f"{stats['cut_short']} video(s) ended before their declared frame count")
     if stats["skipped"]:
-        parts.append(f"{stats['skipped']} unreadable image(s) skipped")
+        parts.append(f"{stats['skipped']} unreadable file(s) skipped")
     if names is not None:
         parts.append(f"annotated files in {names.out}")
     typer.echo("; ".join(parts), err=True)
+
+
+def _skip_or_raise(job: Job, item: Item, error: ChsError) -> None:
+    """An unreadable file: an error when it was named on the command line, a warning and a skip inside a folder."""
+    if item.root is None:
+        raise error
+    typer.echo(f"warning: skipped {printable(str(item.path))}: {printable(str(error))}", err=True)
+    job.stats["skipped"] += 1
 
 
 def _align_images(job: Job, chunk: list[Item]) -> None:
@@ -282,10 +296,7 @@ def _align_images(job: Job, chunk: list[Item]) -> None:
         try:
             kept.append((item, read_image(item.path)))
         except ChsError as e:
-            if item.root is None:
-                raise  # a file named on the command line: a bad input, exit 2
-            typer.echo(f"warning: skipped {printable(str(item.path))}: {printable(str(e))}", err=True)
-            stats["skipped"] += 1
+            _skip_or_raise(job, item, e)
     box_list = [job.book.lookup(item) for item, _ in kept]
     try:
         results = runtime.predict_batch([img for _, img in kept], box_list)
@@ -310,7 +321,11 @@ def _align_images(job: Job, chunk: list[Item]) -> None:
 def _align_video(job: Job, item: Item) -> None:
     """One video: tracked (and smoothed) unless ``--boxes`` lists boxes for it, which are then used as given."""
     book = job.book
-    probe = VideoReader(item.path)  # fails early, with one line, on an unreadable video
+    try:
+        probe = VideoReader(item.path)  # fails early, with one line, on an unreadable video
+    except ChsError as e:
+        _skip_or_raise(job, item, e)
+        return
     total, fps = probe.frame_count or None, probe.fps
     probe.close()
     given = any(k == key or k.startswith(key + "#") for key in book.keys_for(item) for k in book.entries)
@@ -324,7 +339,11 @@ def _align_video(job: Job, item: Item) -> None:
     if dst is not None and writable_fps(fps) != fps:
         typer.echo(f"warning: {printable(str(item.path))} declares {fps:g} fps; {printable(str(dst))} is written at "
                    f"{writable_fps(fps):g} fps", err=True)
-    frames = _video_frames(job, item, dst, frame_boxes, total, tracker)
+    try:
+        frames = _video_frames(job, item, dst, frame_boxes, total, tracker)
+    except UnreadableVideo as e:  # opened, but not one frame decoded: nothing was reported or written for it
+        _skip_or_raise(job, item, e)
+        return
     job.stats["videos"] += 1
     if total is not None and frames < total:  # the decoder stopped early: a damaged or cut file
         job.stats["cut_short"] += 1

@@ -12,7 +12,7 @@ from chs.benchmarks.complexity import PAPER_PRESET
 from chs.benchmarks.profile import ProfileOptions
 from chs.benchmarks.request import BACKENDS, PRECISIONS, BenchRequest
 from chs.benchmarks.serve import ServeBenchOptions
-from chs.benchmarks.video import VideoBench
+from chs.benchmarks.video import ClipSpec, VideoBench
 from chs.errors_cli import OneLineTyper, one_line_errors
 from chs.options_cli import options_command, with_options
 from chs.runtime.errors import ChsError
@@ -362,8 +362,8 @@ def video(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Annotated stills to make clips from, e.g. ../shared/data/ytf68/val.")],
     model: Annotated[str, typer.Option(help="'default' (the bundled model) or an .onnx file.")] = VideoBench.model,
-    clips: Annotated[int | None, typer.Option(help="Clips, spread over the set [default: VideoBench.clips].")] = None,
-    frames: Annotated[int | None, typer.Option(help="Frames per clip [default: ClipSpec.frames].")] = None,
+    clips: Annotated[int | None, typer.Option(help=f"Clips spread over the set [default: {VideoBench.clips}].")] = None,
+    frames: Annotated[int | None, typer.Option(help=f"Frames per clip [default: {ClipSpec.frames}].")] = None,
     detectors: Annotated[str, typer.Option(help="Comma list: per-frame rows for each; the first one tracks.")
                          ] = ",".join(VideoBench.detectors),
     out: Annotated[str | None, typer.Option(help="Write video.json/.md, jitter_vs_nme.png, machine.json, "

@@ -26,16 +26,36 @@ if TYPE_CHECKING:
     from chs.runtime.tracking import FaceTracker
 
 IMAGE_WRITE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
+# containers OpenCV's FFmpeg reads (phone exports: .m4v, .3gp; web: .webm); .ts is left out (TypeScript in folders)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 POINT_COLOR = (0, 255, 0)  # RGB
 BOX_COLOR = (255, 64, 64)
 WRITE_FPS_RANGE = (0.1, 1000.0)  # annotated videos: mp4v refuses 1e-5 and 70000 fps, which only broken headers declare
 MP4V_SIDE_RANGE = (2, 8191)  # frame sides (px) the mp4v (MPEG-4 part 2) encoder accepts
 
 
+class UnreadableVideo(ChsError):
+    """A video file that opens but holds no decodable frame: bad input, like an unreadable image."""
+
+
 def _quiet_ffmpeg() -> None:
     """FFmpeg writes its own complaints about broken files to stderr; the ChsErrors here say it in one line."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
+def _open_capture(path: Path) -> cv2.VideoCapture:
+    """A capture through FFmpeg when this OpenCV has it. With no backend named, OpenCV tries its own AVI/MJPEG
+    reader after FFmpeg refuses a file, and that reader prints its complaints about a broken AVI (with raw bytes
+    of the file) straight to stderr, beside the one-line error."""
+    _quiet_ffmpeg()
+    if not cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
+        return cv2.VideoCapture(str(path))
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # "can't be used to capture by name"
+    try:
+        return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 def writable_fps(fps: float) -> float:
@@ -105,10 +125,7 @@ class VideoReader:
             raise ChsError(f"cannot read video {self.path}: {e.strerror or e}") from None
         if size is not None:
             check_pixel_count(size[0], size[1], str(self.path), what="video")
-        _quiet_ffmpeg()
-        self._cap = cv2.VideoCapture(str(self.path))
-        if not self._cap.isOpened():
-            raise ChsError(f"cannot open video {self.path}: not a readable video file")
+        self._cap = self._open()
         fps = float(self._cap.get(cv2.CAP_PROP_FPS))
         self.fps = fps if math.isfinite(fps) and fps > 0 else 25.0
         self.width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
@@ -120,7 +137,16 @@ class VideoReader:
             raise
         self.frame_count = max(0, int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
 
+    def _open(self) -> cv2.VideoCapture:
+        cap = _open_capture(self.path)
+        if not cap.isOpened():
+            raise ChsError(f"cannot open video {self.path}: not a readable video file")
+        return cap
+
     def __iter__(self) -> Iterator[np.ndarray]:
+        """The frames from the first one; a reader iterated again reads the file again (not zero frames)."""
+        if not self._cap.isOpened():  # closed by the end of an earlier pass (or by close())
+            self._cap = self._open()
         try:
             while True:
                 ok, frame = self._cap.read()
@@ -248,7 +274,7 @@ def annotate_video(runtime: LandmarkRuntime, src: str | os.PathLike, dst: str | 
                 yield from _video_chunk(runtime, frames, n, boxes, writer)
                 n += len(frames)
         if n == 0:
-            raise ChsError(f"video {reader.path} has no readable frames (empty, truncated or corrupt)")
+            raise UnreadableVideo(f"video {reader.path} has no readable frames (empty, truncated or corrupt)")
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -268,5 +294,5 @@ def _video_chunk(runtime: LandmarkRuntime, frames: list[np.ndarray], start: int,
         yield start + i, faces
 
 
-__all__ = ["VIDEO_EXTENSIONS", "WRITE_FPS_RANGE", "VideoReader", "VideoWriter", "annotate_video", "draw_faces",
-           "write_image", "writable_fps"]
+__all__ = ["VIDEO_EXTENSIONS", "WRITE_FPS_RANGE", "UnreadableVideo", "VideoReader", "VideoWriter", "annotate_video",
+           "draw_faces", "write_image", "writable_fps"]

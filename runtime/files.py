@@ -135,7 +135,10 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
 
 def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     """Refuse an output folder that cannot be created, before any work: an existing file, or a path
-    through a file, or a parent that is not writable."""
+    through a file, or a parent that is not writable; an empty path ('') is refused rather than taken as the
+    current folder."""
+    if isinstance(path, str) and not path:
+        raise ChsError(f"{option} is an empty path ('')")
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ChsError(f"{option} {p} exists and is not a folder")

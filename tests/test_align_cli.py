@@ -112,7 +112,7 @@ def test_folder_skips_unreadable_images(tiny_onnx, tmp_path):
     assert sorted(Path(r["image"]).name for r in recs) == ["deep.png", "ok0.png", "ok1.png", "ok2.png"]
     warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: skipped")]
     assert len(warnings) == 2 and any("cut.jpg" in w and "truncated" in w for w in warnings)
-    assert "2 unreadable image(s) skipped" in res.stderr and "Traceback" not in res.stderr
+    assert "2 unreadable file(s) skipped" in res.stderr and "Traceback" not in res.stderr
     assert (tmp_path / "out" / "sub" / "deep_landmarks.png").is_file()
 
 
@@ -120,7 +120,51 @@ def test_folder_with_only_unreadable_images(tiny_onnx, tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     res = _run(tmp_path / "d", "--model", tiny_onnx, "--boxes", _boxes_file(tmp_path / "b.json", {}))
-    assert res.exit_code == 2 and "error: none of the 1 images could be read" in res.stderr
+    assert res.exit_code == 2 and "error: none of the 1 files could be read" in res.stderr
+
+
+def test_folder_skips_unreadable_videos(tiny_onnx, tmp_path):
+    """Inside a folder a video that cannot be opened, or opens without one decodable frame, is skipped with a
+    warning like an unreadable image; named on the command line it stays an error."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    writer = cv2.VideoWriter(str(folder / "a.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 80))
+    for i in range(3):
+        writer.write(_image(80, 96, i)[..., ::-1])
+    writer.release()
+    (folder / "b.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    cv2.VideoWriter(str(folder / "c.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 80)).release()  # no frames
+    bf = _boxes_file(tmp_path / "b.json", {"a.mp4": [[10, 10, 70, 70]]})
+    res = _run(folder, "--model", tiny_onnx, "--boxes", bf, "--json", "--out", tmp_path / "out")
+    assert res.exit_code == 0, res.stderr
+    assert [json.loads(line)["frame"] for line in res.stdout.splitlines()] == [0, 1, 2]
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: skipped")]
+    assert len(warnings) == 2 and "b.mp4" in warnings[0] and "c.avi" in warnings[1] and "no readable" in warnings[1]
+    assert "2 unreadable file(s) skipped" in res.stderr and "Traceback" not in res.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_landmarks.mp4"]
+    _one_error_line(_run(folder / "c.avi", "--model", tiny_onnx), "has no readable frames")
+    only_bad = _run(folder / "b.mp4", folder / "c.avi", "--model", tiny_onnx)
+    _one_error_line(only_bad, "b.mp4")
+
+
+def test_phone_and_web_video_containers_are_videos(tiny_onnx, tmp_path):
+    """.m4v (phone exports) and .3gp clips named on the command line or found in a folder are read as videos, not
+    refused as undecodable images or passed over in the folder."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a.m4v", "b.3gp"):
+        writer = cv2.VideoWriter(str(folder / name), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 80))
+        assert writer.isOpened()
+        for i in range(2):
+            writer.write(_image(80, 96, i)[..., ::-1])
+        writer.release()
+    bf = _boxes_file(tmp_path / "b.json", {"a.m4v": [[10, 10, 70, 70]], "b.3gp": [[10, 10, 70, 70]]})
+    for inputs in ([folder], [folder / "a.m4v", folder / "b.3gp"]):
+        res = _run(*inputs, "--model", tiny_onnx, "--boxes", bf, "--json")
+        assert res.exit_code == 0, res.stderr
+        recs = [json.loads(line) for line in res.stdout.splitlines()]
+        assert [(Path(r["image"]).name, r["frame"]) for r in recs] == [("a.m4v", 0), ("a.m4v", 1), ("b.3gp", 0),
+                                                                      ("b.3gp", 1)]
 
 
 def test_video(tiny_onnx, tmp_path):
@@ -286,6 +330,21 @@ def test_bad_videos_are_one_line_in_a_real_process(fixtures_dir, tmp_path):
                          text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         f"error: cannot open video {tmp_path / 'junk.mp4'}: not a readable video file"]
+
+
+def test_a_cut_avi_is_one_line_in_a_real_process(tmp_path):
+    """OpenCV's own AVI reader prints 'Unexpected element ...' with raw (not UTF-8) bytes of a cut AVI straight
+    to stderr; the file must be refused with the error line alone."""
+    src = tmp_path / "full.avi"
+    writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 80))
+    for i in range(3):
+        writer.write(_image(80, 96, i)[..., ::-1])
+    writer.release()
+    (tmp_path / "cut.avi").write_bytes(src.read_bytes()[:200])
+    res = subprocess.run([sys.executable, "-m", "chs", "align", str(tmp_path / "cut.avi")], capture_output=True,
+                         timeout=120)
+    assert res.returncode == 2
+    assert res.stderr == f"error: cannot open video {tmp_path / 'cut.avi'}: not a readable video file\n".encode()
 
 
 def test_bad_videos_are_one_line_and_leave_no_file(fixtures_dir, tmp_path, monkeypatch):

@@ -87,7 +87,7 @@ def test_special_entries_in_a_folder_are_skipped_with_a_warning(tiny_onnx, tmp_p
     assert any("loop1.png" in w and "symlink loop" in w for w in warnings), res.stderr
     assert any("cut.jpg" in w and "corrupt" in w for w in warnings), res.stderr
     # the summary counts every skipped entry it warned about (FIFO, both loop links, the corrupt JPEG)
-    assert len(warnings) == 4 and "4 unreadable image(s) skipped" in res.stderr.splitlines()[-1], res.stderr
+    assert len(warnings) == 4 and "4 unreadable file(s) skipped" in res.stderr.splitlines()[-1], res.stderr
 
 
 def test_corrupt_jpeg_named_on_the_command_line(tiny_onnx, tmp_path):

@@ -185,3 +185,22 @@ def test_one_euro_constant_and_time_order():
         np.testing.assert_allclose(f(x, t / 10), x)
     with pytest.raises(ChsError, match="increase"):
         f(x, 0.0)
+
+
+def test_video_reader_reads_the_file_again_when_iterated_again(tmp_path):
+    """``for frame in video`` twice: the second pass gets every frame again, not none."""
+    import cv2
+
+    from chs.runtime.draw import VideoReader
+
+    path = tmp_path / "c.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (48, 32))
+    for i in range(4):
+        writer.write(np.full((32, 48, 3), 40 * i, np.uint8))
+    writer.release()
+    video = VideoReader(path)
+    first, second = list(video), list(video)
+    assert len(first) == len(second) == 4
+    assert [int(f.mean()) for f in second] == [int(f.mean()) for f in first]
+    video.close()
+    assert len(list(video)) == 4

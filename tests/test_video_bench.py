@@ -9,7 +9,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from chs.bench_cmd import bench_app
-from chs.benchmarks.video import ClipSpec, make_clip, score
+from chs.benchmarks.video import ClipSpec, VideoBench, make_clip, score
 from chs.runtime.datasets import load_dataset
 from chs.runtime.geometry import invert_affine, transform_points
 
@@ -42,3 +42,20 @@ def test_chs_bench_video_writes_results(fixtures_dir, tmp_path):
         assert (tmp_path / name).is_file()
     bad = CliRunner().invoke(bench_app, ["video", "--data", str(fixtures_dir / "pts"), "--clips", "0"])
     assert bad.exit_code == 2 and "--clips must be >= 1" in bad.output
+
+
+def test_chs_bench_video_help_shows_the_default_values():
+    res = CliRunner().invoke(bench_app, ["video", "--help"])
+    text = " ".join(res.stdout.split())
+    clips, frames = f"[default: {VideoBench.clips}]", f"[default: {ClipSpec.frames}]"
+    assert res.exit_code == 0 and clips in text and frames in text, text
+    assert "VideoBench." not in text and "ClipSpec." not in text
+
+
+def test_chs_bench_video_refuses_an_empty_out(fixtures_dir, tmp_path, monkeypatch):
+    """``--out ''`` is an error before any work, not the current folder filled with result files."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(bench_app, ["video", "--data", str(fixtures_dir / "pts"), "--clips", "1", "--frames", "2",
+                                         "--detectors", "yunet", "--out", ""])
+    assert res.exit_code == 2 and res.stderr.strip() == "error: --out is an empty path ('')", res.output
+    assert not list(tmp_path.iterdir())

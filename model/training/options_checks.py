@@ -67,8 +67,6 @@ def check_train_options(o: Any) -> None:
     check_device(o.device)
     if o.amp == "fp16" and o.device == "cpu":
         raise ChsError(f"--amp fp16 is not supported on {o.device} (none, bf16; fp16 needs CUDA)")
-    if not o.out:
-        raise ChsError("--out is an empty path ('')")
     check_output_dir(o.out, "--out")  # an existing file there would fail only after the first epoch
 
 
