@@ -192,15 +192,20 @@ def _export_into(tmp: Path, opts: ExportOptions, model, meta, parity: tuple, cal
     if opts.triton:
         from chs.export.triton import TritonModelSettings, write_triton_repository
 
+        settings = TritonModelSettings(max_batch=opts.batch[2])
         if opts.triton_backend == "tensorrt":
             if not engine.get("built"):
                 raise ChsError(f"--triton-backend tensorrt needs the TensorRT engine: {engine.get('reason')}")
-            write_triton_repository(tmp / "triton", opts.triton, engine_path=tmp / "model.engine", meta=meta,
-                                    settings=TritonModelSettings(max_batch=opts.batch[2]))
+            served, src = engine["precision"], tmp / "model.engine"
+            write_triton_repository(tmp / "triton", opts.triton, engine_path=src, settings=settings,
+                                    meta=dataclasses.replace(meta, precision=served))
         else:  # the python backend runs ONNX Runtime on CPU, where FP32 is the fast file
-            src = files["fp32"] if opts.triton_backend == "python" else files.get("fp16", files["fp32"])
-            write_triton_repository(tmp / "triton", opts.triton, onnx_path=src, meta=meta,
-                                    settings=TritonModelSettings(max_batch=opts.batch[2]), backend=opts.triton_backend)
+            served = "fp16" if opts.triton_backend == "onnxruntime" and "fp16" in files else "fp32"
+            src = files[served]
+            write_triton_repository(tmp / "triton", opts.triton, onnx_path=src, settings=settings,
+                                    meta=dataclasses.replace(meta, precision=served), backend=opts.triton_backend)
+        extra["triton"] = {"name": opts.triton, "backend": opts.triton_backend, "serves": src.name,
+                           "precision": served}
     report = {
         "model": str(opts.model), "ccr": k, "meta": meta.to_dict(), "parity_data": parity_source,
         "parity_gate": {"faces": int(len(crops)), "source": parity_source, "enforced": opts.gate,
@@ -224,7 +229,8 @@ def _engine_step(tmp: Path, opts: ExportOptions, files: dict[str, Path], meta, l
         return {"built": False, "reason": why}
     precision = "int8-s8s8" if "int8-s8s8" in files else ("fp16" if "fp16" in files else "fp32")
     engine_path = tmp / "model.engine"
-    sidecar = build_engine_subprocess(files[precision], engine_path, batch=opts.batch, meta=meta,
+    sidecar = build_engine_subprocess(files[precision], engine_path, batch=opts.batch,
+                                      meta=dataclasses.replace(meta, precision=precision),
                                       timing_cache=tmp / "timing.cache")
     log(f"built TensorRT engine {engine_path.name} from {files[precision].name}")
     return {"built": True, "precision": precision, "sidecar": sidecar}
