@@ -166,6 +166,7 @@ def no_export_work(monkeypatch):
     ({"calib_method": "bogus"}, "--calib-method must be one of"),
     ({"triton": "../../escape"}, "Triton model name '../../escape' must be"),
     ({"int8": True, "calib": "/nonexistent/calib"}, "--calib /nonexistent/calib not found"),
+    ({"calib": "/nonexistent/calib"}, "--calib is only used by --int8"),  # was ignored: an FP32-only export
     ({"batch": (8, 1, 32)}, "--batch needs 1 <= MIN <= OPT <= MAX, got 8:1:32"),  # the engine builder's checker
 ])
 def test_export_options_checked_before_work(ckpt, tmp_path, no_export_work, changes, message):
