@@ -65,12 +65,14 @@ def run_export(opts: ExportOptions, log=print) -> dict:
     """Run every step; returns the report (also written as report.json)."""
     check_export_options(opts)
     out = check_export_paths(opts)
-    if opts.engine == "always":
+    needs_engine = "--engine always" if opts.engine == "always" else (
+        "--triton-backend tensorrt" if opts.triton and opts.triton_backend == "tensorrt" else None)
+    if needs_engine:  # before the work, not after it (the Triton step found out at the very end)
         from chs.export.tensorrt import tensorrt_available
 
         ok, why = tensorrt_available()
         if not ok:
-            raise ChsError(f"--engine always: {why}")
+            raise ChsError(f"{needs_engine}: {why}")
     model = load_checkpoint(resolve_model_path(opts.model), ccr=opts.ccr)
     k = model.cfg.ccr_stages
     meta = dataclasses.replace(model_meta(model), versions=_versions())

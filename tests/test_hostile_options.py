@@ -176,6 +176,21 @@ def test_export_options_checked_before_work(ckpt, tmp_path, no_export_work, chan
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"engine": "always"}, "--engine always: no TensorRT here"),
+    ({"triton": "m", "triton_backend": "tensorrt"}, "--triton-backend tensorrt: no TensorRT here"),  # was at the end
+])
+def test_export_needing_an_engine_without_tensorrt_fails_before_work(ckpt, tmp_path, no_export_work, monkeypatch,
+                                                                     changes, message):
+    from chs.export import tensorrt
+
+    monkeypatch.setattr(tensorrt, "tensorrt_available", lambda: (False, "no TensorRT here"))
+    with pytest.raises(ChsError) as e:
+        run_export(ExportOptions(model=str(ckpt), out=str(tmp_path / "e"), **changes))
+    assert str(e.value) == message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_and_engine_builder_share_one_batch_profile_default():
     from chs.export.options import BATCH_PROFILE
     from chs.export.tensorrt import BuildOptions
