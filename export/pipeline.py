@@ -194,7 +194,7 @@ def _export_into(tmp: Path, opts: ExportOptions, model, meta, parity: tuple, cal
     if opts.triton:
         from chs.export.triton import TritonModelSettings, write_triton_repository
 
-        settings = TritonModelSettings(max_batch=opts.batch[2])
+        settings = TritonModelSettings.up_to(opts.batch[2])
         if opts.triton_backend == "tensorrt":
             if not engine.get("built"):
                 raise ChsError(f"--triton-backend tensorrt needs the TensorRT engine: {engine.get('reason')}")

@@ -212,12 +212,20 @@ def test_chs_export_writes_a_python_backend_repository(tmp_path):
     ckpt = save_checkpoint(build_model(get_preset("tiny")).eval(), tmp_path / "tiny")
     out = tmp_path / "e"
     run_export(ExportOptions(model=str(ckpt), out=str(out), engine="never", triton="chs",
-                             triton_backend="python"), log=lambda *_: None)
+                             triton_backend="python", batch=(1, 2, 4)), log=lambda *_: None)
     d = out / "triton" / "chs"
     assert (d / "1" / "model.onnx").read_bytes() == (out / "model_fp32.onnx").read_bytes()
     assert (d / "1" / "model.py").is_file()
     cfg = parse_pbtxt_minimal((d / "config.pbtxt").read_text())
     assert cfg["backend"] == "python" and cfg["input"][0]["dims"] == [3, 64, 64]
+    # --batch 1:2:4: served up to 4 faces, without the default preferred sizes 8 and 16 (it was refused for them)
+    assert cfg["max_batch_size"] == 4 and cfg["dynamic_batching"] == {"max_queue_delay_microseconds": 2000}
+
+
+def test_settings_up_to_a_batch_keep_the_default_preferred_sizes_that_fit():
+    assert TritonModelSettings.up_to(32) == TritonModelSettings()
+    assert TritonModelSettings.up_to(8).preferred_batch == (8,)
+    assert TritonModelSettings.up_to(4) == TritonModelSettings(max_batch=4, preferred_batch=())
 
 
 def test_served_files_carry_the_precision_they_serve(tmp_path, monkeypatch):
