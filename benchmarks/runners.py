@@ -77,8 +77,9 @@ def ensure_exports(model: str | os.PathLike, ccr: int, work_dir: str | os.PathLi
     def export(fp16: bool, int8: bool) -> None:
         what = "+".join(["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else []))
         log(f"exporting CCR {ccr} ({what}) into {out}")
-        opts = ExportOptions(model=str(model), out=str(out), ccr=ccr, fp16=fp16, int8=int8, calib=calib,
-                             parity_data=parity_data, engine="never", time_int8=False, if_exists="merge")
+        opts = ExportOptions(model=str(model), out=str(out), ccr=ccr, fp16=fp16, int8=int8,
+                             calib=calib if int8 else None, parity_data=parity_data, engine="never",
+                             time_int8=False, if_exists="merge")
         if timing_only:
             opts.gate, opts.calib_images = False, TIMING_CALIB_IMAGES
         with contextlib.redirect_stdout(sys.stderr):  # exporters print; keep stdout for --json

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import typer
@@ -56,11 +58,34 @@ def _stdout_closed() -> None:
     sys.exit(0)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is so its cleanup runs as for Ctrl-C (Python's default ends the process
+    on the spot: an interrupted export left its temporary folder beside --out)."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread: signals are not ours to set
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            result = fn(*args, **kwargs)
+            with _sigterm_as_interrupt():
+                result = fn(*args, **kwargs)
             sys.stdout.flush()  # a closed pipe shows up here when the output was buffered
             return result
         except typer.Exit:
@@ -76,9 +101,10 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if install is None:
                 raise _internal(e) from None
             fail(install)
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, Terminated)
+            typer.echo("terminated" if terminated else "interrupted", err=True)
+            sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
         except Exception as e:  # a bug, not bad input: still one line, the traceback on request
             raise _internal(e) from None
 

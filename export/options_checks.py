@@ -22,6 +22,8 @@ def check_export_options(o: Any) -> None:
         raise ChsError(f"--engine must be auto, always or never, got '{o.engine}'")
     if o.int8 and not o.calib:
         raise ChsError("--int8 needs --calib DATA (a folder of face images or a dataset split)")
+    if o.calib and not o.int8:  # it was ignored: an FP32-only export that looked like an INT8 one
+        raise ChsError("--calib is only used by --int8 (the INT8 calibration): add --int8 or drop --calib")
     if o.calib_method not in METHODS:
         raise ChsError(f"--calib-method must be one of {', '.join(METHODS)}, got '{o.calib_method}'")
     if o.calib_images < 1:

@@ -65,12 +65,14 @@ def run_export(opts: ExportOptions, log=print) -> dict:
     """Run every step; returns the report (also written as report.json)."""
     check_export_options(opts)
     out = check_export_paths(opts)
-    if opts.engine == "always":
+    needs_engine = "--engine always" if opts.engine == "always" else (
+        "--triton-backend tensorrt" if opts.triton and opts.triton_backend == "tensorrt" else None)
+    if needs_engine:  # before the work, not after it (the Triton step found out at the very end)
         from chs.export.tensorrt import tensorrt_available
 
         ok, why = tensorrt_available()
         if not ok:
-            raise ChsError(f"--engine always: {why}")
+            raise ChsError(f"{needs_engine}: {why}")
     model = load_checkpoint(resolve_model_path(opts.model), ccr=opts.ccr)
     k = model.cfg.ccr_stages
     meta = dataclasses.replace(model_meta(model), versions=_versions())
@@ -192,15 +194,20 @@ def _export_into(tmp: Path, opts: ExportOptions, model, meta, parity: tuple, cal
     if opts.triton:
         from chs.export.triton import TritonModelSettings, write_triton_repository
 
+        settings = TritonModelSettings.up_to(opts.batch[2])
         if opts.triton_backend == "tensorrt":
             if not engine.get("built"):
                 raise ChsError(f"--triton-backend tensorrt needs the TensorRT engine: {engine.get('reason')}")
-            write_triton_repository(tmp / "triton", opts.triton, engine_path=tmp / "model.engine", meta=meta,
-                                    settings=TritonModelSettings(max_batch=opts.batch[2]))
+            served, src = engine["precision"], tmp / "model.engine"
+            write_triton_repository(tmp / "triton", opts.triton, engine_path=src, settings=settings,
+                                    meta=dataclasses.replace(meta, precision=served))
         else:  # the python backend runs ONNX Runtime on CPU, where FP32 is the fast file
-            src = files["fp32"] if opts.triton_backend == "python" else files.get("fp16", files["fp32"])
-            write_triton_repository(tmp / "triton", opts.triton, onnx_path=src, meta=meta,
-                                    settings=TritonModelSettings(max_batch=opts.batch[2]), backend=opts.triton_backend)
+            served = "fp16" if opts.triton_backend == "onnxruntime" and "fp16" in files else "fp32"
+            src = files[served]
+            write_triton_repository(tmp / "triton", opts.triton, onnx_path=src, settings=settings,
+                                    meta=dataclasses.replace(meta, precision=served), backend=opts.triton_backend)
+        extra["triton"] = {"name": opts.triton, "backend": opts.triton_backend, "serves": src.name,
+                           "precision": served}
     report = {
         "model": str(opts.model), "ccr": k, "meta": meta.to_dict(), "parity_data": parity_source,
         "parity_gate": {"faces": int(len(crops)), "source": parity_source, "enforced": opts.gate,
@@ -224,7 +231,8 @@ def _engine_step(tmp: Path, opts: ExportOptions, files: dict[str, Path], meta, l
         return {"built": False, "reason": why}
     precision = "int8-s8s8" if "int8-s8s8" in files else ("fp16" if "fp16" in files else "fp32")
     engine_path = tmp / "model.engine"
-    sidecar = build_engine_subprocess(files[precision], engine_path, batch=opts.batch, meta=meta,
+    sidecar = build_engine_subprocess(files[precision], engine_path, batch=opts.batch,
+                                      meta=dataclasses.replace(meta, precision=precision),
                                       timing_cache=tmp / "timing.cache")
     log(f"built TensorRT engine {engine_path.name} from {files[precision].name}")
     return {"built": True, "precision": precision, "sidecar": sidecar}

@@ -102,6 +102,12 @@ class TritonModelSettings:
         if self.instance_kind is not None and self.instance_kind not in _KINDS:
             raise ChsError(f"instance_kind must be one of {', '.join(_KINDS)}, got {self.instance_kind!r}")
 
+    @classmethod
+    def up_to(cls, max_batch: int) -> TritonModelSettings:
+        """The defaults for a model served up to ``max_batch`` faces (chs-export's ``--batch`` MAX): the default
+        preferred batch sizes that fit (``--batch 1:2:4`` was refused for preferred sizes [8, 16] nobody gave)."""
+        return cls(max_batch=max_batch, preferred_batch=tuple(b for b in cls.preferred_batch if b <= max_batch))
+
 
 def write_triton_repository(out_dir: str | Path, model_name: str, *, onnx_path: str | Path | None = None,
                             engine_path: str | Path | None = None, meta: ModelMeta,

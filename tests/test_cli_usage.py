@@ -90,3 +90,28 @@ def test_eval_plot_with_detector_boxes(fixtures_dir, tmp_path):
                "--plot", str(tmp_path / "ced.png"))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "ced.png").stat().st_size > 1000 and res.stdout.startswith("n=")
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
+    """SIGTERM (a supervisor, `timeout`, `docker stop`) runs the command's cleanup as Ctrl-C does: an export's
+    temporary folder beside --out was left behind when Python's default ended the process on the spot."""
+    script = f"""
+import os, signal, shutil, time
+from pathlib import Path
+from chs.errors_cli import one_line_errors
+
+@one_line_errors
+def command():
+    partial = Path({str(tmp_path)!r}) / ".e.partial"
+    partial.mkdir()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)
+    finally:
+        shutil.rmtree(partial)
+
+command()
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (res.returncode, res.stderr.strip()) == (143, "terminated")
+    assert list(tmp_path.iterdir()) == []

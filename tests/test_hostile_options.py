@@ -166,6 +166,7 @@ def no_export_work(monkeypatch):
     ({"calib_method": "bogus"}, "--calib-method must be one of"),
     ({"triton": "../../escape"}, "Triton model name '../../escape' must be"),
     ({"int8": True, "calib": "/nonexistent/calib"}, "--calib /nonexistent/calib not found"),
+    ({"calib": "/nonexistent/calib"}, "--calib is only used by --int8"),  # was ignored: an FP32-only export
     ({"batch": (8, 1, 32)}, "--batch needs 1 <= MIN <= OPT <= MAX, got 8:1:32"),  # the engine builder's checker
 ])
 def test_export_options_checked_before_work(ckpt, tmp_path, no_export_work, changes, message):
@@ -173,6 +174,21 @@ def test_export_options_checked_before_work(ckpt, tmp_path, no_export_work, chan
         run_export(ExportOptions(model=str(ckpt), out=str(tmp_path / "e"), engine="never", **changes))
     assert message in str(e.value)
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"engine": "always"}, "--engine always: no TensorRT here"),
+    ({"triton": "m", "triton_backend": "tensorrt"}, "--triton-backend tensorrt: no TensorRT here"),  # was at the end
+])
+def test_export_needing_an_engine_without_tensorrt_fails_before_work(ckpt, tmp_path, no_export_work, monkeypatch,
+                                                                     changes, message):
+    from chs.export import tensorrt
+
+    monkeypatch.setattr(tensorrt, "tensorrt_available", lambda: (False, "no TensorRT here"))
+    with pytest.raises(ChsError) as e:
+        run_export(ExportOptions(model=str(ckpt), out=str(tmp_path / "e"), **changes))
+    assert str(e.value) == message
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_and_engine_builder_share_one_batch_profile_default():

@@ -212,12 +212,50 @@ def test_chs_export_writes_a_python_backend_repository(tmp_path):
     ckpt = save_checkpoint(build_model(get_preset("tiny")).eval(), tmp_path / "tiny")
     out = tmp_path / "e"
     run_export(ExportOptions(model=str(ckpt), out=str(out), engine="never", triton="chs",
-                             triton_backend="python"), log=lambda *_: None)
+                             triton_backend="python", batch=(1, 2, 4)), log=lambda *_: None)
     d = out / "triton" / "chs"
     assert (d / "1" / "model.onnx").read_bytes() == (out / "model_fp32.onnx").read_bytes()
     assert (d / "1" / "model.py").is_file()
     cfg = parse_pbtxt_minimal((d / "config.pbtxt").read_text())
     assert cfg["backend"] == "python" and cfg["input"][0]["dims"] == [3, 64, 64]
+    # --batch 1:2:4: served up to 4 faces, without the default preferred sizes 8 and 16 (it was refused for them)
+    assert cfg["max_batch_size"] == 4 and cfg["dynamic_batching"] == {"max_queue_delay_microseconds": 2000}
+
+
+def test_settings_up_to_a_batch_keep_the_default_preferred_sizes_that_fit():
+    assert TritonModelSettings.up_to(32) == TritonModelSettings()
+    assert TritonModelSettings.up_to(8).preferred_batch == (8,)
+    assert TritonModelSettings.up_to(4) == TritonModelSettings(max_batch=4, preferred_batch=())
+
+
+def test_served_files_carry_the_precision_they_serve(tmp_path, monkeypatch):
+    """--fp16 --triton NAME: the repository serves model_fp16.onnx, so its chs.meta and contract say fp16 (they
+    said fp32); an engine built from the FP16 file gets an fp16 record in its sidecar too."""
+    torch = pytest.importorskip("torch")
+    from chs.export import tensorrt
+    from chs.export.pipeline import ExportOptions, run_export
+    from chs.model.checkpoint import save_checkpoint
+    from chs.model.chs import build_model
+    from chs.model.config import get_preset
+
+    built = {}
+    monkeypatch.setattr(tensorrt, "tensorrt_available", lambda: (True, ""))
+    monkeypatch.setattr(tensorrt, "build_engine_subprocess",
+                        lambda onnx_path, engine_path, **kw: built.update(file=Path(onnx_path).name, **kw) or {})
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_model(get_preset("tiny")).eval(), tmp_path / "tiny")
+    out = tmp_path / "e"
+    report = run_export(ExportOptions(model=str(ckpt), out=str(out), ccr=1, fp16=True, triton="chs",
+                                      gate=False),  # random weights: FP16 drifts past its gate
+                        log=lambda *_: None)
+    d = out / "triton" / "chs"
+    assert (d / "1" / "model.onnx").read_bytes() == (out / "model_fp16.onnx").read_bytes()
+    cfg = parse_pbtxt_minimal((d / "config.pbtxt").read_text())
+    assert ModelMeta.from_props({"chs.meta": cfg["parameters"]["value"]["string_value"]}).precision == "fp16"
+    assert read_contract(d / "chs_contract.json")["precision"] == "fp16"
+    assert report["triton"] == {"name": "chs", "backend": "onnxruntime", "serves": "model_fp16.onnx",
+                                "precision": "fp16"}
+    assert built["file"] == "model_fp16.onnx" and built["meta"].precision == "fp16"
 
 
 def test_python_backend_model_closes_its_runner_when_unloaded():
