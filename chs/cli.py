@@ -62,7 +62,10 @@ def train(opts: TrainOptions, preset: str, ccr: int | None, backward: str | None
         def progress(epoch, step, steps, loss, cur_lr):
             bar.update(task, completed=step, total=steps, epoch=epoch, loss=loss, lr=cur_lr)
 
-        trainer = Trainer(cfg, opts, resume=resume, log=bar.console.print)
+        def log(message: str) -> None:  # one line per record, as written: `chs-train > log.jsonl` parses
+            bar.console.out(message, highlight=False)  # print() would wrap it at the terminal width
+
+        trainer = Trainer(cfg, opts, resume=resume, log=log)
         result = trainer.fit(progress)
     if trainer.rank == 0:  # under torchrun every process returns here; one report
         best = result["best_val_nme_iod"]

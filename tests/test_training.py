@@ -73,6 +73,20 @@ def test_torchrun_two_cpu_processes(faces, tmp_path):
     assert all(np.isfinite(v).all() for v in w.values())
 
 
+def test_epoch_log_is_one_json_record_per_line(faces, tmp_path):
+    """`chs-train > log.jsonl`: each epoch's record is one line, not wrapped at the terminal width."""
+    import os
+
+    cmd = [sys.executable, "-m", "chs", "train", "--data", str(faces), "--val", str(faces), "--out",
+           str(tmp_path / "run"), "--preset", "tiny", "--epochs", "2", "--batch-size", "2", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    saved = json.loads((tmp_path / "run" / "last" / "config.json").read_text())["info"]["history"]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert [r["val_nme_iod"] for r in records] == [h["val_nme_iod"] for h in saved]
+
+
 def test_chs_eval_json_on_a_checkpoint(faces, tmp_path):
     Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", epochs=1, val=str(faces))).fit()
     proc = subprocess.run([sys.executable, "-m", "chs", "eval", str(tmp_path / "run" / "last"), "--data", str(faces),
