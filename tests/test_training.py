@@ -1,6 +1,7 @@
 """Training: resume equivalence, torchrun DDP on CPU, unreadable images, chs-eval on a checkpoint."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -192,6 +193,62 @@ def test_init_refuses_a_model_of_another_shape(faces, tmp_path):
         Trainer(get_preset("tiny"), _opts(faces, tmp_path / "ft2", init=str(tmp_path / "nowhere")))
     with pytest.raises(ChsError, match=r"--ema must be in \(0, 1\)"):
         Trainer(get_preset("tiny"), _opts(faces, tmp_path / "ft3", ema=1.0))
+
+
+@pytest.fixture(scope="module")
+def finished_run(fixtures_dir, tmp_path_factory):
+    """A one-epoch tiny run (adam, no EMA) over the fixture faces."""
+    out = tmp_path_factory.mktemp("resumable")
+    Trainer(get_preset("tiny"), _opts(fixtures_dir / "pts", out / "run", epochs=1)).fit()
+    return out / "run" / "last"
+
+
+@pytest.mark.parametrize("preset, kw, message", [
+    ({"hg_features": 8}, {}, "the checkpoint's model has hg_features=16, this run's 8"),
+    ({"ccr_stages": 1}, {}, "ccr_stages=2, this run's 1"),
+    ({}, {"optimizer": "sgd"}, "trained with optimizer='adam', this one has 'sgd'; resume with the same --optimizer"),
+    ({}, {"ema": 0.9}, "trained with ema=0.0, this one has 0.9"),
+])
+def test_resume_refuses_another_model_or_state_shaping_options(finished_run, faces, tmp_path, preset, kw, message):
+    """--resume into another preset was a torch state-dict traceback, another optimizer a KeyError."""
+    from chs.runtime.errors import ChsError
+
+    with pytest.raises(ChsError, match=re.escape(message)):
+        Trainer(get_preset("tiny", **preset), _opts(faces, tmp_path / "run", **kw), resume=str(finished_run))
+
+
+def test_resume_refuses_a_run_started_with_ema_when_ema_is_off(faces, tmp_path):
+    """Resuming an EMA run without --ema dropped its average silently and served the raw weights."""
+    from chs.runtime.errors import ChsError
+
+    Trainer(get_preset("tiny"), _opts(faces, tmp_path / "ema", epochs=1, ema=0.9)).fit()
+    with pytest.raises(ChsError, match=re.escape("trained with ema=0.9, this one has 0.0")):
+        Trainer(get_preset("tiny"), _opts(faces, tmp_path / "ema"), resume=str(tmp_path / "ema" / "last"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("model", "model.safetensors are truncated or corrupt"),
+    ("state", "optimizer.safetensors are truncated or corrupt"),
+    ("info", "config.json lacks chs-train's training info"),
+    ("config", "the checkpoint's model has num_points=98, this run's 68"),
+])
+def test_resume_of_a_damaged_checkpoint_is_one_line(finished_run, faces, tmp_path, damage, message):
+    from chs.runtime.errors import ChsError
+
+    ckpt = tmp_path / "last"
+    shutil.copytree(finished_run, ckpt)
+    if damage in ("model", "state"):
+        f = ckpt / ("model.safetensors" if damage == "model" else "optimizer.safetensors")
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    else:
+        meta = json.loads((ckpt / "config.json").read_text())
+        if damage == "info":
+            meta["info"] = "nothing"
+        else:
+            meta["config"]["num_points"] = 98
+        (ckpt / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ChsError, match=re.escape(message)):
+        Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run"), resume=str(ckpt))
 
 
 def test_chs_eval_prints_wflw_subsets(fixtures_dir, tmp_path):

@@ -247,7 +247,7 @@ class Trainer:
         self.log(f"initialised {len(matched)} tensors from {path}; {fresh} new")
 
     def _resume(self, path: Path) -> None:
-        info = restore_train_state(path, self.module, self.opt, self.ema)
+        info = restore_train_state(path, self.module, self.opt, self.ema, self.opts)
         self.start_epoch, self.best, self.history = info["epoch"] + 1, info["best"], info["history"]
 
     def _loader(self, epoch: int) -> DataLoader:
