@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from chs.model.checkpoint import WEIGHTS, save_checkpoint
+from chs.model.checkpoint import CONFIG, WEIGHTS, save_checkpoint
 from chs.model.chs import CHSNet, build_model
 from chs.model.config import ChsConfig
 from chs.model.runner import TorchRunner
@@ -34,6 +34,7 @@ from chs.model.training.mixed import (
 from chs.model.training.options import TrainOptions
 from chs.model.training.options_checks import check_finite_loss, check_finite_weights
 from chs.model.training.state import restore_train_state, train_state_tensors
+from chs.runtime.assets import resolve_model_path
 from chs.runtime.datasets import FaceSample, load_dataset
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import dataset_scheme, load_images, predict_samples, sample_box, stage_summary
@@ -115,9 +116,24 @@ def check_data_scheme(samples: list[FaceSample], what: str, model_scheme: str, f
         raise ChsError(f"{what}: dataset has {samples[0].scheme}-point landmarks; it {hint}")
 
 
+def check_run_folder(out: str, resume: str | None) -> None:
+    """Refuse an --out that holds another run's checkpoints unless this run resumes from one of them: a new
+    run there replaced last/ and best/ and left the old run's later epoch_NNN/ beside its own."""
+    root = Path(out)
+    if not root.is_dir():
+        return
+    held = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                  and (d.name in ("last", "best") or d.name.startswith("epoch_")) and (d / CONFIG).is_file())
+    if not held or (resume and resolve_model_path(resume).resolve().parent == root.resolve()):
+        return
+    raise ChsError(f"--out {out} holds a training run ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); "
+                   f"continue it with --resume {root / 'last'}, or choose another --out")
+
+
 class Trainer:
     def __init__(self, cfg: ChsConfig, opts: TrainOptions, resume: str | None = None, log=print):
         self.cfg, self.opts, self.log = cfg.validate(), opts, log
+        check_run_folder(opts.out, resume)
         self._setup_process()
         sets = self._read_sets()
         self._build(resume)
