@@ -217,6 +217,19 @@ def test_resume_refuses_another_model_or_state_shaping_options(finished_run, fac
         Trainer(get_preset("tiny", **preset), _opts(faces, tmp_path / "run", **kw), resume=str(finished_run))
 
 
+def test_resume_names_the_options_that_differ_from_the_run(finished_run, fixtures_dir, faces, tmp_path):
+    """Options are not read back on --resume: one forgotten (--epochs: the default 30) changes the schedule."""
+    logs = []
+    Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", epochs=3, lr=2e-3, threads=2),
+            resume=str(finished_run), log=logs.append)
+    assert logs == [f"resuming {finished_run} at epoch 1 with options other than the run's: --data {faces} (the run: "
+                    f"{fixtures_dir / 'pts'}), --epochs 3 (the run: 1), --lr 0.002 (the run: 0.001)"]
+    logs.clear()
+    Trainer(get_preset("tiny"), _opts(fixtures_dir / "pts", tmp_path / "run2", epochs=1, threads=2),
+            resume=str(finished_run), log=logs.append)
+    assert logs == []  # --threads, --out: the same weights
+
+
 def test_resume_refuses_a_run_started_with_ema_when_ema_is_off(faces, tmp_path):
     """Resuming an EMA run without --ema dropped its average silently and served the raw weights."""
     from chs.runtime.errors import ChsError

@@ -116,6 +116,18 @@ def check_data_scheme(samples: list[FaceSample], what: str, model_scheme: str, f
         raise ChsError(f"{what}: dataset has {samples[0].scheme}-point landmarks; it {hint}")
 
 
+_NO_EFFECT = ("out", "threads", "workers", "init", "extra")  # options that leave the trained weights as they are
+
+
+def changed_options(before: dict | None, opts: TrainOptions) -> str:
+    """'--epochs 30 (the run: 3), ...': the options of a resumed run that differ from those it was started with."""
+    if not isinstance(before, dict):
+        return ""
+    now = asdict(opts)
+    return ", ".join(f"--{k.replace('_', '-')} {now[k]} (the run: {before[k]})" for k in now
+                     if k in before and k not in _NO_EFFECT and before[k] != now[k])
+
+
 def check_run_folder(out: str, resume: str | None) -> None:
     """Refuse an --out that holds another run's checkpoints unless this run resumes from one of them: a new
     run there replaced last/ and best/ and left the old run's later epoch_NNN/ beside its own."""
@@ -265,6 +277,9 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         info = restore_train_state(path, self.module, self.opt, self.ema, self.opts)
         self.start_epoch, self.best, self.history = info["epoch"] + 1, info["best"], info["history"]
+        changed = changed_options(info.get("options"), self.opts)
+        if changed:  # options are not read back from the run: a forgotten --epochs is the default's 30
+            self.log(f"resuming {path} at epoch {self.start_epoch} with options other than the run's: {changed}")
 
     def _loader(self, epoch: int) -> DataLoader:
         self.train_set.set_epoch(epoch)
