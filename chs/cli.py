@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from chs.errors_cli import OneLineTyper, missing_package, one_line_errors
+from chs.errors_cli import OneLineTyper, missing_package, one_line_errors, terminate_as_interrupt
 from chs.model.training.options import TrainOptions
 from chs.options_cli import options_command
 from chs.runtime.backends.base import DEFAULT_BATCH
@@ -54,9 +54,10 @@ def train(opts: TrainOptions, preset: str, ccr: int | None, backward: str | None
 
     overrides = {k: v for k, v in {"ccr_stages": ccr, "backward": backward}.items() if v is not None}
     cfg = get_preset(preset, **overrides)
-    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),
-                  transient=True) as bar:
+    with terminate_as_interrupt(), Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),
+            transient=True) as bar:
         task = bar.add_task("train", total=1, epoch=0, loss=0.0, lr=opts.lr)
 
         def progress(epoch, step, steps, loss, cur_lr):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import typer
@@ -83,6 +86,24 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise _internal(e) from None
 
     return wrapper
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a job scheduler's or torchrun's stop) ends the block like Ctrl-C: cleanups run, e.g. the
+    checkpoint being written is removed, instead of the process dying with a half-written folder left."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _internal(e: Exception) -> typer.Exit:

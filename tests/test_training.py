@@ -88,6 +88,30 @@ def test_epoch_log_is_one_json_record_per_line(faces, tmp_path):
     assert [r["val_nme_iod"] for r in records] == [h["val_nme_iod"] for h in saved]
 
 
+_TERMINATED_WHILE_SAVING = """
+import os, signal, sys
+import chs.model.checkpoint as checkpoint
+real = checkpoint.save_file
+def save_then_terminated(*a, **k):  # a scheduler stops the job while a checkpoint is being written
+    real(*a, **k)
+    os.kill(os.getpid(), signal.SIGTERM)
+checkpoint.save_file = save_then_terminated
+from chs.cli import train_app
+sys.argv = ["chs-train", "--data", sys.argv[1], "--out", sys.argv[2], "--preset", "tiny", "--epochs", "1",
+            "--batch-size", "2", "--threads", "1"]
+train_app()
+"""
+
+
+def test_sigterm_while_saving_leaves_no_half_written_checkpoint(faces, tmp_path):
+    """SIGTERM ends chs-train like Ctrl-C: the checkpoint folder being written is removed, not left behind."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", _TERMINATED_WHILE_SAVING, str(faces), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stderr.strip().splitlines()[-1:]) == (130, ["interrupted"]), proc.stderr[-2000:]
+    assert list(out.iterdir()) == []
+
+
 def test_chs_eval_json_on_a_checkpoint(faces, tmp_path):
     Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", epochs=1, val=str(faces))).fit()
     proc = subprocess.run([sys.executable, "-m", "chs", "eval", str(tmp_path / "run" / "last"), "--data", str(faces),
