@@ -52,8 +52,11 @@ def train_state_tensors(module: Any, opt: torch.optim.Optimizer, ema: Any | None
 
 
 # options that shape the saved state: (name, how it is compared, the option to repeat)
-_STATE_OPTIONS = (("optimizer", lambda v: v, "--optimizer"), ("ema", bool, "--ema (on or off)"),
-                  ("data5", bool, "--data5 (given or not)"))
+_STATE_OPTIONS = (
+    ("optimizer", lambda v: v, "--optimizer"),
+    ("ema", bool, "--ema (on or off)"),
+    ("data5", bool, "--data5 (given or not)"),
+)
 
 
 def check_resumable(path: Path, info: dict, cfg: Any, opts: Any | None) -> None:
@@ -63,19 +66,24 @@ def check_resumable(path: Path, info: dict, cfg: Any, opts: Any | None) -> None:
     saved = checkpoint_config(path).to_dict()
     for name, value in cfg.to_dict().items():
         if saved.get(name) != value:
-            raise ChsError(f"--resume {path}: the checkpoint's model has {name}={saved.get(name)!r}, this run's "
-                           f"{value!r} (resume with the run's --preset, --ccr and --backward)")
+            raise ChsError(
+                f"--resume {path}: the checkpoint's model has {name}={saved.get(name)!r}, this run's "
+                f"{value!r} (resume with the run's --preset, --ccr and --backward)"
+            )
     before = info.get("options")
     if opts is None or not isinstance(before, dict):
         return
     for name, key, option in _STATE_OPTIONS:
         if name in before and key(before[name]) != key(getattr(opts, name)):
-            raise ChsError(f"--resume {path}: the run was trained with {name}={before[name]!r}, this one has "
-                           f"{getattr(opts, name)!r}; resume with the same {option}")
+            raise ChsError(
+                f"--resume {path}: the run was trained with {name}={before[name]!r}, this one has "
+                f"{getattr(opts, name)!r}; resume with the same {option}"
+            )
 
 
-def restore_train_state(path: Path, module: Any, opt: torch.optim.Optimizer, ema: Any | None,
-                        opts: Any | None = None) -> dict:
+def restore_train_state(
+    path: Path, module: Any, opt: torch.optim.Optimizer, ema: Any | None, opts: Any | None = None
+) -> dict:
     """Load weights, task weights, EMA and optimizer state of a saved run into the live objects; returns the
     checkpoint's ``info`` (epoch, best, history ...). ``opts`` (the run's TrainOptions) are checked against
     the saved run's first."""
@@ -94,6 +102,8 @@ def restore_train_state(path: Path, module: Any, opt: torch.optim.Optimizer, ema
             ema.n_averaged.fill_(int(extra["ema_n_averaged"]))
         restore_optimizer(opt, extra, info["optimizer"])
     except (KeyError, ValueError, RuntimeError) as e:  # a state written by other options or damaged
-        raise ChsError(f"--resume {path}: its training state does not fit this run ({type(e).__name__}: "
-                       f"{first_line(e)}); resume with the options the run was started with") from None
+        raise ChsError(
+            f"--resume {path}: its training state does not fit this run ({type(e).__name__}: "
+            f"{first_line(e)}); resume with the options the run was started with"
+        ) from None
     return info
