@@ -54,15 +54,19 @@ def train(opts: TrainOptions, preset: str, ccr: int | None, backward: str | None
 
     overrides = {k: v for k, v in {"ccr_stages": ccr, "backward": backward}.items() if v is not None}
     cfg = get_preset(preset, **overrides)
-    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),
-                  transient=True) as bar:
+    with Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),
+            transient=True) as bar:
         task = bar.add_task("train", total=1, epoch=0, loss=0.0, lr=opts.lr)
 
         def progress(epoch, step, steps, loss, cur_lr):
             bar.update(task, completed=step, total=steps, epoch=epoch, loss=loss, lr=cur_lr)
 
-        trainer = Trainer(cfg, opts, resume=resume, log=bar.console.print)
+        def log(message: str) -> None:  # one line per record, as written: `chs-train > log.jsonl` parses
+            bar.console.out(message, highlight=False)  # print() would wrap it at the terminal width
+
+        trainer = Trainer(cfg, opts, resume=resume, log=log)
         result = trainer.fit(progress)
     if trainer.rank == 0:  # under torchrun every process returns here; one report
         best = result["best_val_nme_iod"]

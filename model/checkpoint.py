@@ -101,6 +101,18 @@ def check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
         raise ChsError(f"checkpoint weights {source} contain NaN or infinity ({len(bad)} tensor(s), first '{bad[0]}')")
 
 
+def _damaged(file: Path, e: BaseException) -> ChsError:
+    return ChsError(f"checkpoint weights {file} are truncated or corrupt ({first_line(e)})")
+
+
+def read_tensors(file: Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file; a truncated or foreign one is one line, not safetensors' error."""
+    try:
+        return load_file(str(file), device=map_location)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _damaged(file, e) from None
+
+
 def load_checkpoint(directory: str | os.PathLike, ccr: int | None = None, map_location: str = "cpu") -> CHSNet:
     """Load a checkpoint, keeping its first ``ccr`` CCR stages (None = all that were trained)."""
     path = resolve_model_path(directory)
@@ -116,11 +128,11 @@ def load_checkpoint(directory: str | os.PathLike, ccr: int | None = None, map_lo
         raise ChsError(f"checkpoint {path} has no {WEIGHTS}")
     try:
         check_weights_match(weights, cfg.replace(ccr_stages=k), path)  # before anything is allocated
-        state = load_file(str(weights), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         if isinstance(e, ChsError):
             raise
-        raise ChsError(f"checkpoint weights {weights} are truncated or corrupt ({first_line(e)})") from None
+        raise _damaged(weights, e) from None
+    state = read_tensors(weights, map_location)
     check_finite(state, weights)
     model = build_model(cfg.replace(ccr_stages=k))
     keep = {name: t for name, t in state.items() if _kept(name, k)}
@@ -144,6 +156,10 @@ def read_train_state(directory: str | os.PathLike) -> tuple[dict, dict[str, torc
         raise ChsError(f"--resume {path}: missing {', '.join(missing)} (only chs-train's run folders such as "
                        f"RUN/last can be resumed: they hold {', '.join(needed)})")
     info = read_checkpoint_config(path)["info"]
-    served = load_file(str(path / WEIGHTS))
+    kinds = {"epoch": int, "best": (int, float), "history": list, "optimizer": dict}
+    if not isinstance(info, dict) or any(not isinstance(info.get(k), t) for k, t in kinds.items()):
+        raise ChsError(f"--resume {path}: {CONFIG} lacks chs-train's training info ({', '.join(kinds)}); "
+                       "the file is damaged or was not written by chs-train")
+    served = read_tensors(path / WEIGHTS)
     check_finite(served, path / WEIGHTS)
-    return info, served, load_file(str(state))
+    return info, served, read_tensors(state)

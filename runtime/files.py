@@ -186,10 +186,17 @@ def replace_dir(src: Path, dst: Path) -> None:
     """Move the finished folder ``src`` to ``dst``, replacing what was there (renames, then a cleanup)."""
     src.chmod(0o755)  # mkdtemp folders are private; an output folder is meant to be shared
     old = None
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-        os.replace(dst, old / dst.name)
-    os.replace(src, dst)
+    try:
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+            os.replace(dst, old / dst.name)
+        os.replace(src, dst)
+    except BaseException:  # Ctrl-C between the two renames: the old folder goes back, not stays hidden
+        if old is not None:
+            if (old / dst.name).exists() and not dst.exists():
+                os.replace(old / dst.name, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -105,6 +105,24 @@ def test_chs_train_out_on_an_existing_file_is_refused_before_training(tmp_path):
     assert afile.read_text() == "keep me"
 
 
+def test_chs_train_out_holding_a_run_is_refused_unless_resumed(tmp_path):
+    """A second run into a run folder replaced last/ and best/ and kept the first run's later epoch_NNN/."""
+    run = tmp_path / "run"
+    args = ("--data", FACES, "--preset", "tiny", "--out", run, "--batch-size", "2", "--threads", "1")
+    assert _run(train_app, *args, "--epochs", "2").exit_code == 0
+    before = (run / "last" / "config.json").read_text()
+    _one_error_line(_run(train_app, *args, "--epochs", "1"),
+                    f"--out {run} holds a training run (best, epoch_000, epoch_001, ...); continue it with "
+                    f"--resume {run / 'last'}, or choose another --out")
+    assert (run / "last" / "config.json").read_text() == before
+    other = tmp_path / "other"
+    assert _run(train_app, *args[:-5], other, *args[-4:], "--epochs", "1").exit_code == 0
+    _one_error_line(_run(train_app, *args, "--epochs", "3", "--resume", other / "last"), f"--out {run} holds")
+    res = _run(train_app, *args, "--epochs", "3", "--resume", run / "last")  # continuing the run itself
+    assert res.exit_code == 0, res.stderr[-2000:]
+    assert json.loads((run / "last" / "config.json").read_text())["info"]["epoch"] == 2
+
+
 def test_chs_train_reports_the_best_nme_in_percent(tmp_path):
     res = _run(train_app, "--data", FACES, "--val", FACES, "--preset", "tiny", "--out", tmp_path / "run",
                "--batch-size", "2", "--epochs", "1", "--threads", "1")

@@ -138,6 +138,34 @@ def test_save_killed_while_the_old_checkpoint_is_deleted_keeps_a_whole_one(tmp_p
         assert torch.equal(loaded.state_dict()[name], t), name
 
 
+def test_save_interrupted_between_the_renames_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C after the old folder was moved aside and before the new one was renamed in left no last/ at all
+    (the old one hidden in .last.old-*, the new one deleted by the cleanup)."""
+    import os
+
+    import chs.runtime.files as files
+
+    torch.manual_seed(0)
+    old, new = build_model(get_preset("tiny")), build_model(get_preset("tiny"))
+    save_checkpoint(old, tmp_path / "last", {"epoch": 0})
+    real_replace, calls = os.replace, []
+
+    def interrupted_replace(a, b):
+        calls.append(b)
+        if len(calls) == 2:  # the old folder is aside; the interrupt lands before the new one moves in
+            raise KeyboardInterrupt
+        real_replace(a, b)
+
+    monkeypatch.setattr(files.os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(new, tmp_path / "last", {"epoch": 1})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    loaded = load_checkpoint(tmp_path / "last")
+    for name, t in old.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], t), name
+
+
 def test_onnx_export_has_roialign_per_stage_and_matches_torch(tmp_path):
     import onnxruntime as ort
 

@@ -1,6 +1,7 @@
 """Training: resume equivalence, torchrun DDP on CPU, unreadable images, chs-eval on a checkpoint."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,44 @@ def test_torchrun_two_cpu_processes(faces, tmp_path):
     assert info["epoch"] == 0 and len(info["history"]) == 1
     w = load_file(str(out / "last" / "model.safetensors"))
     assert all(np.isfinite(v).all() for v in w.values())
+
+
+def test_epoch_log_is_one_json_record_per_line(faces, tmp_path):
+    """`chs-train > log.jsonl`: each epoch's record is one line, not wrapped at the terminal width."""
+    import os
+
+    cmd = [sys.executable, "-m", "chs", "train", "--data", str(faces), "--val", str(faces), "--out",
+           str(tmp_path / "run"), "--preset", "tiny", "--epochs", "2", "--batch-size", "2", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    saved = json.loads((tmp_path / "run" / "last" / "config.json").read_text())["info"]["history"]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert [r["val_nme_iod"] for r in records] == [h["val_nme_iod"] for h in saved]
+
+
+_TERMINATED_WHILE_SAVING = """
+import os, signal, sys
+import chs.model.checkpoint as checkpoint
+real = checkpoint.save_file
+def save_then_terminated(*a, **k):  # a scheduler stops the job while a checkpoint is being written
+    real(*a, **k)
+    os.kill(os.getpid(), signal.SIGTERM)
+checkpoint.save_file = save_then_terminated
+from chs.cli import train_app
+sys.argv = ["chs-train", "--data", sys.argv[1], "--out", sys.argv[2], "--preset", "tiny", "--epochs", "1",
+            "--batch-size", "2", "--threads", "1"]
+train_app()
+"""
+
+
+def test_sigterm_while_saving_leaves_no_half_written_checkpoint(faces, tmp_path):
+    """SIGTERM ends chs-train like Ctrl-C: the checkpoint folder being written is removed, not left behind."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", _TERMINATED_WHILE_SAVING, str(faces), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stderr.strip().splitlines()[-1:]) == (143, ["terminated"]), proc.stderr[-2000:]
+    assert list(out.iterdir()) == []
 
 
 def test_chs_eval_json_on_a_checkpoint(faces, tmp_path):
@@ -178,6 +217,75 @@ def test_init_refuses_a_model_of_another_shape(faces, tmp_path):
         Trainer(get_preset("tiny"), _opts(faces, tmp_path / "ft2", init=str(tmp_path / "nowhere")))
     with pytest.raises(ChsError, match=r"--ema must be in \(0, 1\)"):
         Trainer(get_preset("tiny"), _opts(faces, tmp_path / "ft3", ema=1.0))
+
+
+@pytest.fixture(scope="module")
+def finished_run(fixtures_dir, tmp_path_factory):
+    """A one-epoch tiny run (adam, no EMA) over the fixture faces."""
+    out = tmp_path_factory.mktemp("resumable")
+    Trainer(get_preset("tiny"), _opts(fixtures_dir / "pts", out / "run", epochs=1)).fit()
+    return out / "run" / "last"
+
+
+@pytest.mark.parametrize("preset, kw, message", [
+    ({"hg_features": 8}, {}, "the checkpoint's model has hg_features=16, this run's 8"),
+    ({"ccr_stages": 1}, {}, "ccr_stages=2, this run's 1"),
+    ({}, {"optimizer": "sgd"}, "trained with optimizer='adam', this one has 'sgd'; resume with the same --optimizer"),
+    ({}, {"ema": 0.9}, "trained with ema=0.0, this one has 0.9"),
+])
+def test_resume_refuses_another_model_or_state_shaping_options(finished_run, faces, tmp_path, preset, kw, message):
+    """--resume into another preset was a torch state-dict traceback, another optimizer a KeyError."""
+    from chs.runtime.errors import ChsError
+
+    with pytest.raises(ChsError, match=re.escape(message)):
+        Trainer(get_preset("tiny", **preset), _opts(faces, tmp_path / "run", **kw), resume=str(finished_run))
+
+
+def test_resume_names_the_options_that_differ_from_the_run(finished_run, fixtures_dir, faces, tmp_path):
+    """Options are not read back on --resume: one forgotten (--epochs: the default 30) changes the schedule."""
+    logs = []
+    Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run", epochs=3, lr=2e-3, threads=2),
+            resume=str(finished_run), log=logs.append)
+    assert logs == [f"resuming {finished_run} at epoch 1 with options other than the run's: --data {faces} (the run: "
+                    f"{fixtures_dir / 'pts'}), --epochs 3 (the run: 1), --lr 0.002 (the run: 0.001)"]
+    logs.clear()
+    Trainer(get_preset("tiny"), _opts(fixtures_dir / "pts", tmp_path / "run2", epochs=1, threads=2),
+            resume=str(finished_run), log=logs.append)
+    assert logs == []  # --threads, --out: the same weights
+
+
+def test_resume_refuses_a_run_started_with_ema_when_ema_is_off(faces, tmp_path):
+    """Resuming an EMA run without --ema dropped its average silently and served the raw weights."""
+    from chs.runtime.errors import ChsError
+
+    Trainer(get_preset("tiny"), _opts(faces, tmp_path / "ema", epochs=1, ema=0.9)).fit()
+    with pytest.raises(ChsError, match=re.escape("trained with ema=0.9, this one has 0.0")):
+        Trainer(get_preset("tiny"), _opts(faces, tmp_path / "ema"), resume=str(tmp_path / "ema" / "last"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("model", "model.safetensors are truncated or corrupt"),
+    ("state", "optimizer.safetensors are truncated or corrupt"),
+    ("info", "config.json lacks chs-train's training info"),
+    ("config", "the checkpoint's model has num_points=98, this run's 68"),
+])
+def test_resume_of_a_damaged_checkpoint_is_one_line(finished_run, faces, tmp_path, damage, message):
+    from chs.runtime.errors import ChsError
+
+    ckpt = tmp_path / "last"
+    shutil.copytree(finished_run, ckpt)
+    if damage in ("model", "state"):
+        f = ckpt / ("model.safetensors" if damage == "model" else "optimizer.safetensors")
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    else:
+        meta = json.loads((ckpt / "config.json").read_text())
+        if damage == "info":
+            meta["info"] = "nothing"
+        else:
+            meta["config"]["num_points"] = 98
+        (ckpt / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ChsError, match=re.escape(message)):
+        Trainer(get_preset("tiny"), _opts(faces, tmp_path / "run"), resume=str(ckpt))
 
 
 def test_chs_eval_prints_wflw_subsets(fixtures_dir, tmp_path):

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from chs.model.checkpoint import WEIGHTS, save_checkpoint
+from chs.model.checkpoint import CONFIG, WEIGHTS, save_checkpoint
 from chs.model.chs import CHSNet, build_model
 from chs.model.config import ChsConfig
 from chs.model.runner import TorchRunner
@@ -34,6 +34,7 @@ from chs.model.training.mixed import (
 from chs.model.training.options import TrainOptions
 from chs.model.training.options_checks import check_finite_loss, check_finite_weights
 from chs.model.training.state import restore_train_state, train_state_tensors
+from chs.runtime.assets import resolve_model_path
 from chs.runtime.datasets import FaceSample, load_dataset
 from chs.runtime.errors import ChsError
 from chs.runtime.evaluate import dataset_scheme, load_images, predict_samples, sample_box, stage_summary
@@ -115,9 +116,36 @@ def check_data_scheme(samples: list[FaceSample], what: str, model_scheme: str, f
         raise ChsError(f"{what}: dataset has {samples[0].scheme}-point landmarks; it {hint}")
 
 
+_NO_EFFECT = ("out", "threads", "workers", "init", "extra")  # options that leave the trained weights as they are
+
+
+def changed_options(before: dict | None, opts: TrainOptions) -> str:
+    """'--epochs 30 (the run: 3), ...': the options of a resumed run that differ from those it was started with."""
+    if not isinstance(before, dict):
+        return ""
+    now = asdict(opts)
+    return ", ".join(f"--{k.replace('_', '-')} {now[k]} (the run: {before[k]})" for k in now
+                     if k in before and k not in _NO_EFFECT and before[k] != now[k])
+
+
+def check_run_folder(out: str, resume: str | None) -> None:
+    """Refuse an --out that holds another run's checkpoints unless this run resumes from one of them: a new
+    run there replaced last/ and best/ and left the old run's later epoch_NNN/ beside its own."""
+    root = Path(out)
+    if not root.is_dir():
+        return
+    held = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                  and (d.name in ("last", "best") or d.name.startswith("epoch_")) and (d / CONFIG).is_file())
+    if not held or (resume and resolve_model_path(resume).resolve().parent == root.resolve()):
+        return
+    raise ChsError(f"--out {out} holds a training run ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); "
+                   f"continue it with --resume {root / 'last'}, or choose another --out")
+
+
 class Trainer:
     def __init__(self, cfg: ChsConfig, opts: TrainOptions, resume: str | None = None, log=print):
         self.cfg, self.opts, self.log = cfg.validate(), opts, log
+        check_run_folder(opts.out, resume)
         self._setup_process()
         sets = self._read_sets()
         self._build(resume)
@@ -247,8 +275,11 @@ class Trainer:
         self.log(f"initialised {len(matched)} tensors from {path}; {fresh} new")
 
     def _resume(self, path: Path) -> None:
-        info = restore_train_state(path, self.module, self.opt, self.ema)
+        info = restore_train_state(path, self.module, self.opt, self.ema, self.opts)
         self.start_epoch, self.best, self.history = info["epoch"] + 1, info["best"], info["history"]
+        changed = changed_options(info.get("options"), self.opts)
+        if changed:  # options are not read back from the run: a forgotten --epochs is the default's 30
+            self.log(f"resuming {path} at epoch {self.start_epoch} with options other than the run's: {changed}")
 
     def _loader(self, epoch: int) -> DataLoader:
         self.train_set.set_epoch(epoch)
