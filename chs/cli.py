@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from chs.errors_cli import OneLineTyper, missing_package, one_line_errors
+from chs.model.config import PRESETS
 from chs.model.training.options import TrainOptions
 from chs.options_cli import options_command
 from chs.runtime.backends.base import DEFAULT_BATCH
@@ -35,7 +36,7 @@ def _print_json(obj) -> None:
 
 # ---------------------------------------------------------------------------------------------- train
 def _train_extra(
-    preset: Annotated[str, typer.Option(help="Model preset: wflw, 300w, cofw, aflw, awing, ytf68, tiny.")] = "ytf68",
+    preset: Annotated[str, typer.Option(help=f"Model preset: {', '.join(PRESETS)}.")] = "ytf68",
     ccr: Annotated[int | None, typer.Option(help="CCR stages to train (default: the preset's).")] = None,
     backward: Annotated[str | None, typer.Option(help="Backward connection: ccr, task or full.")] = None,
     resume: Annotated[str | None, typer.Option(help="Checkpoint folder to resume from (e.g. RUN/last).")] = None,

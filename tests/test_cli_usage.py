@@ -39,6 +39,14 @@ def test_help_shows_options_and_their_bracketed_text():
     assert bare.returncode in (0, 2) and "Usage:" in bare.stdout + bare.stderr and "error:" not in bare.stderr
 
 
+
+def test_train_help_names_every_preset():
+    from chs.model.config import PRESETS
+
+    text = " ".join(_chs("train", "--help").stdout.split())
+    assert f"Model preset: {', '.join(PRESETS)}." in text
+
+
 NO_PACKAGE = """
 import sys
 class Missing:  # what Python raises for a package that is not installed
