@@ -243,11 +243,12 @@ class VideoBench:
                      detectors: Sequence[str]) -> VideoBench:
         from chs.runtime.detector import DETECTOR_NAMES
         from chs.runtime.errors import ChsError
+        from chs.runtime.options import whole_number
 
-        if clips is not None and clips < 1:
-            raise ChsError(f"--clips must be >= 1, got {clips}")
-        if frames is not None and frames < 2:
-            raise ChsError(f"--frames must be >= 2, got {frames}")
+        if clips is not None:
+            whole_number(clips, "--clips", 1)
+        if frames is not None:
+            whole_number(frames, "--frames", 2)
         for d in detectors:
             if d not in DETECTOR_NAMES and not d.endswith(".onnx"):
                 raise ChsError(f"unknown detector '{d}' (yunet, dlib, or a YuNet .onnx file)")
