@@ -129,8 +129,11 @@ def judge(precision: str, row: dict) -> dict:
     value = abs(row[key])
     unit = UNITS[key]
     ok = value <= limit
+    # ΔNME is held to its size either way (a file far better than PyTorch computes something else too): the
+    # line names the size and keeps the sign
+    shown = f"|{key}| {value:.4f} {unit} (ΔNME {row[key]:+.4f})" if key == "dnme_pt" else f"{key} {value:.4f} {unit}"
     return {"criterion": key, "value": value, "limit": limit, "margin": limit - value, "passed": ok,
-            "gate": f"{key} {value:.4f} {unit} {'<=' if ok else '>'} {limit} {unit}"}
+            "gate": f"{shown} {'<=' if ok else '>'} {limit} {unit}"}
 
 
 def gate(precision: str, row: dict) -> tuple[bool, str]:

@@ -121,7 +121,9 @@ def test_each_case_has_its_own_criterion_and_limit():
     v = judge("int8-u8s8", measured)
     assert v["criterion"] == "dnme_pt" and v["limit"] == GATES_LABELLED["int8"][1] and v["passed"]
     assert v["margin"] == pytest.approx(0.14)
-    assert not judge("int8-s8s8", measured | {"dnme_pt": -0.2})["passed"]  # |ΔNME| either way
+    better = judge("int8-s8s8", measured | {"dnme_pt": -0.2})
+    assert not better["passed"]  # |ΔNME| either way, and the line keeps the sign
+    assert better["gate"] == "|dnme_pt| 0.2000 pt (ΔNME -0.2000) > 0.15 pt"
     unlabelled = {"max_px": 2.0, "mean_px": 0.1, "shift_pt": 0.3}
     v = judge("int8-s8s8", unlabelled)
     assert v["criterion"] == "shift_pt" and v["limit"] == GATES_UNLABELLED["int8"][1] and v["passed"]
