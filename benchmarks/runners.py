@@ -81,7 +81,9 @@ def ensure_exports(model: str | os.PathLike, ccr: int, work_dir: str | os.PathLi
                              calib=calib if int8 else None, parity_data=parity_data, engine="never",
                              time_int8=False, if_exists="merge")
         if timing_only:
-            opts.gate, opts.calib_images = False, TIMING_CALIB_IMAGES
+            opts.gate = False
+            if int8:
+                opts.calib_images = TIMING_CALIB_IMAGES
         with contextlib.redirect_stdout(sys.stderr):  # exporters print; keep stdout for --json
             run_export(opts, log=log)
 

@@ -3,6 +3,7 @@ rule for an output folder that already exists."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,11 @@ def check_export_options(o: Any) -> None:
         raise ChsError(f"--calib-method must be one of {', '.join(METHODS)}, got '{o.calib_method}'")
     if o.calib_images < 1:
         raise ChsError(f"--calib-images must be >= 1, got {o.calib_images}")
+    if not o.int8:  # the calibration's settings, changed from their defaults, would be ignored the same way
+        for f in fields(o):
+            if f.name in ("calib_method", "calib_images") and getattr(o, f.name) != f.default:
+                flag = "--" + f.name.replace("_", "-")
+                raise ChsError(f"{flag} is only used by --int8 (the INT8 calibration): add --int8 or drop {flag}")
     if o.ccr is not None and o.ccr < 0:
         raise ChsError(f"--ccr must be >= 0, got {o.ccr}")
     check_batch_profile(o.batch, "--batch")  # library callers pass a tuple the command line's parser never saw

@@ -185,6 +185,8 @@ def no_export_work(monkeypatch):
     ({"triton": "../../escape"}, "Triton model name '../../escape' must be"),
     ({"int8": True, "calib": "/nonexistent/calib"}, "--calib /nonexistent/calib not found"),
     ({"calib": "/nonexistent/calib"}, "--calib is only used by --int8"),  # was ignored: an FP32-only export
+    ({"calib_method": "percentile"}, "--calib-method is only used by --int8"),  # was ignored too
+    ({"calib_images": 32}, "--calib-images is only used by --int8"),
     ({"batch": (8, 1, 32)}, "--batch needs 1 <= MIN <= OPT <= MAX, got 8:1:32"),  # the engine builder's checker
 ])
 def test_export_options_checked_before_work(ckpt, tmp_path, no_export_work, changes, message):
