@@ -38,7 +38,7 @@ from chs.runtime.errors import ChsError
 from chs.runtime.files import check_input, check_output_dir, read_json
 from chs.runtime.imageio import read_image
 from chs.runtime.landmarks import Face, LandmarkRuntime
-from chs.runtime.options import option
+from chs.runtime.options import option, whole_number
 from chs.runtime.tracking import FaceTracker, TrackerSettings
 
 DEMO_OUT = "chs-demo"
@@ -234,8 +234,7 @@ class AlignOptions:
 def align(opts: AlignOptions) -> None:
     """Predict facial landmarks in images, folders and videos (videos: faces tracked, landmarks smoothed)."""
     inputs, out, as_json, batch_size = opts.inputs, opts.out, opts.as_json, opts.batch_size
-    if batch_size < 1:
-        raise ChsError(f"--batch-size must be >= 1, got {batch_size}")
+    whole_number(batch_size, "--batch-size", 1)
     if opts.boxes == "":
         raise ChsError("--boxes is an empty path ('')")
     settings = TrackerSettings(smooth=opts.smooth) if opts.redetect_every is None else \

@@ -17,7 +17,7 @@ from chs.model.training.options import TrainOptions
 from chs.options_cli import options_command
 from chs.runtime.backends.base import DEFAULT_BATCH
 from chs.runtime.errors import ChsError
-from chs.runtime.options import option
+from chs.runtime.options import option, whole_number
 
 app = OneLineTyper(help="CHS face alignment: train, evaluate, export, align, benchmark.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -55,10 +55,9 @@ def train(opts: TrainOptions, preset: str, ccr: int | None, backward: str | None
 
     overrides = {k: v for k, v in {"ccr_stages": ccr, "backward": backward}.items() if v is not None}
     cfg = get_preset(preset, **overrides)
-    with Progress(
-            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),
-            transient=True) as bar:
+    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]:.3f} lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),
+                  transient=True) as bar:
         task = bar.add_task("train", total=1, epoch=0, loss=0.0, lr=opts.lr)
 
         def progress(epoch, step, steps, loss, cur_lr):
@@ -121,8 +120,7 @@ def evaluate(opts: EvalOptions) -> None:
 
     if boxes not in ("gt", "detector"):
         raise ChsError(f"--boxes must be gt or detector, got '{boxes}'")
-    if batch_size < 1:
-        raise ChsError(f"--batch-size must be >= 1, got {batch_size}")
+    whole_number(batch_size, "--batch-size", 1)
     if plot:
         from chs.benchmarks.plots import check_plot_path
 

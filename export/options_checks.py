@@ -9,6 +9,7 @@ from typing import Any
 
 from chs.runtime.errors import ChsError
 from chs.runtime.files import check_output_dir
+from chs.runtime.options import whole_number
 
 IF_EXISTS = ("refuse", "replace", "merge")
 
@@ -27,15 +28,14 @@ def check_export_options(o: Any) -> None:
         raise ChsError("--calib is only used by --int8 (the INT8 calibration): add --int8 or drop --calib")
     if o.calib_method not in METHODS:
         raise ChsError(f"--calib-method must be one of {', '.join(METHODS)}, got '{o.calib_method}'")
-    if o.calib_images < 1:
-        raise ChsError(f"--calib-images must be >= 1, got {o.calib_images}")
+    whole_number(o.calib_images, "--calib-images", 1)
     if not o.int8:  # the calibration's settings, changed from their defaults, would be ignored the same way
         for f in fields(o):
             if f.name in ("calib_method", "calib_images") and getattr(o, f.name) != f.default:
                 flag = "--" + f.name.replace("_", "-")
                 raise ChsError(f"{flag} is only used by --int8 (the INT8 calibration): add --int8 or drop {flag}")
-    if o.ccr is not None and o.ccr < 0:
-        raise ChsError(f"--ccr must be >= 0, got {o.ccr}")
+    if o.ccr is not None:
+        whole_number(o.ccr, "--ccr", 0)
     check_batch_profile(o.batch, "--batch")  # library callers pass a tuple the command line's parser never saw
     if o.triton is not None:
         check_model_name(o.triton)
