@@ -211,7 +211,8 @@ class AlignOptions:
                                       f"({' '.join(VIDEO_EXTENSIONS)}).")
     model: str = option("default", "'default' (the bundled model), an .onnx file or a TensorRT .engine.")
     boxes: str | None = option(None, 'JSON file {"image name or path": list of (x0, y0, x1, y1) boxes}: boxes around '
-                               "the face landmarks (brows/jaw to chin); images not listed use the face detector.")
+                               "the face landmarks (brows/jaw to chin); images not listed use the face detector. "
+                               "Videos: \"clip.mp4\" for every frame, \"clip.mp4#N\" for frame N.")
     out: str | None = option(None, "Folder for annotated images and videos.")
     as_json: bool = option(False, "JSON lines on stdout, one per face.", flag="--json")
     demo: bool = option(False, "Run on the bundled astronaut photo and write <out or ./chs-demo>/"
@@ -238,7 +239,7 @@ def align(opts: AlignOptions) -> None:
     if opts.boxes == "":
         raise ChsError("--boxes is an empty path ('')")
     settings = TrackerSettings(smooth=opts.smooth) if opts.redetect_every is None else \
-        TrackerSettings(smooth=opts.smooth, redetect_every=opts.redetect_every)
+        TrackerSettings(smooth=opts.smooth, redetect_every=whole_number(opts.redetect_every, "--redetect-every", 0))
     if opts.demo:
         if inputs:
             raise ChsError("--demo takes no inputs")
@@ -318,7 +319,8 @@ def _align_images(job: Job, chunk: list[Item]) -> None:
 
 
 def _align_video(job: Job, item: Item) -> None:
-    """One video: tracked (and smoothed) unless ``--boxes`` lists boxes for it, which are then used as given."""
+    """One video, tracked and smoothed; boxes ``--boxes`` lists for it (every frame, or ``#N`` for frame N) are
+    used as given on their frames, in place of the tracker's own."""
     book = job.book
     try:
         probe = VideoReader(item.path)  # fails early, with one line, on an unreadable video
@@ -327,13 +329,12 @@ def _align_video(job: Job, item: Item) -> None:
         return
     total, fps = probe.frame_count or None, probe.fps
     probe.close()
-    given = any(k == key or k.startswith(key + "#") for key in book.keys_for(item) for k in book.entries)
 
     def frame_boxes(i: int) -> np.ndarray | None:
         b = book.lookup(item, f"#{i}")
         return b if b is not None else book.lookup(item)
 
-    tracker = None if given else job.runtime.tracker(fps, job.settings)
+    tracker = job.runtime.tracker(fps, job.settings)
     dst = job.names(item) if job.names is not None else None  # VideoWriter renames it into place only when complete
     if dst is not None and writable_fps(fps) != fps:
         typer.echo(f"warning: {printable(str(item.path))} declares {fps:g} fps; {printable(str(dst))} is written at "
@@ -351,24 +352,19 @@ def _align_video(job: Job, item: Item) -> None:
 
 
 def _video_frames(job: Job, item: Item, dst: Path | None, frame_boxes: Callable[[int], Any], total: int | None,
-                  tracker: FaceTracker | None = None) -> int:
-    """Frames of one video: tracked by ``tracker``, or each on its own with ``frame_boxes`` (None = detector);
-    returns how many were decoded."""
+                  tracker: FaceTracker) -> int:
+    """Frames of one video through ``tracker`` (``frame_boxes``: given boxes, or None); how many were decoded."""
     stats = job.stats
     n = 0
-    frames = annotate_video(job.runtime, item.path, dst, frame_boxes, batch_size=min(job.batch_size, 16),
-                            tracker=tracker)
+    frames = annotate_video(job.runtime, item.path, dst, frame_boxes, tracker=tracker)
     with closing(frames):
         for idx, faces in frames:
             stats["frames"] += 1
             stats["faces"] += len(faces)
-            if tracker is None and frame_boxes(idx) is None:
-                stats["detector_calls"] += 1
             _emit(str(item.path), faces, job.as_json, frame=idx)
             job.progress(item.path.name, advance=1, total=total)
             n += 1
-    if tracker is not None:
-        stats["detector_calls"] += tracker.detector_calls
+    stats["detector_calls"] += tracker.detector_calls
     return n
 
 

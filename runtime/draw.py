@@ -249,16 +249,17 @@ def annotate_video(runtime: LandmarkRuntime, src: str | os.PathLike, dst: str | 
     """Predict faces frame by frame; yields (frame index, faces) and, with ``dst``, writes the annotated video
     (mp4v; complete or not at all).
 
-    With a ``tracker`` (``runtime.tracker(fps)``) faces are tracked and smoothed frame by frame; otherwise each frame is
-    predicted on its own, ``batch_size`` frames per inference, with ``boxes(frame_index)`` giving that frame's boxes, or
-    None to run the detector on it. A video without a readable frame is a ChsError."""
+    ``boxes(frame_index)`` gives a frame's boxes, or None for none known. With a ``tracker`` (``runtime.tracker(fps)``)
+    faces are tracked and smoothed frame by frame, given boxes standing in for the tracker's own on their frames;
+    otherwise each frame is predicted on its own, ``batch_size`` frames per inference, the detector running on frames
+    without boxes. A video without a readable frame is a ChsError."""
     reader = VideoReader(src)
     writer = VideoWriter(dst, reader.fps) if dst is not None else None
     n = 0
     try:
         if tracker is not None:
             for n, frame in enumerate(reader, start=1):
-                faces = tracker.update(frame)
+                faces = tracker.update(frame, boxes(n - 1) if boxes is not None else None)
                 if writer is not None:
                     writer.write(draw_faces(frame, faces, copy=False))
                 yield n - 1, faces

@@ -63,6 +63,7 @@ class _Track:
     id: int
     landmarks: np.ndarray  # raw (unsmoothed) landmarks of the last frame: the next frame's box
     smoother: LandmarkSmoother
+    box: np.ndarray | None = None  # the last frame's crop box: what a given box of the next frame is matched to
 
 
 def video_detector(detector: FaceDetector) -> FaceDetector:
@@ -129,11 +130,18 @@ class FaceTracker:
         self._next_id += 1
         return track
 
-    def update(self, frame: Any) -> list[Face]:
-        """Faces in the next frame (RGB uint8 array or image path), each with its ``track_id``."""
+    def update(self, frame: Any, boxes: Any = None) -> list[Face]:
+        """Faces in the next frame (RGB uint8 array or image path), each with its ``track_id``.
+
+        ``boxes`` (N x 4, the landmark-box convention): this frame's faces as the caller knows them (its own detector,
+        a boxes file). They replace both following and detecting for this frame and are answered as given, every
+        one and in order; each continues the track it overlaps (``match_iou``) or starts one, so ids and smoothing
+        carry on through frames with and without given boxes."""
         from chs.runtime.landmarks import as_rgb_image
 
         image = as_rgb_image(frame)
+        if boxes is not None:
+            return self._given(image, boxes)
         s = self.settings
         # 1. follow every track from its previous landmarks; a box mostly outside the frame ends the track
         tracks = [t for t in self._tracks if _inside(box_from_landmarks(t.landmarks), image.shape)]
@@ -174,15 +182,36 @@ class FaceTracker:
         if s.max_faces is not None:
             kept = sorted(kept, key=lambda i: -faces[i].score)[: s.max_faces]
             kept.sort(key=lambda i: tracks[i].id)
+        return self._emit([tracks[i] for i in kept], [faces[i] for i in kept])
+
+    def _given(self, image: np.ndarray, boxes: Any) -> list[Face]:
+        """``update`` with the caller's boxes: every box answered; tracks matched to them by overlap."""
+        faces = self.runtime.predict(image, boxes)  # checks the boxes (one-line errors)
+        self._last_detection = self.frames  # they stand in for a detection: the redetect schedule starts again
+        current = np.array([f.box for f in faces]).reshape(-1, 4)
+        previous = np.array([t.box for t in self._tracks]).reshape(-1, 4)
+        iou = box_iou(current, previous) if len(current) and len(previous) else np.zeros((len(current), 0))
+        tracks: list[_Track | None] = [None] * len(faces)
+        claimed: set[int] = set()
+        for i in np.argsort(-iou.max(axis=1) if iou.shape[1] else np.zeros(len(faces)), kind="stable"):
+            j = int(iou[i].argmax()) if iou.shape[1] else -1
+            if j >= 0 and iou[i, j] >= self.settings.match_iou and j not in claimed:
+                claimed.add(j)
+                tracks[i] = self._tracks[j]
+        for i, face in enumerate(faces):
+            if tracks[i] is None:
+                tracks[i] = self._new_track(face.landmarks)
+        return self._emit([t for t in tracks if t is not None], faces)
+
+    def _emit(self, tracks: list[_Track], faces: list[Face]) -> list[Face]:
+        """The frame's answer: each face smoothed on its track; these tracks are the ones followed next frame."""
         t = self.frames / self.fps
         out: list[Face] = []
-        self._tracks = []
-        for i in kept:
-            track, face = tracks[i], faces[i]
-            track.landmarks = face.landmarks
-            lm = track.smoother(face.landmarks, t) if s.smooth else face.landmarks
+        for track, face in zip(tracks, faces, strict=True):
+            track.landmarks, track.box = face.landmarks, face.box
+            lm = track.smoother(face.landmarks, t) if self.settings.smooth else face.landmarks
             out.append(replace(face, landmarks=lm, track_id=track.id))
-            self._tracks.append(track)
+        self._tracks = list(tracks)
         self.frames += 1
         return out
 

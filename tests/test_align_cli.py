@@ -181,6 +181,9 @@ def test_video(tiny_onnx, tmp_path):
     recs = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["frame"] for r in recs] == [0, 1, 2, 3, 3, 4, 5, 6]
     assert recs[3]["box"] == [5, 5, 40, 40] and recs[4]["face"] == 1
+    assert all("track" in r for r in recs)  # given boxes are tracked (and smoothed) too
+    tracks = [r["track"] for r in recs]  # frame 3's boxes overlap the others' too little to continue their face
+    assert len(set(tracks[:3])) == 1 and len(set(tracks[5:])) == 1 and len(set(tracks[2:6])) == 4, tracks
     cap = cv2.VideoCapture(str(tmp_path / "out" / "clip_landmarks.mp4"))
     frames = 0
     while cap.read()[0]:
@@ -255,7 +258,7 @@ def test_bad_inputs_are_one_line(tiny_onnx, tmp_path, monkeypatch, foreign_onnx)
     _one_error_line(_run(good, *m, "--detector", "hog"), "unknown detector 'hog'")
     _one_error_line(_run(good, *m, "--detector", tmp_path / "none.onnx"), "face detector model not found")
     _one_error_line(_run(good, *m, "--detector", foreign_onnx), "is not a YuNet face detector")
-    _one_error_line(_run(good, *m, "--redetect-every", -1), "redetect_every must be >= 0")
+    _one_error_line(_run(good, *m, "--redetect-every", -1), "--redetect-every must be >= 0")
 
 
 def test_subprocess_exit_code_and_no_torch(tiny_onnx, tmp_path):
@@ -361,10 +364,10 @@ def test_bad_videos_are_one_line_and_leave_no_file(fixtures_dir, tmp_path, monke
 
     real = FaceTracker.update
 
-    def interrupted(self, frame):
+    def interrupted(self, frame, boxes=None):
         if self.frames == 4:
             raise KeyboardInterrupt
-        return real(self, frame)
+        return real(self, frame, boxes)
 
     monkeypatch.setattr(FaceTracker, "update", interrupted)
     res = _run(src, "--out", tmp_path / "o2")

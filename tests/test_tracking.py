@@ -11,6 +11,7 @@ from group_photo import group_photo
 from chs.benchmarks.video import ClipSpec, make_clip, score
 from chs.runtime.datasets import load_dataset
 from chs.runtime.errors import ChsError
+from chs.runtime.geometry import box_from_landmarks
 from chs.runtime.landmarks import LandmarkRuntime
 from chs.runtime.metrics import nme
 from chs.runtime.smoothing import LandmarkSmoother, OneEuroFilter, OneEuroSettings, fit_similarity
@@ -100,6 +101,47 @@ def test_no_faces_and_changing_frame_sizes(rt, clip):
             assert np.isfinite(f.landmarks).all()
     with pytest.raises(ChsError, match="uint8"):
         tracker.update(np.zeros((10, 10, 3), np.float32))
+
+
+def test_given_boxes_are_answered_as_given_and_keep_their_track(rt, clip):
+    """Boxes the caller gives for a frame replace following and detecting there: each answered in order, exactly as
+    ``predict`` answers it (smoothing off), on the track it overlaps; frames without boxes follow the face."""
+    boxes = [box_from_landmarks(t) for t in clip.truth]
+    tracker = rt.tracker(clip.fps, TrackerSettings(smooth=False))
+    out = [tracker.update(f, [b]) for f, b in zip(clip.frames, boxes, strict=True)]
+    for frame, b, faces in zip(clip.frames, boxes, out, strict=True):
+        (face,) = faces
+        np.testing.assert_array_equal(face.box, b)
+        np.testing.assert_array_equal(face.landmarks, rt.predict(frame, [b])[0].landmarks)
+    assert {f[0].track_id for f in out} == {0} and tracker.detector_calls == 0
+    # boxes on frames 0 and 12 only: the frames between follow the landmarks, no detector call
+    tracker = rt.tracker(clip.fps, TrackerSettings(smooth=False))
+    out = [tracker.update(f, [boxes[i]] if i in (0, 12) else None) for i, f in enumerate(clip.frames)]
+    assert [len(f) for f in out] == [1] * SPEC.frames and {f[0].track_id for f in out} == {0}
+    assert tracker.detector_calls == 0
+    # a second box starts a second track; an empty list is a frame without faces, as given
+    frame, b = clip.frames[0], boxes[0]
+    other = b + [b[2] - b[0] + 5, 0, b[2] - b[0] + 5, 0]
+    tracker = rt.tracker(clip.fps)
+    tracker.update(frame, [b])
+    two = tracker.update(frame, [other, b])
+    assert [f.track_id for f in two] == [1, 0]
+    np.testing.assert_array_equal(two[0].box, other)
+    assert tracker.update(frame, np.zeros((0, 4))) == [] and tracker.detector_calls == 0
+    with pytest.raises(ChsError, match="box"):
+        tracker.update(frame, [[0, 0, float("nan"), 10]])
+
+
+def test_given_boxes_are_smoothed_like_tracked_ones(rt, clip):
+    boxes = [[box_from_landmarks(t)] for t in clip.truth]
+    results = {}
+    for smooth in (False, True):
+        tracker = rt.tracker(clip.fps, TrackerSettings(smooth=smooth))
+        results[smooth] = score(clip, [tracker.update(f, b)[0].landmarks for f, b in zip(clip.frames, boxes,
+                                                                                          strict=True)], "68")
+    raw, smoothed = results[False], results[True]
+    assert smoothed["jitter_sum"] < 0.8 * raw["jitter_sum"], (smoothed, raw)
+    assert smoothed["nme_sum"] < raw["nme_sum"] * 1.03
 
 
 def test_tracker_settings_are_checked():
