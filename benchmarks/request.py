@@ -71,12 +71,11 @@ class BenchRequest:
             if p not in PRECISIONS:
                 raise ChsError(f"unknown precision '{p}' (choose from {', '.join(PRECISIONS)})")
         for n in self.batches:
-            if n < 1:
-                raise ChsError(f"batch sizes must be >= 1, got {n}")
+            whole_number(n, "batch sizes", 1)
         if not 1 <= self.ort_sessions <= MAX_SESSIONS:
             raise ChsError(f"--ort-sessions must be 1-{MAX_SESSIONS}, got {self.ort_sessions}")
-        if self.passes < 1 or self.repeats < 1:
-            raise ChsError("--repeats and passes must be >= 1")
+        whole_number(self.repeats, "--repeats", 1)
+        whole_number(self.passes, "passes", 1)
         whole_number(self.warmup, "--warmup", 0)
         if not 0 < self.max_seconds < math.inf:  # NaN fails too: it would never stop a row
             raise ChsError(f"--max-seconds must be a finite number > 0, got {self.max_seconds}")
@@ -95,8 +94,8 @@ class BenchRequest:
 
 def check_threads(threads: int | None) -> None:
     """Intra-op threads: None (the libraries' default) or >= 1 (torch raises a RuntimeError on others)."""
-    if threads is not None and threads < 1:
-        raise ChsError(f"--threads must be >= 1 (or left out for the default), got {threads}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ChsError(f"--threads must be >= 1 (or left out for the default), got {threads!r:.40}")
 
 
 def trained_ccr(model: str | os.PathLike) -> int:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from chs.runtime.errors import ChsError
-from chs.runtime.options import comma_list, option
+from chs.runtime.options import comma_list, option, whole_number
 
 TOLERANCE_PX = 1e-4
 PROTOCOLS = ("http", "grpc")
@@ -40,8 +40,7 @@ class ServeBenchOptions:
 
 def check_options(o: ServeBenchOptions) -> None:
     for name in ("clients", "requests", "batch", "passes", "faces"):
-        if getattr(o, name) < 1:
-            raise ChsError(f"--{name} must be >= 1, got {getattr(o, name)}")
+        whole_number(getattr(o, name), f"--{name}", 1)
     bad = [p for p in o.protocols if p not in PROTOCOLS]
     if bad or not o.protocols:
         raise ChsError(f"--protocol: unknown value '{bad[0] if bad else ''}' (choose from http, grpc)")

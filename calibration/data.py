@@ -24,6 +24,7 @@ from chs.runtime.evaluate import sample_box
 from chs.runtime.files import read_json
 from chs.runtime.geometry import crop_face
 from chs.runtime.imageio import read_image
+from chs.runtime.options import whole_number
 
 BOXES_FILE = "boxes.json"
 
@@ -147,8 +148,7 @@ def crops_from_items(items: Sequence[Item], meta: ModelMeta, max_images: int = 2
 
     Annotated faces are boxed from their GT landmarks (:func:`chs.runtime.evaluate.sample_box`); an image
     without a box is used whole. Unreadable images and unusable boxes are skipped with a warning."""
-    if max_images < 1:
-        raise ChsError(f"max_images must be >= 1, got {max_images}")
+    whole_number(max_images, "max_images", 1)
     if not items:
         raise ChsError(f"no calibration images in {source}")
     crops = []
@@ -188,8 +188,7 @@ def load_calibration_crops(source: str | os.PathLike, meta: ModelMeta, max_image
     ``boxes.json`` ({"file.jpg": [x0, y0, x1, y1]}); an image without a box is used whole. Unreadable
     images and unusable boxes are skipped with a warning naming the file.
     """
-    if max_images < 1:
-        raise ChsError(f"max_images must be >= 1, got {max_images}")
+    whole_number(max_images, "max_images", 1)
     items, _ = calibration_items(source)
     return crops_from_items(items, meta, max_images, seed, str(source))
 

@@ -12,6 +12,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from chs.runtime.artifact import INPUT_NAME
 from chs.runtime.errors import ChsError
+from chs.runtime.options import whole_number
 
 
 class CropReader(CalibrationDataReader):
@@ -21,8 +22,7 @@ class CropReader(CalibrationDataReader):
         x = np.ascontiguousarray(crops, dtype=np.float32)
         if x.ndim != 4 or len(x) == 0:
             raise ChsError(f"calibration crops must be a non-empty (N, 3, S, S) array, got shape {tuple(x.shape)}")
-        if batch_size < 1:
-            raise ChsError(f"batch size must be >= 1, got {batch_size}")
+        whole_number(batch_size, "batch size", 1)
         self.crops, self.batch_size, self.input_name = x, int(batch_size), input_name
         self._start, self._end = 0, len(self)
         self._pos = 0

@@ -19,6 +19,7 @@ from chs.runtime.artifact import INPUT_NAME, META_KEY, OUTPUT_LANDMARKS, OUTPUT_
 from chs.runtime.backends.trt_sidecar import EngineSidecar, read_sidecar, sidecar_path_for
 from chs.runtime.contract import CONTRACT_FILE, io_contract, write_contract
 from chs.runtime.errors import ChsError
+from chs.runtime.options import whole_number
 
 _TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
 _KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
@@ -89,16 +90,13 @@ class TritonModelSettings:
     instance_kind: str | None = None
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1:
-            raise ChsError(f"max_batch must be >= 1, got {self.max_batch}")
+        whole_number(self.max_batch, "max_batch", 1)
         pref = tuple(sorted({int(b) for b in self.preferred_batch}))
         if any(b < 1 or b > self.max_batch for b in pref):
             raise ChsError(f"preferred batch sizes {list(self.preferred_batch)} must lie in 1..{self.max_batch}")
         object.__setattr__(self, "preferred_batch", pref)
-        if self.max_queue_delay_us < 0:
-            raise ChsError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
-        if self.instance_count < 1:
-            raise ChsError(f"instance_count must be >= 1, got {self.instance_count}")
+        whole_number(self.max_queue_delay_us, "max_queue_delay_us", 0)
+        whole_number(self.instance_count, "instance_count", 1)
         if self.instance_kind is not None and self.instance_kind not in _KINDS:
             raise ChsError(f"instance_kind must be one of {', '.join(_KINDS)}, got {self.instance_kind!r}")
 

@@ -12,9 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from chs.benchmarks.request import BenchRequest
+from chs.calibration.reader import CropReader
 from chs.cli import eval_app, export_app, train_app
 from chs.export import pipeline
 from chs.export.pipeline import ExportOptions, run_export
+from chs.export.triton import TritonModelSettings
 from chs.model.checkpoint import save_checkpoint
 from chs.model.chs import build_model
 from chs.model.config import get_preset
@@ -261,3 +264,27 @@ def test_forced_export_replaces_the_previous_one_whole(ckpt, tmp_path):
     assert report["ccr"] == 0 and report["files"] == {"fp32": "model_fp32.onnx"}
     assert not (out / "model_fp16.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]  # no temporary folders left beside it
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TritonModelSettings(max_batch=2.5),
+     "max_batch must be a whole number, got 2.5"),
+    (lambda: TritonModelSettings(instance_count=0),
+     "instance_count must be >= 1, got 0"),
+    (lambda: TritonModelSettings(max_queue_delay_us=1.5),
+     "max_queue_delay_us must be a whole number, got 1.5"),
+    (lambda: CropReader(torch.zeros(2, 3, 8, 8).numpy(), 1.5),
+     "batch size must be a whole number, got 1.5"),
+    (lambda: BenchRequest("default", repeats=2.5),
+     "--repeats must be a whole number, got 2.5"),
+    (lambda: BenchRequest("default", batches=(1, 0)),
+     "batch sizes must be >= 1, got 0"),
+    (lambda: BenchRequest("default", threads=1.5),
+     "--threads must be >= 1 (or left out for the default), got 1.5"),
+])
+def test_library_counts_are_whole_numbers(make, message):
+    """Counts given through the Python API (not typer, which parses ints) are refused with one line when they are
+    fractions or too small, instead of failing later inside ONNX Runtime, Triton or a range()."""
+    with pytest.raises(ChsError) as err:
+        make()
+    assert str(err.value) == message
