@@ -23,9 +23,13 @@ int8 convolutions save (0.9x FP32 on AMD Zen 4). This form:
 - keeps the bilinear Resize in float (quantizing it cost 0.02-0.03 NME points on ytf68 val for little time),
   and the float32 region (heatmap head, decode, RoiAlign, CCR regression head) as the Q/DQ files do.
 
+The file is then saved after ONNX Runtime's own layout pass with the Transposes that pass adds written in a form
+that does not slow down on a second thread (:mod:`chs.calibration.ort_layout`).
+
 Measured (bundled model, ytf68 val, AMD Zen 4 with 2 cores, ORT 1.32, 2 intra-op threads, sessions timed
 in alternating blocks): NME 3.945 % vs FP32 3.926 % (1 CCR), 3.955 % vs 3.941 % (2 CCR); 1.33x / 1.31x FP32
-speed at batch 1 / 8 (1 CCR), 1.33x / 1.36x (2 CCR); on one thread 1.65x / 1.71x. Tried and not kept:
+speed at batch 1 / 8 (1 CCR), 1.33x / 1.36x (2 CCR); on one thread 1.65x / 1.71x; after the layout pass,
+~1.45x / 1.47x (one 2-thread session; the pass is described above). Tried and not kept:
 BN -> ReLU -> Conv as a per-channel Add -> ReLU -> Conv with the BN scale folded into the conv weights
 (exact here, every BN scale is positive, but ORT's broadcasting QLinearAdd is slower than the depthwise
 QLinearConv: 1.0x FP32), per-tensor weights (no gain on 2 threads, +0.008 NME points), quantized Resize

@@ -4,7 +4,8 @@ TensorRT 11 has no implicit INT8 calibration: the ONNX carries the precision. Tw
 of ranges: ``s8s8`` (symmetric int8 activations, zero points 0, float bias: plain Q/DQ around the
 convolutions, what TensorRT accepts and fuses) and ``u8s8`` (uint8 activations in ONNX Runtime's operator
 format with BatchNorm, Add, Concat and pooling quantized too: the form ORT's CPU kernels run fast, see
-:mod:`chs.calibration.ort_cpu`; ``ort_cpu=False`` gives the plain Q/DQ u8s8 file instead). Weights are
+:mod:`chs.calibration.ort_cpu`, saved after ORT's own layout pass, :mod:`chs.calibration.ort_layout`;
+``ort_cpu=False`` gives the plain Q/DQ u8s8 file instead). Weights are
 per-channel symmetric int8 in both. Nodes in ``exclude`` (the heatmap head, decode, RoiAlign, CCR
 regression head) stay float; in the Q/DQ files they read float tensors: a shared Q/DQ pair in front of a
 Conv is not allowed to leak into them.
@@ -28,6 +29,7 @@ from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from chs.calibration.ort_cpu import quantize_ort_cpu
+from chs.calibration.ort_layout import ort_cpu_layout
 from chs.model.sensitive import float32_nodes
 from chs.runtime.artifact import read_onnx_meta, write_onnx_meta
 from chs.runtime.errors import ChsError, first_line
@@ -165,7 +167,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
     )
     try:
         if flavour == "u8s8" and ort_cpu:
-            q = quantize_ort_cpu(model, tensors, exclude)
+            q = ort_cpu_layout(quantize_ort_cpu(model, tensors, exclude))
         else:
             q = _quantize_qdq(model, tensors, exclude, flavour)
     except Exception as e:  # ORT raises bare ValueError/KeyError, e.g. for a tensor without a range

@@ -242,10 +242,22 @@ def test_u8s8_qdq_form_has_unsigned_activations(fp32_path, ranges):
     assert weight_zps and all(z.dtype == np.int8 and not z.any() for z in weight_zps)
 
 
-def test_u8s8_ort_cpu_form(int8_paths, fp32_path):
+@pytest.fixture(scope="module")
+def u8s8_form(fp32_path, ranges, tmp_path_factory) -> Path:
+    """The u8s8 file as ``quantize_ort_cpu`` writes it, before ORT's layout pass (which renames and fuses)."""
+    import chs.calibration.quantize as quantize
+
+    path = tmp_path_factory.mktemp("form") / "u8s8_form.onnx"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(quantize, "ort_cpu_layout", lambda model: model)
+        quantize_int8(fp32_path, path, ranges, "u8s8")
+    return path
+
+
+def test_u8s8_ort_cpu_form(u8s8_form, fp32_path):
     """uint8 activations, symmetric per-channel int8 weights, trunk BN/Add/Concat/pooling quantized, the
     float32 region untouched."""
-    model = onnx.load(str(int8_paths["u8s8"]))
+    model = onnx.load(str(u8s8_form))
     assert ModelMeta.from_props({p.key: p.value for p in model.metadata_props}).precision == "int8-u8s8"
     inits, producer, _ = _qdq_facts(model)
     ops = [n.op_type for n in model.graph.node]
@@ -278,6 +290,49 @@ def test_u8s8_ort_cpu_form(int8_paths, fp32_path):
     for n in model.graph.node:
         if n.op_type in ("RoiAlign", "ArgMax"):
             assert all(producer[i].op_type not in ("QuantizeLinear",) for i in n.input if i in producer)
+
+
+def test_u8s8_file_is_saved_after_orts_layout_pass_with_two_axis_transposes(int8_paths, u8s8_form, crops):
+    """The shipped u8s8 file is ORT's optimized graph (no NCHWc: portable across x86 CPUs) whose NCHW -> NHWC
+    Transposes moved into two-axis form; it answers bit for bit what the form before the pass answers."""
+    from chs.calibration.ort_layout import NCHW_TO_NHWC, TWO_AXES
+
+    model = onnx.load(str(int8_paths["u8s8"]))
+    assert ModelMeta.from_props({p.key: p.value for p in model.metadata_props}).precision == "int8-u8s8"
+    assert {n.domain for n in model.graph.node} <= {"", "com.microsoft"}  # no com.microsoft.nchwc kernels
+    perms = [list(a.ints) for n in model.graph.node if n.op_type == "Transpose" for a in n.attribute]
+    assert NCHW_TO_NHWC not in perms and perms.count(TWO_AXES) >= 2, perms  # the input's and a Concat's at least
+    assert any(n.op_type == "QLinearConv" and any(a.name == "channels_last" and a.i for a in n.attribute)
+               for n in model.graph.node)  # ORT's NHWC int8 convolutions, as its own load would make them
+    for batch in (crops[:1], crops):
+        before = OrtRunner(u8s8_form, providers="cpu").infer(batch)
+        after = OrtRunner(int8_paths["u8s8"], providers="cpu").infer(batch)
+        for key in before:
+            np.testing.assert_array_equal(after[key], before[key])
+
+
+def test_two_axis_transposes_move_the_same_bytes():
+    from onnx import helper
+
+    from chs.calibration.ort_layout import two_axis_transposes
+
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1], name="t"),
+         helper.make_node("Transpose", ["t"], ["y"], perm=[0, 3, 1, 2], name="back"),
+         helper.make_node("Transpose", ["x"], ["z"], perm=[0, 2, 3, 1], name="z")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 67, 5, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 67, 5, 3]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 5, 3, 67])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert two_axis_transposes(model) == 2
+    assert [n.op_type for n in model.graph.node].count("Transpose") == 3
+    onnx.checker.check_model(model, full_check=True)
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((3, 67, 5, 3)).astype(np.float32)
+    y, z = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(z, x.transpose(0, 2, 3, 1))
 
 
 def test_batchnorm_as_depthwise_conv_is_exact(fp32_path, crops, tmp_path):
