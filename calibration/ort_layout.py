@@ -45,7 +45,14 @@ def ort_optimized(model: onnx.ModelProto) -> onnx.ModelProto:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         _session(model, options)
-        return onnx.load(options.optimized_model_filepath)
+        optimized = onnx.load(options.optimized_model_filepath)
+    # ORT declares every domain it knows (ai.onnx.ml 5, com.microsoft.nchwc, ...); an older ONNX Runtime refuses
+    # a version it does not know even when no node uses it: keep the domains the graph uses
+    used = {n.domain for n in optimized.graph.node} | {""}
+    kept = [o for o in optimized.opset_import if o.domain in used]
+    del optimized.opset_import[:]
+    optimized.opset_import.extend(kept)
+    return optimized
 
 
 def _input_shapes(model: onnx.ModelProto, tensors: list[str]) -> dict[str, tuple[int, ...]]:

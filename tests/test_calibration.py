@@ -300,6 +300,7 @@ def test_u8s8_file_is_saved_after_orts_layout_pass_with_two_axis_transposes(int8
     model = onnx.load(str(int8_paths["u8s8"]))
     assert ModelMeta.from_props({p.key: p.value for p in model.metadata_props}).precision == "int8-u8s8"
     assert {n.domain for n in model.graph.node} <= {"", "com.microsoft"}  # no com.microsoft.nchwc kernels
+    assert {o.domain for o in model.opset_import} == {"", "com.microsoft"}  # nor imports an older ORT may refuse
     perms = [list(a.ints) for n in model.graph.node if n.op_type == "Transpose" for a in n.attribute]
     assert NCHW_TO_NHWC not in perms and perms.count(TWO_AXES) >= 2, perms  # the input's and a Concat's at least
     assert any(n.op_type == "QLinearConv" and any(a.name == "channels_last" and a.i for a in n.attribute)
