@@ -79,6 +79,9 @@ class BoxBook:
                 b = b[None]
             if b.size and (b.ndim != 2 or b.shape[1] != 4):
                 raise ChsError(f"boxes file {p}: '{key}' is not a list of [x0, y0, x1, y1] boxes")
+            bad = np.flatnonzero(~np.isfinite(b.reshape(-1, 4)).all(axis=1))
+            if bad.size:  # found before any work (size and placement need the image: checked then)
+                raise ChsError(f"boxes file {p}: '{key}' box {bad[0]} holds NaN or infinity")
             entries[str(key)] = b.reshape(-1, 4)
         return cls(entries)
 
@@ -247,12 +250,12 @@ def align(opts: AlignOptions) -> None:
         return
     if not inputs:
         raise ChsError("no inputs: give image files, folders or videos (or try --demo)")
+    book = BoxBook.read(opts.boxes) if opts.boxes is not None else BoxBook({})  # before --out is made
     if out is not None:
         check_output_dir(out)
     items, skipped = collect_inputs(inputs)
     if not items:
         raise ChsError("no images or videos found in the given folders")
-    book = BoxBook.read(opts.boxes) if opts.boxes is not None else BoxBook({})
     runtime = opts.runtime()
     names = OutputNames(Path(out)) if out is not None else None
     stats = {"images": 0, "faces": 0, "skipped": skipped, "videos": 0, "frames": 0, "detector_calls": 0, "cut_short": 0}

@@ -259,7 +259,13 @@ def annotate_video(runtime: LandmarkRuntime, src: str | os.PathLike, dst: str | 
     try:
         if tracker is not None:
             for n, frame in enumerate(reader, start=1):
-                faces = tracker.update(frame, boxes(n - 1) if boxes is not None else None)
+                given = boxes(n - 1) if boxes is not None else None
+                try:
+                    faces = tracker.update(frame, given)
+                except ChsError as e:  # a given box that does not fit this frame: say which frame
+                    if given is None:
+                        raise
+                    raise ChsError(f"{reader.path} frame {n - 1}: {e}") from None
                 if writer is not None:
                     writer.write(draw_faces(frame, faces, copy=False))
                 yield n - 1, faces

@@ -167,6 +167,25 @@ def test_phone_and_web_video_containers_are_videos(tiny_onnx, tmp_path):
                                                                       ("b.3gp", 1)]
 
 
+def test_bad_video_boxes_name_the_key_or_the_frame_and_write_nothing(tiny_onnx, tmp_path):
+    """NaN in the boxes file is refused before any work, naming its key; a box that does not fit a frame (known
+    only once the frame is read) names the video and the frame; neither leaves an output behind."""
+    src = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 80))
+    for i in range(5):
+        writer.write(_image(80, 96, i)[..., ::-1])
+    writer.release()
+    nan = _boxes_file(tmp_path / "nan.json", {"clip.mp4": [[10, 10, 70, 70]],
+                                              "clip.mp4#2": [[10, 10, float("nan"), 70]]})
+    _one_error_line(_run(src, "--model", tiny_onnx, "--boxes", nan, "--out", tmp_path / "o1"),
+                    f"boxes file {nan}: 'clip.mp4#2' box 0 holds NaN or infinity")
+    assert not (tmp_path / "o1").exists()
+    far = _boxes_file(tmp_path / "far.json", {"clip.mp4": [[10, 10, 70, 70]], "clip.mp4#3": [[10, 10, 1e9, 70]]})
+    line = _one_error_line(_run(src, "--model", tiny_onnx, "--boxes", far, "--out", tmp_path / "o2", "--json"))
+    assert line.startswith(f"error: {src} frame 3: box 0:") and "beyond" in line, line
+    assert not any(p.is_file() for p in (tmp_path / "o2").rglob("*"))
+
+
 def test_video(tiny_onnx, tmp_path):
     src = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 80))
