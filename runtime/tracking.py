@@ -30,6 +30,28 @@ if TYPE_CHECKING:
 
 # two tracks whose faces overlap this much follow one face: the younger one is dropped
 DUPLICATE_IOU = 0.5
+NEW, TAKEN = -1, -2  # what _match says of a box: a face no track follows; its track went to a better-matching box
+
+
+def _match(boxes: np.ndarray, track_boxes: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
+    """(box index, track index or NEW / TAKEN) for each box, the best-overlapping boxes first: each box continues
+    the track it overlaps most if that overlap reaches ``min_iou`` and no better-matching box took the track."""
+    if len(boxes) and len(track_boxes):
+        iou = box_iou(boxes, track_boxes)
+    else:
+        iou = np.zeros((len(boxes), len(track_boxes)))
+    claimed: set[int] = set()
+    out = []
+    for d in np.argsort(-iou.max(axis=1) if iou.size else np.zeros(len(boxes)), kind="stable"):
+        j = int(iou[d].argmax()) if iou.shape[1] else -1
+        if j < 0 or iou[d, j] < min_iou:
+            out.append((int(d), NEW))
+        elif j in claimed:
+            out.append((int(d), TAKEN))
+        else:
+            claimed.add(j)
+            out.append((int(d), j))
+    return out
 
 
 @dataclass(frozen=True)
@@ -152,17 +174,10 @@ class FaceTracker:
         if not tracks or due or not all(ok):
             det = np.array([b for b in self._detect(image) if _inside(b, image.shape, 0.0)]).reshape(-1, 4)
             current = np.array([f.box for f in faces]).reshape(-1, 4)
-            claimed: set[int] = set()
-            retry: list[tuple[int, np.ndarray]] = []  # (track index or -1 for a new face, box)
-            iou = box_iou(det, current) if len(det) and len(current) else np.zeros((len(det), len(current)))
-            for d in np.argsort(-iou.max(axis=1) if iou.size else np.zeros(len(det)), kind="stable"):
-                j = int(iou[d].argmax()) if iou.shape[1] else -1
-                if j >= 0 and iou[d, j] >= s.match_iou and j not in claimed:
-                    claimed.add(j)
-                    if not ok[j]:
-                        retry.append((j, det[d]))  # a weak track re-seeded from its detection
-                elif j < 0 or iou[d, j] < s.match_iou:
-                    retry.append((-1, det[d]))
+            retry: list[tuple[int, np.ndarray]] = []  # (track index or NEW for a new face, box)
+            for d, j in _match(det, current, s.match_iou):
+                if j == NEW or (j >= 0 and not ok[j]):  # a new face, or a weak track re-seeded from its detection
+                    retry.append((j, det[d]))
             redo = self.runtime.predict(image, [b for _, b in retry]) if retry else []
             for (j, _), face in zip(retry, redo, strict=True):  # the detector vouches for these faces
                 if j >= 0:
@@ -190,18 +205,10 @@ class FaceTracker:
         self._last_detection = self.frames  # they stand in for a detection: the redetect schedule starts again
         current = np.array([f.box for f in faces]).reshape(-1, 4)
         previous = np.array([t.box for t in self._tracks]).reshape(-1, 4)
-        iou = box_iou(current, previous) if len(current) and len(previous) else np.zeros((len(current), 0))
-        tracks: list[_Track | None] = [None] * len(faces)
-        claimed: set[int] = set()
-        for i in np.argsort(-iou.max(axis=1) if iou.shape[1] else np.zeros(len(faces)), kind="stable"):
-            j = int(iou[i].argmax()) if iou.shape[1] else -1
-            if j >= 0 and iou[i, j] >= self.settings.match_iou and j not in claimed:
-                claimed.add(j)
-                tracks[i] = self._tracks[j]
-        for i, face in enumerate(faces):
-            if tracks[i] is None:
-                tracks[i] = self._new_track(face.landmarks)
-        return self._emit([t for t in tracks if t is not None], faces)
+        continued = {i: j for i, j in _match(current, previous, self.settings.match_iou) if j >= 0}
+        tracks = [self._tracks[continued[i]] if i in continued else self._new_track(face.landmarks)
+                  for i, face in enumerate(faces)]
+        return self._emit(tracks, faces)
 
     def _emit(self, tracks: list[_Track], faces: list[Face]) -> list[Face]:
         """The frame's answer: each face smoothed on its track; these tracks are the ones followed next frame."""
