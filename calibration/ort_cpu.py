@@ -20,16 +20,22 @@ int8 convolutions save (0.9x FP32 on AMD Zen 4). This form:
   quantized, instead of a DequantizeLinear pass over the feature map in front of a float ReduceMean;
 - quantizes the float32 region's Concats that only quantized convs read (each CCR stage's features +
   heatmap slice): their output was quantized anyway;
-- keeps the bilinear Resize in float (quantizing it cost 0.02-0.03 NME points on ytf68 val for little time),
-  and the float32 region (heatmap head, decode, RoiAlign, CCR regression head) as the Q/DQ files do.
+- gives each CCR stage's regression fc int8 weights in ONNX Runtime's DynamicQuantizeMatMul, its input
+  quantized on its own range at every call (:func:`regression_fc_dynamic`);
+- keeps the bilinear Resize in float (quantizing it cost 0.02-0.03 NME points on ytf68 val for little time:
+  ORT's uint8 Resize truncates, 0.46 steps low on average, where DequantizeLinear -> Resize -> QuantizeLinear
+  rounds), and the rest of the float32 region (heatmap head, decode, RoiAlign, the CCR's 1x1 output conv) as the
+  Q/DQ files do.
 
 The file is then saved after ONNX Runtime's own layout pass with the Transposes that pass adds written in a form
-that does not slow down on a second thread (:mod:`chs.calibration.ort_layout`).
+that does not slow down on a second thread (:mod:`chs.calibration.ort_layout`), and each CCR stage's RoiAlign
+as a window gather and two MatMuls (:mod:`chs.calibration.ort_roi_align`).
 
 Measured (bundled model, ytf68 val, AMD Zen 4 with 2 cores, ORT 1.32, 2 intra-op threads, sessions timed
 in alternating blocks): NME 3.945 % vs FP32 3.926 % (1 CCR), 3.955 % vs 3.941 % (2 CCR); 1.33x / 1.31x FP32
 speed at batch 1 / 8 (1 CCR), 1.33x / 1.36x (2 CCR); on one thread 1.65x / 1.71x; after the layout pass,
-~1.45x / 1.47x (one 2-thread session; the pass is described above). Tried and not kept:
+~1.45x / 1.47x (one 2-thread session; the pass is described above); with the windowed RoiAlign, 1.52x at batch
+1 for 1 CCR and 1.66x for 2 CCR (``chs-bench tradeoff``). Tried and not kept:
 BN -> ReLU -> Conv as a per-channel Add -> ReLU -> Conv with the BN scale folded into the conv weights
 (exact here, every BN scale is positive, but ORT's broadcasting QLinearAdd is slower than the depthwise
 QLinearConv: 1.0x FP32), per-tensor weights (no gain on 2 threads, +0.008 NME points), quantized Resize
@@ -44,6 +50,8 @@ Transposes and a channel-last Concat cost as much; ``benchmarks/results/cpu-ytf6
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -51,6 +59,8 @@ from onnxruntime.quantization import QuantType
 from onnxruntime.quantization.calibrate import TensorData, TensorsData
 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 from onnxruntime.quantization.quant_utils import QuantizationMode
+
+from chs.model.sensitive import param_module
 
 # op types quantized in the ORT CPU form (Resize stays float: see the module docstring)
 ORT_CPU_OPS = ("Conv", "Gemm", "MatMul", "Add", "Concat", "AveragePool", "MaxPool", "Relu", "Mul",
@@ -60,6 +70,7 @@ DW_SUFFIX = "_as_depthwise"
 QUANTIZED_PRODUCERS = ("Conv", "Add", "Concat", "AveragePool", "MaxPool")
 # ... unless that widens an input's own range more than this (3 bits; the bundled model's widest is 3.7x)
 SHARED_RANGE_MAX_WIDENING = 8.0
+FC_MODULE = re.compile(r"^ccr\.\d+\.fc$")
 
 
 def batchnorm_as_depthwise_conv(model: onnx.ModelProto, exclude: set[str]) -> int:
@@ -229,6 +240,47 @@ def avgpool_as_depthwise_conv(model: onnx.ModelProto, exclude: set[str]) -> int:
     return replaced
 
 
+def regression_fc_dynamic(model: onnx.ModelProto) -> int:
+    """Each CCR stage's regression Gemm (``ccr.<k>.fc``, float in the other files) as ONNX Runtime's
+    DynamicQuantizeMatMul: per-output symmetric int8 weights, the input quantized to uint8 on its own range at
+    every call, float out. Its 3400 x 136 float weights (1.8 MB) are read from memory at every call, so the float
+    Gemm takes 30-60 us inside the model at batch 1; int8 weights are a quarter of that. On the bundled model (1 CCR,
+    batch 1, 2 threads, alternating rounds): INT8 1.88 -> 1.83-1.85 ms; the landmarks move by at most 0.016 px (of
+    128) and the gate's ΔNME stays +0.0204 points. Returns how many."""
+    inits = {t.name: t for t in model.graph.initializer}
+    replaced = 0
+    for i, node in enumerate(model.graph.node):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        bias = [b for b in node.input[2:] if b]
+        if (node.op_type != "Gemm" or node.input[1] not in inits or any(b not in inits for b in bias)
+                or not FC_MODULE.match(param_module(node.input[1]) or "") or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        w = w.T if attrs.get("transB", 0) else w  # (K, N)
+        if any(numpy_helper.to_array(inits[b]).shape != (w.shape[1],) for b in bias):  # DynamicQuantizeMatMul: 1-D
+            continue
+        scale = np.maximum(np.abs(w).max(axis=0), np.finfo(np.float32).tiny) / 127.0
+        prefix = f"{node.name}_dynamic"
+        model.graph.initializer.extend([
+            numpy_helper.from_array(np.clip(np.round(w / scale), -127, 127).astype(np.int8), f"{prefix}_w"),
+            numpy_helper.from_array(scale.astype(np.float32), f"{prefix}_w_scale"),
+            numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{prefix}_w_zero")])
+        model.graph.node.remove(node)
+        model.graph.node.insert(i, helper.make_node(
+            "DynamicQuantizeMatMul", [node.input[0], f"{prefix}_w", f"{prefix}_w_scale", f"{prefix}_w_zero", *bias],
+            list(node.output), name=prefix, domain="com.microsoft"))
+        replaced += 1
+    if replaced:
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        used = {i for n in model.graph.node for i in n.input}
+        kept = [t for t in model.graph.initializer if t.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+    return replaced
+
+
 def quantize_ort_cpu(model: onnx.ModelProto, tensors: TensorsData, exclude: set[str]) -> onnx.ModelProto:
     """u8s8 in ONNX Runtime's operator format: uint8 activations, symmetric per-channel int8 weights,
     ``exclude`` left float (they read DequantizeLinear outputs), and so are ops on tensors that have no
@@ -249,7 +301,9 @@ def quantize_ort_cpu(model: onnx.ModelProto, tensors: TensorsData, exclude: set[
     )
     quantized = quantizer.quantize_model()
     quantizer.model.topological_sort()
+    regression_fc_dynamic(quantized)
     return quantized
 
 
-__all__ = ["ORT_CPU_OPS", "avgpool_as_depthwise_conv", "batchnorm_as_depthwise_conv", "quantize_ort_cpu"]
+__all__ = ["ORT_CPU_OPS", "avgpool_as_depthwise_conv", "batchnorm_as_depthwise_conv", "quantize_ort_cpu",
+           "regression_fc_dynamic"]

@@ -29,6 +29,7 @@ from onnx import helper, numpy_helper
 HARDWARE_SPECIFIC_PASSES = ["NchwcTransformer"]
 NCHW_TO_NHWC = [0, 2, 3, 1]
 TWO_AXES = [0, 3, 4, 1, 2]  # (N, 1, C, H, W) -> (N, H, W, 1, C)
+_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int64)": np.int64}
 
 
 def _session(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
@@ -55,8 +56,9 @@ def ort_optimized(model: onnx.ModelProto) -> onnx.ModelProto:
     return optimized
 
 
-def _input_shapes(model: onnx.ModelProto, tensors: list[str]) -> dict[str, tuple[int, ...]]:
-    """Shapes of ``tensors`` for one zero input (batch 1), read through Shape nodes (no element types needed)."""
+def input_shapes(model: onnx.ModelProto, tensors: list[str]) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``tensors`` for zero inputs (every free dimension 1: batch 1), read through Shape nodes (no
+    element types needed)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     for i, name in enumerate(tensors):
@@ -65,8 +67,8 @@ def _input_shapes(model: onnx.ModelProto, tensors: list[str]) -> dict[str, tuple
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the graph as written
     session = _session(probe, options)
-    (x,) = session.get_inputs()
-    feed = {x.name: np.zeros([1] + [int(d) for d in x.shape[1:]], np.float32)}
+    feed = {x.name: np.zeros([d if isinstance(d, int) else 1 for d in x.shape], _DTYPES[x.type])
+            for x in session.get_inputs()}
     outputs = session.run([f"chs_probe_shape_{i}" for i in range(len(tensors))], feed)
     return {name: tuple(int(d) for d in shape) for name, shape in zip(tensors, outputs, strict=True)}
 
@@ -78,7 +80,7 @@ def two_axis_transposes(model: onnx.ModelProto) -> int:
                and [list(a.ints) for a in n.attribute if a.name == "perm"] == [NCHW_TO_NHWC]]
     if not targets:
         return 0
-    shapes = _input_shapes(model, [n.input[0] for n in targets])
+    shapes = input_shapes(model, [n.input[0] for n in targets])
     rewritten = {n.name for n in targets if len(shapes[n.input[0]]) == 4}
     nodes = []
     for n in model.graph.node:
@@ -105,4 +107,5 @@ def ort_cpu_layout(model: onnx.ModelProto) -> onnx.ModelProto:
     return optimized
 
 
-__all__ = ["HARDWARE_SPECIFIC_PASSES", "ort_cpu_layout", "ort_optimized", "two_axis_transposes"]
+__all__ = ["HARDWARE_SPECIFIC_PASSES", "NCHW_TO_NHWC", "TWO_AXES", "input_shapes", "ort_cpu_layout", "ort_optimized",
+           "two_axis_transposes"]

@@ -4,7 +4,7 @@ TensorRT 11 has no implicit INT8 calibration: the ONNX carries the precision. Tw
 of ranges: ``s8s8`` (symmetric int8 activations, zero points 0, float bias: plain Q/DQ around the
 convolutions, what TensorRT accepts and fuses) and ``u8s8`` (uint8 activations in ONNX Runtime's operator
 format with BatchNorm, Add, Concat and pooling quantized too: the form ORT's CPU kernels run fast, see
-:mod:`chs.calibration.ort_cpu`, saved after ORT's own layout pass, :mod:`chs.calibration.ort_layout`;
+:mod:`chs.calibration.ort_cpu`, saved after ORT's own layout pass with its RoiAlign windowed, :func:`ort_cpu_file`;
 ``ort_cpu=False`` gives the plain Q/DQ u8s8 file instead). Weights are
 per-channel symmetric int8 in both. Nodes in ``exclude`` (the heatmap head, decode, RoiAlign, CCR
 regression head) stay float; in the Q/DQ files they read float tensors: a shared Q/DQ pair in front of a
@@ -30,6 +30,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from chs.calibration.ort_cpu import quantize_ort_cpu
 from chs.calibration.ort_layout import ort_cpu_layout
+from chs.calibration.ort_roi_align import windowed_roi_aligns
 from chs.model.sensitive import float32_nodes
 from chs.runtime.artifact import read_onnx_meta, write_onnx_meta
 from chs.runtime.errors import ChsError, first_line
@@ -142,6 +143,15 @@ def _quantize_qdq(model: onnx.ModelProto, tensors: TensorsData, exclude: set[str
     return q
 
 
+def ort_cpu_file(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The u8s8 operator form as it is saved: ONNX Runtime's optimized graph with its layout Transposes in two-axis
+    form (:mod:`chs.calibration.ort_layout`) and each CCR stage's RoiAlign as a window gather and two MatMuls
+    (:mod:`chs.calibration.ort_roi_align`)."""
+    optimized = ort_cpu_layout(model)
+    windowed_roi_aligns(optimized)
+    return optimized
+
+
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | None,
                   ranges: dict[str, tuple[float, float]], flavour: str = "s8s8",
                   exclude: set[str] | None = None, ort_cpu: bool = True) -> onnx.ModelProto:
@@ -167,7 +177,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
     )
     try:
         if flavour == "u8s8" and ort_cpu:
-            q = ort_cpu_layout(quantize_ort_cpu(model, tensors, exclude))
+            q = ort_cpu_file(quantize_ort_cpu(model, tensors, exclude))
         else:
             q = _quantize_qdq(model, tensors, exclude, flavour)
     except Exception as e:  # ORT raises bare ValueError/KeyError, e.g. for a tensor without a range
@@ -183,4 +193,4 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
     return q
 
 
-__all__ = ["FLAVOURS", "QUANTIZED_OPS", "quantize_int8"]
+__all__ = ["FLAVOURS", "QUANTIZED_OPS", "ort_cpu_file", "quantize_int8"]
