@@ -34,8 +34,9 @@ as a window gather and two MatMuls (:mod:`chs.calibration.ort_roi_align`).
 Measured (bundled model, ytf68 val, AMD Zen 4 with 2 cores, ORT 1.32, 2 intra-op threads, sessions timed
 in alternating blocks): NME 3.945 % vs FP32 3.926 % (1 CCR), 3.955 % vs 3.941 % (2 CCR); 1.33x / 1.31x FP32
 speed at batch 1 / 8 (1 CCR), 1.33x / 1.36x (2 CCR); on one thread 1.65x / 1.71x; after the layout pass,
-~1.45x / 1.47x (one 2-thread session; the pass is described above); with the windowed RoiAlign, 1.52x at batch
-1 for 1 CCR and 1.66x for 2 CCR (``chs-bench tradeoff``). Tried and not kept:
+~1.45x / 1.47x (one 2-thread session; the pass is described above); with the CCR stage's RoiAlign windowed and its
+fc in int8 (below and :mod:`chs.calibration.ort_roi_align`), ~1.5x at batch 1 for 1 CCR and ~1.55x for 2 CCR, 1.9x /
+2.1x at batch 8 over two single-thread sessions (``chs-bench tradeoff``). Tried and not kept:
 BN -> ReLU -> Conv as a per-channel Add -> ReLU -> Conv with the BN scale folded into the conv weights
 (exact here, every BN scale is positive, but ORT's broadcasting QLinearAdd is slower than the depthwise
 QLinearConv: 1.0x FP32), per-tensor weights (no gain on 2 threads, +0.008 NME points), quantized Resize
