@@ -29,7 +29,8 @@ from onnx import helper, numpy_helper
 HARDWARE_SPECIFIC_PASSES = ["NchwcTransformer"]
 NCHW_TO_NHWC = [0, 2, 3, 1]
 TWO_AXES = [0, 3, 4, 1, 2]  # (N, 1, C, H, W) -> (N, H, W, 1, C)
-_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int64)": np.int64}
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
+           "tensor(int8)": np.int8, "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
 
 
 def _session(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
