@@ -101,12 +101,5 @@ def two_axis_transposes(model: onnx.ModelProto) -> int:
     return len(rewritten)
 
 
-def ort_cpu_layout(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ORT's optimized form of the u8s8 ``model`` with its NCHW -> NHWC Transposes in two-axis form."""
-    optimized = ort_optimized(model)
-    two_axis_transposes(optimized)
-    return optimized
-
-
-__all__ = ["HARDWARE_SPECIFIC_PASSES", "NCHW_TO_NHWC", "TWO_AXES", "input_shapes", "ort_cpu_layout", "ort_optimized",
+__all__ = ["HARDWARE_SPECIFIC_PASSES", "NCHW_TO_NHWC", "TWO_AXES", "input_shapes", "ort_optimized",
            "two_axis_transposes"]

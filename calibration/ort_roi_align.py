@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from chs.calibration.ort_layout import NCHW_TO_NHWC, TWO_AXES, input_shapes
+from chs.calibration.ort_layout import NCHW_TO_NHWC, input_shapes
 
 NHWC_TO_NCHW = [0, 3, 1, 2]
 
@@ -97,8 +97,9 @@ class _Tail(NamedTuple):
 
 def _nhwc_tail(model: onnx.ModelProto, node: onnx.NodeProto,
                consumers: dict[str, list[onnx.NodeProto]]) -> _Tail | None:
-    """Concat(patches, coordinate channels) -> QuantizeLinear -> Reshape to (N, n * channels, S, S) -> NCHW -> NHWC
-    (plain or two-axis form) after ``node``, or None when the graph differs."""
+    """Concat(patches, coordinate channels) -> QuantizeLinear -> Reshape to (N, n * channels, S, S) -> Transpose NCHW
+    -> NHWC after ``node`` (the layout pass's Transposes are rewritten only afterwards), or None when the graph
+    differs."""
     cat = _only_consumer(consumers, node.output[0], "Concat")
     if cat is None or _attrs(cat).get("axis") != 1 or cat.input[0] != node.output[0]:
         return None
@@ -108,18 +109,10 @@ def _nhwc_tail(model: onnx.ModelProto, node: onnx.NodeProto,
     grouped = _only_consumer(consumers, q.output[0], "Reshape")
     if grouped is None:
         return None
-    path, last = [cat, q, grouped], grouped.output[0]
-    transpose = _only_consumer(consumers, last, "Transpose")
-    if transpose is not None and list(_attrs(transpose).get("perm", [])) == NCHW_TO_NHWC:
-        path.append(transpose)
-    else:
-        five = _only_consumer(consumers, last, "Reshape")
-        two = five and _only_consumer(consumers, five.output[0], "Transpose")
-        four = two and _only_consumer(consumers, two.output[0], "Reshape")
-        if four is None or list(_attrs(two).get("perm", [])) != TWO_AXES:
-            return None
-        path += [five, two, four]
-    return _Tail(cat, q, path, path[-1].output[0], grouped.output[0])
+    transpose = _only_consumer(consumers, grouped.output[0], "Transpose")
+    if transpose is None or list(_attrs(transpose).get("perm", [])) != NCHW_TO_NHWC:
+        return None
+    return _Tail(cat, q, [cat, q, grouped, transpose], transpose.output[0], grouped.output[0])
 
 
 def _rewrite(node: onnx.NodeProto, extent: float, shapes: dict[str, tuple[int, ...]],
@@ -187,9 +180,8 @@ def _rewrite(node: onnx.NodeProto, extent: float, shapes: dict[str, tuple[int, .
         x, x_scale, x_zero = source
         table = op("Reshape", [op("DequantizeLinear", [x, x_scale, x_zero], "map"),
                                const("table", np.array([-1, c], np.int64))], "table")
-    else:  # NCHW float -> NHWC rows, in the two-axis form (see ort_layout)
-        five = op("Reshape", [node.input[0], const("five", np.array([-1, 1, c, h, w], np.int64))], "five")
-        nhwc_map = op("Transpose", [five], "nhwc", perm=TWO_AXES)
+    else:  # NCHW float -> NHWC rows (the export's layout step then writes this Transpose in its two-axis form)
+        nhwc_map = op("Transpose", [node.input[0]], "nhwc", perm=NCHW_TO_NHWC)
         table = op("Reshape", [nhwc_map, const("table", np.array([-1, c], np.int64))], "table")
     block = op("Reshape", [op("Gather", [table, rows], "gather", axis=0),
                            const("block", np.array([-1, win, win * c], np.int64))], "block")  # (R, WIN, WIN * C)

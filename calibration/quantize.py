@@ -29,7 +29,7 @@ from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from chs.calibration.ort_cpu import quantize_ort_cpu
-from chs.calibration.ort_layout import ort_cpu_layout
+from chs.calibration.ort_layout import ort_optimized, two_axis_transposes
 from chs.calibration.ort_roi_align import windowed_roi_aligns
 from chs.model.sensitive import float32_nodes
 from chs.runtime.artifact import read_onnx_meta, write_onnx_meta
@@ -144,11 +144,12 @@ def _quantize_qdq(model: onnx.ModelProto, tensors: TensorsData, exclude: set[str
 
 
 def ort_cpu_file(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The u8s8 operator form as it is saved: ONNX Runtime's optimized graph with its layout Transposes in two-axis
-    form (:mod:`chs.calibration.ort_layout`) and each CCR stage's RoiAlign as a window gather and two MatMuls
-    (:mod:`chs.calibration.ort_roi_align`)."""
-    optimized = ort_cpu_layout(model)
+    """The u8s8 operator form as it is saved: ONNX Runtime's optimized graph (:mod:`chs.calibration.ort_layout`),
+    each CCR stage's RoiAlign as a window gather and two MatMuls (:mod:`chs.calibration.ort_roi_align`), then every
+    NCHW -> NHWC Transpose left, the layout pass's and the rewrite's, in its two-axis form."""
+    optimized = ort_optimized(model)
     windowed_roi_aligns(optimized)
+    two_axis_transposes(optimized)
     return optimized
 
 
