@@ -244,42 +244,32 @@ class VideoWriter:
 
 
 def annotate_video(runtime: LandmarkRuntime, src: str | os.PathLike, dst: str | os.PathLike | None = None,
-                   boxes: Callable[[int], Any] | None = None, batch_size: int = 8,
+                   boxes: Callable[[int], Any] | None = None,
                    tracker: FaceTracker | None = None) -> Iterator[tuple[int, list[Face]]]:
-    """Predict faces frame by frame; yields (frame index, faces) and, with ``dst``, writes the annotated video
+    """Track faces through a video file; yields (frame index, faces) and, with ``dst``, writes the annotated video
     (mp4v; complete or not at all).
 
-    ``boxes(frame_index)`` gives a frame's boxes, or None for none known. With a ``tracker`` (``runtime.tracker(fps)``)
-    faces are tracked and smoothed frame by frame, given boxes standing in for the tracker's own on their frames;
-    otherwise each frame is predicted on its own, ``batch_size`` frames per inference, the detector running on frames
-    without boxes. A video without a readable frame is a ChsError."""
+    ``tracker``: ``runtime.tracker(fps, settings)``; default: default settings at the video's fps (unsmoothed:
+    ``TrackerSettings(smooth=False)``; frames predicted independently of each other: ``runtime.predict_batch`` over
+    ``VideoReader(src)``). ``boxes(frame_index)`` gives a frame's boxes, or None for none known; given boxes stand in
+    for the tracker's own on their frames. A video without a readable frame is a ChsError."""
     reader = VideoReader(src)
+    if tracker is None:
+        tracker = runtime.tracker(reader.fps)
     writer = VideoWriter(dst, reader.fps) if dst is not None else None
     n = 0
     try:
-        if tracker is not None:
-            for n, frame in enumerate(reader, start=1):
-                given = boxes(n - 1) if boxes is not None else None
-                try:
-                    faces = tracker.update(frame, given)
-                except ChsError as e:  # a given box that does not fit this frame: say which frame
-                    if given is None:
-                        raise
-                    raise ChsError(f"{reader.path} frame {n - 1}: {e}") from None
-                if writer is not None:
-                    writer.write(draw_faces(frame, faces, copy=False))
-                yield n - 1, faces
-        else:
-            frames: list[np.ndarray] = []
-            for frame in reader:
-                frames.append(frame)
-                if len(frames) == batch_size:
-                    yield from _video_chunk(runtime, frames, n, boxes, writer)
-                    n += len(frames)
-                    frames = []
-            if frames:
-                yield from _video_chunk(runtime, frames, n, boxes, writer)
-                n += len(frames)
+        for n, frame in enumerate(reader, start=1):
+            given = boxes(n - 1) if boxes is not None else None
+            try:
+                faces = tracker.update(frame, given)
+            except ChsError as e:  # a given box that does not fit this frame: say which frame
+                if given is None:
+                    raise
+                raise ChsError(f"{reader.path} frame {n - 1}: {e}") from None
+            if writer is not None:
+                writer.write(draw_faces(frame, faces, copy=False))
+            yield n - 1, faces
         if n == 0:
             raise UnreadableVideo(f"video {reader.path} has no readable frames (empty, truncated or corrupt)")
     except BaseException:
@@ -290,15 +280,6 @@ def annotate_video(runtime: LandmarkRuntime, src: str | os.PathLike, dst: str | 
         reader.close()
     if writer is not None:
         writer.close()
-
-
-def _video_chunk(runtime: LandmarkRuntime, frames: list[np.ndarray], start: int,
-                 boxes: Callable[[int], Any] | None, writer: VideoWriter | None) -> Iterator[tuple[int, list[Face]]]:
-    box_list = [boxes(start + i) if boxes is not None else None for i in range(len(frames))]
-    for i, (frame, faces) in enumerate(zip(frames, runtime.predict_batch(frames, box_list), strict=True)):
-        if writer is not None:
-            writer.write(draw_faces(frame, faces, copy=False))
-        yield start + i, faces
 
 
 __all__ = ["VIDEO_EXTENSIONS", "WRITE_FPS_RANGE", "UnreadableVideo", "VideoReader", "VideoWriter", "annotate_video",

@@ -246,3 +246,34 @@ def test_video_reader_reads_the_file_again_when_iterated_again(tmp_path):
     assert [int(f.mean()) for f in second] == [int(f.mean()) for f in first]
     video.close()
     assert len(list(video)) == 4
+
+
+def test_annotate_video_tracks_like_runtime_track_and_writes_every_frame(rt, clip, tmp_path):
+    """``annotate_video`` (the Python face of ``chs-align clip.mp4 --out``): the same faces as ``rt.track`` over the
+    same decoded frames, one track, the annotated file complete with every frame; given boxes answered as given."""
+    import cv2
+
+    from chs.runtime.draw import VideoReader, annotate_video
+
+    src, dst = tmp_path / "clip.avi", tmp_path / "out" / "clip.mp4"
+    writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"MJPG"), clip.fps, clip.frames[0].shape[1::-1])
+    for frame in clip.frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    frames = list(VideoReader(src))
+    expected = list(rt.track(frames, fps=clip.fps))
+    got = list(annotate_video(rt, src, dst))
+    assert [i for i, _ in got] == list(range(len(clip.frames)))
+    assert all(len(faces) == 1 and faces[0].track_id == 0 for _, faces in got)
+    np.testing.assert_allclose(np.stack([f[0].landmarks for _, f in got]), np.stack([f[0].landmarks for f in expected]))
+    errs = nme(np.stack([f[0].landmarks for _, f in got]), clip.truth, "68")
+    assert errs.mean() < 0.08, errs.mean()
+    written = VideoReader(dst)
+    assert written.frame_count == len(clip.frames) and (written.width, written.height) == clip.frames[0].shape[1::-1]
+    written.close()
+
+    box = box_from_landmarks(clip.truth[5])
+    given = list(annotate_video(rt, src, None, boxes=lambda i: [box] if i == 5 else None,
+                                tracker=rt.tracker(clip.fps, TrackerSettings(smooth=False))))
+    np.testing.assert_allclose(given[5][1][0].box, box)
+    assert {faces[0].track_id for _, faces in given} == {0}
