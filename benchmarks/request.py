@@ -94,8 +94,8 @@ class BenchRequest:
 
 def check_threads(threads: int | None) -> None:
     """Intra-op threads: None (the libraries' default) or >= 1 (torch raises a RuntimeError on others)."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ChsError(f"--threads must be >= 1 (or left out for the default), got {threads!r:.40}")
+    if threads is not None:
+        whole_number(threads, "--threads", 1)
 
 
 def trained_ccr(model: str | os.PathLike) -> int:

@@ -24,14 +24,12 @@ def check_export_options(o: Any) -> None:
         raise ChsError(f"--engine must be auto, always or never, got '{o.engine}'")
     if o.int8 and not o.calib:
         raise ChsError("--int8 needs --calib DATA (a folder of face images or a dataset split)")
-    if o.calib and not o.int8:  # it was ignored: an FP32-only export that looked like an INT8 one
-        raise ChsError("--calib is only used by --int8 (the INT8 calibration): add --int8 or drop --calib")
     if o.calib_method not in METHODS:
         raise ChsError(f"--calib-method must be one of {', '.join(METHODS)}, got '{o.calib_method}'")
     whole_number(o.calib_images, "--calib-images", 1)
-    if not o.int8:  # the calibration's settings, changed from their defaults, would be ignored the same way
+    if not o.int8:  # calibration options would be ignored: an FP32-only export that looked like an INT8 one
         for f in fields(o):
-            if f.name in ("calib_method", "calib_images") and getattr(o, f.name) != f.default:
+            if f.name in ("calib", "calib_method", "calib_images") and getattr(o, f.name) != f.default:
                 flag = "--" + f.name.replace("_", "-")
                 raise ChsError(f"{flag} is only used by --int8 (the INT8 calibration): add --int8 or drop {flag}")
     if o.ccr is not None:

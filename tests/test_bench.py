@@ -199,13 +199,13 @@ def test_bad_lists_one_line_error(bench, args):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["latency", "--threads", "-1"], "--threads must be >= 1 (or left out for the default), got -1"),
-    (["latency", "--threads", "0"], "--threads must be >= 1 (or left out for the default), got 0"),
+    (["latency", "--threads", "-1"], "--threads must be >= 1, got -1"),
+    (["latency", "--threads", "0"], "--threads must be >= 1, got 0"),
     (["latency", "--max-seconds", "nan"], "--max-seconds must be a finite number > 0, got nan"),
     (["latency", "--max-seconds", "-1"], "--max-seconds must be a finite number > 0, got -1.0"),
     (["latency", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
     (["profile", "missing.onnx", "--top", "-1"], "--top must be >= 1, got -1"),
-    (["profile", "missing.onnx", "--threads", "-2"], "--threads must be >= 1 (or left out for the default), got -2"),
+    (["profile", "missing.onnx", "--threads", "-2"], "--threads must be >= 1, got -2"),
     (["profile", "missing.onnx", "--runs", "0"], "--runs must be >= 1, got 0"),
 ])
 def test_bad_numbers_refused_before_work(args, message):

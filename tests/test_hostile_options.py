@@ -280,7 +280,7 @@ def test_forced_export_replaces_the_previous_one_whole(ckpt, tmp_path):
     (lambda: BenchRequest("default", batches=(1, 0)),
      "batch sizes must be >= 1, got 0"),
     (lambda: BenchRequest("default", threads=1.5),
-     "--threads must be >= 1 (or left out for the default), got 1.5"),
+     "--threads must be a whole number, got 1.5"),
 ])
 def test_library_counts_are_whole_numbers(make, message):
     """Counts given through the Python API (not typer, which parses ints) are refused with one line when they are
