@@ -76,6 +76,10 @@ def _plan(req: BenchRequest, factory: RunnerFactory) -> tuple[list[tuple[dict, A
             threads = torch.get_num_threads() if c.backend == "torch" else (factory.threads or "default")
             name = runner.name
             split = runner.split_for(b) if hasattr(runner, "split_for") else 0
+            if split and c.mode == "parallel":  # the split sessions are the sequential row's, timed there
+                rows.append(base_row(c, b, dev) | {"status": "skipped", "reason": (
+                    f"batch {b} runs on the {split} single-thread sessions (--ort-sessions): the sequential row")})
+                continue
             if split:  # batch split over single-thread sessions
                 name, threads = f"{name}/{split}x1", 1
             row = base_row(c, b, dev) | {

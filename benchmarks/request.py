@@ -15,7 +15,7 @@ from pathlib import Path
 
 from chs.runtime.assets import resolve_model_path
 from chs.runtime.backends.base import DEFAULT_BATCH
-from chs.runtime.backends.ort import MAX_SESSIONS
+from chs.runtime.backends.ort import EXECUTORS, MAX_SESSIONS
 from chs.runtime.errors import ChsError
 from chs.runtime.options import whole_number
 
@@ -35,7 +35,8 @@ class BenchRequest:
 
     ``ccrs`` None: 0, 1, 2 as far as the checkpoint was trained. ``threads`` sets torch's and ONNX Runtime's
     intra-op threads (None: their defaults); ``ort_sessions`` > 1 splits ONNX Runtime CPU batches over that
-    many single-thread sessions (:class:`~chs.runtime.backends.ort.OrtRunner`). ``data`` is the annotated
+    many single-thread sessions (:class:`~chs.runtime.backends.ort.OrtRunner`); ``ort_executors`` times ONNX
+    Runtime rows with each executor given (sequential, parallel: one row each). ``data`` is the annotated
     split for accuracy rows (and the exports' parity gate). ``work_dir`` None: :func:`default_work_dir`."""
 
     model: str | os.PathLike = "default"
@@ -57,6 +58,7 @@ class BenchRequest:
     noise_threshold: float = NOISE_THRESHOLD
     threads: int | None = None
     ort_sessions: int = 1
+    ort_executors: Sequence[str] = ("sequential",)
     data: str | None = None
     max_samples: int | None = None
     batch_size: int = DEFAULT_BATCH
@@ -74,6 +76,11 @@ class BenchRequest:
             whole_number(n, "batch sizes", 1)
         if not 1 <= self.ort_sessions <= MAX_SESSIONS:
             raise ChsError(f"--ort-sessions must be 1-{MAX_SESSIONS}, got {self.ort_sessions}")
+        for e in self.ort_executors:
+            if e not in EXECUTORS:
+                raise ChsError(f"unknown ONNX Runtime executor '{e}' (choose from {', '.join(EXECUTORS)})")
+        if not self.ort_executors:
+            raise ChsError("--ort-executor needs at least one executor")
         whole_number(self.repeats, "--repeats", 1)
         whole_number(self.passes, "passes", 1)
         whole_number(self.warmup, "--warmup", 0)
@@ -88,7 +95,7 @@ class BenchRequest:
         object.__setattr__(self, "ccrs", ccrs)
         if not self.work_dir:  # None (or an empty --work-dir)
             object.__setattr__(self, "work_dir", default_work_dir(self.model))
-        for name in ("backends", "precisions", "batches"):
+        for name in ("backends", "precisions", "batches", "ort_executors"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
 

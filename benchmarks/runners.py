@@ -122,7 +122,8 @@ class Skip(Exception):
 
 @dataclass(frozen=True)
 class Combo:
-    """One runner configuration; ``mode`` is eager/cudagraph for torch on CUDA, '' otherwise."""
+    """One runner configuration; ``mode`` is eager/cudagraph for torch on CUDA, 'parallel' for ONNX Runtime's
+    parallel executor, '' otherwise."""
 
     ccr: int
     backend: str
@@ -156,9 +157,10 @@ class RunnerFactory:
 
     def combos(self) -> list[Combo]:
         r = self.request
-        modes = ("eager", "cudagraph") if self.device == "cuda" else ("",)
+        modes = {"torch": ("eager", "cudagraph") if self.device == "cuda" else ("",),
+                 "ort": tuple("" if e == "sequential" else e for e in r.ort_executors)}
         return [Combo(k, b, p, m) for k in r.ccrs for b in r.backends for p in r.precisions
-                for m in (modes if b == "torch" else ("",))]
+                for m in modes.get(b, ("",))]
 
     def exports(self, ccr: int) -> dict[str, Path | str]:
         if ccr not in self._exports:
@@ -206,7 +208,7 @@ class RunnerFactory:
             if c.precision == "int8" and providers == "tensorrt":
                 key = "int8-s8s8"
             return open_model(self._file(c.ccr, key), "ort", providers, threads=self.threads or 0,
-                              sessions=self.request.ort_sessions)
+                              sessions=self.request.ort_sessions, executor=c.mode or "sequential")
         if c.backend == "trt":
             from chs.export.tensorrt import tensorrt_available
 

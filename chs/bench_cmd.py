@@ -10,7 +10,7 @@ import typer
 
 from chs.benchmarks.complexity import PAPER_PRESET
 from chs.benchmarks.profile import ProfileOptions
-from chs.benchmarks.request import BACKENDS, PRECISIONS, BenchRequest
+from chs.benchmarks.request import BACKENDS, EXECUTORS, PRECISIONS, BenchRequest
 from chs.benchmarks.serve import ServeBenchOptions
 from chs.benchmarks.video import ClipSpec, VideoBench
 from chs.errors_cli import OneLineTyper, one_line_errors
@@ -65,6 +65,9 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tabl
 Threads = Annotated[int | None, typer.Option(help="Intra-op threads for torch and ONNX Runtime (default: theirs).")]
 OrtSessions = Annotated[int, typer.Option(help="Split ONNX Runtime CPU batches of 2+ crops over this many "
                                                 "single-thread sessions side by side (small CPUs, INT8).")]
+OrtExecutor = Annotated[str, typer.Option(help="ONNX Runtime executor(s), a comma list: sequential (one node at a "
+                                               "time on --threads threads), parallel (independent nodes side by "
+                                               "side, a thread each); one row each.")]
 Detector = Annotated[bool, typer.Option(help="Also time the face detector on the demo image.")]
 MaxSamples = Annotated[int | None, typer.Option(help="Evaluate this many faces, spread over the split.")]
 
@@ -72,7 +75,8 @@ MaxSamples = Annotated[int | None, typer.Option(help="Evaluate this many faces, 
 def _request_options(model: Model = D.model, backend: Backends = ",".join(D.backends),
                      precision: Precisions = ",".join(D.precisions), ccr: Ccrs = None, calib: Calib = D.calib,
                      device: Device = D.device, work_dir: WorkDir = None, threads: Threads = D.threads,
-                     ort_sessions: OrtSessions = D.ort_sessions) -> None:
+                     ort_sessions: OrtSessions = D.ort_sessions,
+                     ort_executor: OrtExecutor = ",".join(D.ort_executors)) -> None:
     """The options every latency/accuracy/trade-off command takes (declared once, see ``with_options``)."""
 
 
@@ -108,11 +112,12 @@ def _choices(text: str, option: str, allowed: tuple[str, ...]) -> list[str]:
 
 
 def _request(model: str, backend: str, precision: str, ccr: str | None, batch: str | None = None,
-             **fields) -> BenchRequest:
+             ort_executor: str = "sequential", **fields) -> BenchRequest:
     """The comma-list options parsed into the one validated request of the command."""
     return BenchRequest(
         model, backends=_choices(backend, "--backend", BACKENDS),
         precisions=_choices(precision, "--precision", PRECISIONS),
+        ort_executors=_choices(ort_executor, "--ort-executor", EXECUTORS),
         ccrs=_ints(ccr, "--ccr", 0) if ccr is not None else None,
         **({"batches": _ints(batch, "--batch", 1)} if batch is not None else {}), **fields)
 

@@ -101,6 +101,51 @@ def test_ort_batches_split_over_sessions(bench, monkeypatch):
     assert closed == [True]  # the one ORT runner, with its split-session pool
 
 
+def test_ort_executors_get_a_row_each_and_ratios_take_each_precisions_fastest(bench):
+    """--ort-executor sequential,parallel: a row per executor at batch 1; a split batch is the sequential row's
+    (the parallel one says so); ratios pair each precision's fastest runner and name both."""
+    res = CliRunner().invoke(bench_app, [
+        "latency", "--model", str(bench["ckpt"]), "--backend", "ort", "--ccr", "0", "--batch", "1,3",
+        "--repeats", "2", "--warmup", "1", "--work-dir", str(bench["work"]), "--no-detector",
+        "--threads", "2", "--ort-sessions", "2", "--ort-executor", "sequential,parallel", "--json"])
+    assert res.exit_code == 0, (res.stdout, res.stderr)
+    lm = [r for r in json.loads(res.stdout)["rows"] if r["kind"] == "landmarks"]
+    assert [(r["batch"], r["runner"], r["mode"], r["status"]) for r in lm] == [
+        (1, "ort-cpu", "", "ok"), (3, "ort-cpu/2x1", "", "ok"), (1, "ort-cpu/par", "parallel", "ok"),
+        (3, None, "parallel", "skipped")]
+    assert "--ort-sessions" in lm[3]["reason"]
+
+    def row(precision, mode, runner, p50, batch=1):
+        return {"kind": "landmarks", "status": "ok", "ccr": 1, "backend": "ort", "mode": mode,
+                "precision": precision, "batch": batch, "runner": runner, "p50_ms": p50}
+
+    rows = [row("fp32", "", "ort-cpu", 3.5), row("fp32", "parallel", "ort-cpu/par", 5.0),
+            row("int8", "", "ort-cpu", 3.0), row("int8", "parallel", "ort-cpu/par", 2.0),
+            row("fp32", "", "ort-cpu/2x1", 2.8, 8), row("int8", "", "ort-cpu/2x1", 1.4, 8)]
+    acc = [{"status": "ok", "ccr": 1, "backend": "ort", "precision": p, "nme": n}
+           for p, n in (("fp32", 0.0393), ("int8", 0.0395))]
+    got = [(q["batch"], q["base_runner"], q["new_runner"], round(q["speedup"], 3), round(q["dnme_pt"], 3))
+           for q in speed_ratios(rows, acc)]
+    assert got == [(1, "ort-cpu", "ort-cpu/par", 1.75, 0.02), (8, "ort-cpu/2x1", "ort-cpu/2x1", 2.0, 0.02)]
+
+
+def test_ort_runner_parallel_executor_answers_like_the_sequential_one(bench):
+    from chs.runtime.backends.opener import open_model
+    from chs.runtime.backends.ort import OrtRunner
+    from chs.runtime.errors import ChsError
+
+    path = bench["work"] / "ccr1" / "model_fp32.onnx"
+    x = np.random.default_rng(0).random((3, 3, 64, 64), np.float32)
+    seq = OrtRunner(path, providers="cpu", threads=2)
+    par = open_model(path, "ort", "cpu", threads=2, executor="parallel")
+    assert (seq.name, par.name) == ("ort-cpu", "ort-cpu/par")
+    np.testing.assert_allclose(par.infer(x)["landmarks"], seq.infer(x)["landmarks"], atol=1e-5)
+    with pytest.raises(ChsError, match="unknown ONNX Runtime executor 'pipelined' \\(sequential, parallel\\)"):
+        OrtRunner(path, providers="cpu", executor="pipelined")
+    with pytest.raises(ChsError, match="unknown ONNX Runtime executor 'x' \\(choose from sequential, parallel\\)"):
+        BenchRequest(bench["ckpt"], ort_executors=("x",), work_dir=bench["work"])
+
+
 @pytest.mark.parametrize("message, reason", [("", "ChsError"), ("engine profile too small\nsee the log", None)])
 def test_a_failing_row_is_skipped_with_the_first_line_of_its_error(message, reason):
     """A runner's ChsError becomes the row's reason (its first line; an empty message crashed the run)."""

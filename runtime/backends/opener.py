@@ -28,13 +28,13 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def open_model(model: str | os.PathLike, backend: str = "auto", providers: str = "auto", *, ccr: int | None = None,
-               device: str = "cpu", threads: int = 0, sessions: int = 1,
+               device: str = "cpu", threads: int = 0, sessions: int = 1, executor: str = "sequential",
                checkpoint: CheckpointOpener | None = None) -> Runner:
     """A runner for ``model`` ('default', a checkpoint folder, an .onnx or an .engine/.plan file).
 
     ``backend``: auto (by file type), torch, ort or tensorrt. ``ccr`` prunes a checkpoint to its first
-    stages; ``device`` is the torch device; ``providers``/``threads``/``sessions`` configure ONNX Runtime
-    (:class:`~chs.runtime.backends.ort.OrtRunner`).
+    stages; ``device`` is the torch device; ``providers``/``threads``/``sessions``/``executor`` configure ONNX
+    Runtime (:class:`~chs.runtime.backends.ort.OrtRunner`).
     ``triton://HOST:PORT/NAME`` (or ``triton+grpc://``) is a model served by Triton: crops go there."""
     from chs.runtime.backends.triton import TritonRunner, is_triton_url
 
@@ -70,7 +70,7 @@ def open_model(model: str | os.PathLike, backend: str = "auto", providers: str =
     if suffix == ".onnx" and backend in ("auto", "ort", "onnxruntime"):
         from chs.runtime.backends.ort import OrtRunner
 
-        return OrtRunner(path, providers=providers, threads=threads, sessions=sessions)
+        return OrtRunner(path, providers=providers, threads=threads, sessions=sessions, executor=executor)
     if suffix in (".engine", ".plan") and backend in ("auto", "tensorrt", "trt"):
         from chs.runtime.backends.trt import TensorRTRunner
 
