@@ -75,7 +75,7 @@ class OrtRunner(RunnerBase):
     at this network's size (16-64 channels, 32x32 down to 4x4), two independent sessions use both cores.
     ``executor="parallel"`` runs that session's independent nodes (the hourglass's branches) side by side,
     one thread each (:func:`open_session`): on a VM whose second vCPU is busy with another tenant, INT8 at
-    batch 1 runs faster so than with two intra-op threads (and slower when both cores are free).
+    batch 1 runs faster that way than on two intra-op threads (and slower when both cores are free).
     """
 
     def __init__(self, path: str | os.PathLike, providers: str = "auto", threads: int = 0, sessions: int = 1,
