@@ -15,7 +15,7 @@ from pathlib import Path
 
 from chs.runtime.assets import resolve_model_path
 from chs.runtime.backends.base import DEFAULT_BATCH
-from chs.runtime.backends.ort import EXECUTORS, MAX_SESSIONS
+from chs.runtime.backends.ort import MAX_SESSIONS, check_executor
 from chs.runtime.errors import ChsError
 from chs.runtime.options import whole_number
 
@@ -77,8 +77,7 @@ class BenchRequest:
         if not 1 <= self.ort_sessions <= MAX_SESSIONS:
             raise ChsError(f"--ort-sessions must be 1-{MAX_SESSIONS}, got {self.ort_sessions}")
         for e in self.ort_executors:
-            if e not in EXECUTORS:
-                raise ChsError(f"unknown ONNX Runtime executor '{e}' (choose from {', '.join(EXECUTORS)})")
+            check_executor(e)
         if not self.ort_executors:
             raise ChsError("--ort-executor needs at least one executor")
         whole_number(self.repeats, "--repeats", 1)

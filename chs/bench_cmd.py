@@ -10,11 +10,12 @@ import typer
 
 from chs.benchmarks.complexity import PAPER_PRESET
 from chs.benchmarks.profile import ProfileOptions
-from chs.benchmarks.request import BACKENDS, EXECUTORS, PRECISIONS, BenchRequest
+from chs.benchmarks.request import BACKENDS, PRECISIONS, BenchRequest
 from chs.benchmarks.serve import ServeBenchOptions
 from chs.benchmarks.video import ClipSpec, VideoBench
 from chs.errors_cli import OneLineTyper, one_line_errors
 from chs.options_cli import options_command, with_options
+from chs.runtime.backends.ort import EXECUTORS
 from chs.runtime.errors import ChsError
 from chs.runtime.options import comma_list
 

@@ -142,7 +142,7 @@ def test_ort_runner_parallel_executor_answers_like_the_sequential_one(bench):
     np.testing.assert_allclose(par.infer(x)["landmarks"], seq.infer(x)["landmarks"], atol=1e-5)
     with pytest.raises(ChsError, match="unknown ONNX Runtime executor 'pipelined' \\(sequential, parallel\\)"):
         OrtRunner(path, providers="cpu", executor="pipelined")
-    with pytest.raises(ChsError, match="unknown ONNX Runtime executor 'x' \\(choose from sequential, parallel\\)"):
+    with pytest.raises(ChsError, match="unknown ONNX Runtime executor 'x' \\(sequential, parallel\\)"):
         BenchRequest(bench["ckpt"], ort_executors=("x",), work_dir=bench["work"])
 
 
