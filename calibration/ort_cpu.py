@@ -61,6 +61,7 @@ from onnxruntime.quantization.calibrate import TensorData, TensorsData
 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 from onnxruntime.quantization.quant_utils import QuantizationMode
 
+from chs.calibration.onnx_graph import drop_unused_initializers
 from chs.model.sensitive import param_module
 
 # op types quantized in the ORT CPU form (Resize stays float: see the module docstring)
@@ -107,10 +108,7 @@ def batchnorm_as_depthwise_conv(model: onnx.ModelProto, exclude: set[str]) -> in
     del graph.node[:]
     graph.node.extend(new_nodes)
     graph.initializer.extend(new_inits)
-    used = {i for n in graph.node for i in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    drop_unused_initializers(graph)
     return replaced
 
 
@@ -277,10 +275,7 @@ def regression_fc_dynamic(model: onnx.ModelProto) -> int:
         model.graph.node.extend(nodes)
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-        used = {i for n in model.graph.node for i in n.input}
-        kept = [t for t in model.graph.initializer if t.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
+        drop_unused_initializers(model.graph)
     return replaced
 
 

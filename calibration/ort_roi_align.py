@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from chs.calibration.onnx_graph import drop_unused_initializers
 from chs.calibration.ort_layout import NCHW_TO_NHWC, input_shapes
 
 NHWC_TO_NCHW = [0, 3, 1, 2]
@@ -271,9 +272,7 @@ def _drop_unused(model: onnx.ModelProto) -> None:
             break
         for n in dead:
             model.graph.node.remove(n)
-    used = {i for n in model.graph.node for i in n.input}
-    for init in [i for i in model.graph.initializer if i.name not in used]:
-        model.graph.initializer.remove(init)
+    drop_unused_initializers(model.graph)
 
 
 __all__ = ["windowed_roi_aligns"]

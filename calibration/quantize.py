@@ -28,6 +28,7 @@ from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from chs.calibration.onnx_graph import drop_unused_initializers
 from chs.calibration.ort_cpu import quantize_ort_cpu
 from chs.calibration.ort_layout import ort_optimized, two_axis_transposes
 from chs.calibration.ort_roi_align import windowed_roi_aligns
@@ -122,10 +123,7 @@ def _float_inputs_for_excluded(model: onnx.ModelProto, exclude: set[str], max_de
     kept = [copy.deepcopy(n) for n in nodes]
     del graph.node[:]
     graph.node.extend(kept)
-    used = {i for n in graph.node for i in n.input}
-    inits = [t for t in graph.initializer if t.name in used or t.name in outputs]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
+    drop_unused_initializers(graph)
     return changed
 
 
