@@ -22,6 +22,7 @@ from chs.benchmarks.peers import detector_row, peer_latency_row
 from chs.benchmarks.request import BenchRequest, Log, model_complexity, quiet
 from chs.benchmarks.runners import Combo, RunnerFactory, Skip, batch_of, demo_crops, runner_factory
 from chs.benchmarks.timing import PeakProbes, finish_row, peak_key, torch_threads
+from chs.runtime.backends.ort import split_count
 from chs.runtime.errors import ChsError, first_line
 from chs.runtime.timing import time_calls
 
@@ -75,11 +76,11 @@ def _plan(req: BenchRequest, factory: RunnerFactory) -> tuple[list[tuple[dict, A
             params, mac = macs[c.ccr]
             threads = torch.get_num_threads() if c.backend == "torch" else (factory.threads or "default")
             name = runner.name
-            split = runner.split_for(b) if hasattr(runner, "split_for") else 0
-            if split and c.mode == "parallel":  # the split sessions are the sequential row's, timed there
+            if c.mode == "parallel" and (n := split_count(req.ort_sessions, b)):  # the sequential runner splits it
                 rows.append(base_row(c, b, dev) | {"status": "skipped", "reason": (
-                    f"batch {b} runs on the {split} single-thread sessions (--ort-sessions): the sequential row")})
+                    f"batch {b} runs on the {n} single-thread sessions (--ort-sessions): the sequential row")})
                 continue
+            split = runner.split_for(b) if hasattr(runner, "split_for") else 0
             if split:  # batch split over single-thread sessions
                 name, threads = f"{name}/{split}x1", 1
             row = base_row(c, b, dev) | {

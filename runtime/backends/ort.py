@@ -27,6 +27,12 @@ def check_executor(executor: str) -> None:
         raise ChsError(f"unknown ONNX Runtime executor '{executor}' ({', '.join(EXECUTORS)})")
 
 
+def split_count(sessions: int, batch: int) -> int:
+    """How many of ``sessions`` split single-thread sessions a batch of ``batch`` crops runs on (0: none, the
+    batch runs on the runner's one session): batches of two or more, as many sessions as crops at most."""
+    return min(sessions, batch) if sessions > 1 and batch >= 2 else 0
+
+
 def pick_providers(requested: str = "auto") -> list[str]:
     """'auto' = the best installed provider first; or 'cpu', 'cuda', 'tensorrt'."""
     available = ort.get_available_providers()
@@ -112,7 +118,7 @@ class OrtRunner(RunnerBase):
 
     def split_for(self, batch: int) -> int:
         """How many single-thread sessions a batch of ``batch`` crops runs on (0: the ``threads``-thread one)."""
-        return min(len(self.split), batch) if self._pool is not None and batch >= 2 else 0
+        return split_count(len(self.split), batch)
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if self.session is None:
