@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+import copy
+
 import onnx
+
+
+def drop_dead_nodes(graph: onnx.GraphProto) -> int:
+    """Remove the nodes whose outputs nothing reads (no node, no graph output), repeatedly: a rewrite's leftovers
+    (Q/DQ pairs, Transposes) and what fed only them; returns how many."""
+    outputs = {o.name for o in graph.output}
+    nodes = list(graph.node)
+    while True:
+        used = {i for n in nodes for i in n.input} | outputs
+        live = [n for n in nodes if any(o in used for o in n.output)]
+        if len(live) == len(nodes):
+            break
+        nodes = live
+    dropped = len(graph.node) - len(nodes)
+    if dropped:
+        kept = [copy.deepcopy(n) for n in nodes]  # the repeated field is cleared before they go back in
+        del graph.node[:]
+        graph.node.extend(kept)
+    return dropped
 
 
 def drop_unused_initializers(graph: onnx.GraphProto) -> int:
@@ -17,4 +38,4 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> int:
     return dropped
 
 
-__all__ = ["drop_unused_initializers"]
+__all__ = ["drop_dead_nodes", "drop_unused_initializers"]

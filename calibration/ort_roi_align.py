@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from chs.calibration.onnx_graph import drop_unused_initializers
+from chs.calibration.onnx_graph import drop_dead_nodes, drop_unused_initializers
 from chs.calibration.ort_layout import NCHW_TO_NHWC, input_shapes
 
 NHWC_TO_NCHW = [0, 3, 1, 2]
@@ -258,21 +258,10 @@ def windowed_roi_aligns(model: onnx.ModelProto) -> int:
         kept += replaced.get(n.output[0], []) if n.output[0] in dropped else [n]
     del model.graph.node[:]
     model.graph.node.extend(kept)
-    _drop_unused(model)
+    drop_dead_nodes(model.graph)  # the float map's Transpose and DequantizeLinear
+    drop_unused_initializers(model.graph)
     model.graph.ClearField("value_info")  # shapes of the removed tensors
     return len(replaced)
-
-
-def _drop_unused(model: onnx.ModelProto) -> None:
-    """Remove nodes whose outputs nothing reads any more (the float map's Transpose and DequantizeLinear)."""
-    while True:
-        read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-        dead = [n for n in model.graph.node if not any(o in read for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            model.graph.node.remove(n)
-    drop_unused_initializers(model.graph)
 
 
 __all__ = ["windowed_roi_aligns"]

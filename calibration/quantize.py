@@ -28,7 +28,7 @@ from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from chs.calibration.onnx_graph import drop_unused_initializers
+from chs.calibration.onnx_graph import drop_dead_nodes, drop_unused_initializers
 from chs.calibration.ort_cpu import quantize_ort_cpu
 from chs.calibration.ort_layout import ort_optimized, two_axis_transposes
 from chs.calibration.ort_roi_align import windowed_roi_aligns
@@ -112,17 +112,7 @@ def _float_inputs_for_excluded(model: onnx.ModelProto, exclude: set[str], max_de
                 changed += 1
     graph.node.extend(clones)  # callers sort topologically afterwards
 
-    outputs = {o.name for o in graph.output}
-    nodes = list(graph.node)
-    while True:  # drop nodes whose outputs nobody reads (the now unused Q/DQ pairs, Relus ...)
-        used = {i for n in nodes for i in n.input} | outputs
-        live = [n for n in nodes if any(o in used for o in n.output)]
-        if len(live) == len(nodes):
-            break
-        nodes = live
-    kept = [copy.deepcopy(n) for n in nodes]
-    del graph.node[:]
-    graph.node.extend(kept)
+    drop_dead_nodes(graph)  # the now unused Q/DQ pairs, Relus ...
     drop_unused_initializers(graph)
     return changed
 
