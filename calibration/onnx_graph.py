@@ -5,6 +5,12 @@ from __future__ import annotations
 import copy
 
 import onnx
+from onnx import helper
+
+
+def node_attributes(node: onnx.NodeProto) -> dict:
+    """A node's attributes by name, as Python values."""
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def drop_dead_nodes(graph: onnx.GraphProto) -> int:
@@ -38,4 +44,4 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> int:
     return dropped
 
 
-__all__ = ["drop_dead_nodes", "drop_unused_initializers"]
+__all__ = ["drop_dead_nodes", "drop_unused_initializers", "node_attributes"]

@@ -61,7 +61,7 @@ from onnxruntime.quantization.calibrate import TensorData, TensorsData
 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 from onnxruntime.quantization.quant_utils import QuantizationMode
 
-from chs.calibration.onnx_graph import drop_unused_initializers
+from chs.calibration.onnx_graph import drop_unused_initializers, node_attributes
 from chs.model.sensitive import param_module
 
 # op types quantized in the ORT CPU form (Resize stays float: see the module docstring)
@@ -159,7 +159,7 @@ def reducemean_as_global_pool(model: onnx.ModelProto, exclude: set[str]) -> int:
     for node in model.graph.node:
         if node.op_type != "ReduceMean" or node.name in exclude:
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = node_attributes(node)
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1 and node.input[1] in inits:
             axes = numpy_helper.to_array(inits[node.input[1]]).tolist()
@@ -218,7 +218,7 @@ def avgpool_as_depthwise_conv(model: onnx.ModelProto, exclude: set[str]) -> int:
     graph = model.graph
     new_nodes, new_inits, replaced = [], [], 0
     for node in graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = node_attributes(node)
         channels = _channels(model, node.input[0]) if node.op_type == "AveragePool" else None
         if node.op_type != "AveragePool" or node.name in exclude or channels is None or \
                 any(attrs.get("pads", [0])) or attrs.get("ceil_mode", 0) or \
@@ -250,7 +250,7 @@ def regression_fc_dynamic(model: onnx.ModelProto) -> int:
     nodes, replaced = [], 0
     for node in model.graph.node:
         nodes.append(node)
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = node_attributes(node)
         bias = [b for b in node.input[2:] if b]
         if (node.op_type != "Gemm" or node.input[1] not in inits or any(b not in inits for b in bias)
                 or not FC_MODULE.match(param_module(node.input[1]) or "") or attrs.get("transA", 0)

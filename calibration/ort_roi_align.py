@@ -30,14 +30,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from chs.calibration.onnx_graph import drop_dead_nodes, drop_unused_initializers
+from chs.calibration.onnx_graph import drop_dead_nodes, drop_unused_initializers, node_attributes
 from chs.calibration.ort_layout import NCHW_TO_NHWC, input_shapes
 
 NHWC_TO_NCHW = [0, 3, 1, 2]
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _scalar(model: onnx.ModelProto, name: str) -> float | None:
@@ -51,7 +47,7 @@ def _scalar(model: onnx.ModelProto, name: str) -> float | None:
 def _window_extent(model: onnx.ModelProto, rois: str, producers: dict[str, onnx.NodeProto]) -> float | None:
     """The rois' width in input units when the graph builds them as Concat(c - k, c + k) (the CCR's windows)."""
     cat = producers.get(rois)
-    if cat is None or cat.op_type != "Concat" or _attrs(cat).get("axis") not in (1, -1) or len(cat.input) != 2:
+    if cat is None or cat.op_type != "Concat" or node_attributes(cat).get("axis") not in (1, -1) or len(cat.input) != 2:
         return None
     low, high = (producers.get(t) for t in cat.input)
     if low is None or high is None or low.op_type != "Sub" or high.op_type != "Add":
@@ -70,7 +66,7 @@ def _uint8_nhwc_source(model: onnx.ModelProto, features: str, producers: dict[st
     if _scalar(model, dq.input[1]) is None or _scalar(model, dq.input[2]) is None:
         return None
     tr = producers.get(dq.input[0])
-    if tr is None or tr.op_type != "Transpose" or list(_attrs(tr).get("perm", [])) != NHWC_TO_NCHW:
+    if tr is None or tr.op_type != "Transpose" or list(node_attributes(tr).get("perm", [])) != NHWC_TO_NCHW:
         return None
     return tr.input[0], dq.input[1], dq.input[2]
 
@@ -102,7 +98,7 @@ def _nhwc_tail(model: onnx.ModelProto, node: onnx.NodeProto,
     -> NHWC after ``node`` (the layout pass's Transposes are rewritten only afterwards), or None when the graph
     differs."""
     cat = _only_consumer(consumers, node.output[0], "Concat")
-    if cat is None or _attrs(cat).get("axis") != 1 or cat.input[0] != node.output[0]:
+    if cat is None or node_attributes(cat).get("axis") != 1 or cat.input[0] != node.output[0]:
         return None
     q = _only_consumer(consumers, cat.output[0], "QuantizeLinear")
     if q is None or len(q.input) < 3 or _scalar(model, q.input[1]) is None or _scalar(model, q.input[2]) is None:
@@ -111,7 +107,7 @@ def _nhwc_tail(model: onnx.ModelProto, node: onnx.NodeProto,
     if grouped is None:
         return None
     transpose = _only_consumer(consumers, grouped.output[0], "Transpose")
-    if transpose is None or list(_attrs(transpose).get("perm", [])) != NCHW_TO_NHWC:
+    if transpose is None or list(node_attributes(transpose).get("perm", [])) != NCHW_TO_NHWC:
         return None
     return _Tail(cat, q, [cat, q, grouped, transpose], transpose.output[0], grouped.output[0])
 
@@ -119,7 +115,7 @@ def _nhwc_tail(model: onnx.ModelProto, node: onnx.NodeProto,
 def _rewrite(node: onnx.NodeProto, extent: float, shapes: dict[str, tuple[int, ...]],
              source: tuple[str, str, str] | None, tail: _Tail | None) -> tuple[list, list]:
     """Nodes and initializers computing ``node``'s output (or, with ``tail``, the NHWC tensor at its end)."""
-    a = _attrs(node)
+    a = node_attributes(node)
     s, sr, scale = int(a.get("output_height", 1)), int(a["sampling_ratio"]), float(a.get("spatial_scale", 1.0))
     _, c, h, w = shapes[node.input[0]]
     _, rois, batch = node.input
@@ -219,7 +215,7 @@ def windowed_roi_aligns(model: onnx.ModelProto) -> int:
     for node in model.graph.node:
         if node.op_type != "RoiAlign" or node.domain not in ("", "ai.onnx"):
             continue
-        a = _attrs(node)
+        a = node_attributes(node)
         if (a.get("mode", b"avg") != b"avg" or a.get("sampling_ratio", 0) <= 0
                 or a.get("coordinate_transformation_mode", b"half_pixel") != b"half_pixel"
                 or a.get("output_height", 1) != a.get("output_width", 1)):
@@ -236,7 +232,7 @@ def windowed_roi_aligns(model: onnx.ModelProto) -> int:
     dropped: set[str] = set()  # first outputs of the nodes they replace
     for node, extent, tail in found:
         shape = shapes[node.input[0]]
-        a = _attrs(node)
+        a = node_attributes(node)
         s = a.get("output_height", 1)
         win = _window(extent, float(a.get("spatial_scale", 1.0)), s, a["sampling_ratio"])
         if len(shape) != 4 or shape[2] < win or shape[3] < win:
