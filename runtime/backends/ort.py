@@ -53,7 +53,13 @@ def open_session(path: Path, what: str, providers: str = "auto", threads: int = 
     thread count, executor, and ORT's own exception types turned into one line naming ``what``.
 
     ``executor``: "sequential" runs one node at a time on ``threads`` intra-op threads; "parallel" runs
-    independent nodes side by side on ``threads`` inter-op threads, each node on one thread (ORT_PARALLEL)."""
+    independent nodes side by side on ``threads`` inter-op threads, each node on one thread (ORT_PARALLEL).
+
+    The pool threads stop spinning when ``run`` returns (``session.force_spinning_stop``). By default they spin on
+    for ~10-30 ms, so the next stage of a pipeline (the detector before the landmark model, the landmark model
+    before the next frame's detector, a second session) runs with a core taken: here the landmark model's first
+    calls after the detector's ran 2-3x slower. While ``run`` works the threads spin as before: back-to-back calls of
+    one session are as fast either way."""
     check_executor(executor)
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # errors reach the caller as exceptions (one ChsError line), not as log lines
@@ -64,6 +70,8 @@ def open_session(path: Path, what: str, providers: str = "auto", threads: int = 
             opts.inter_op_num_threads = threads
     elif threads:
         opts.intra_op_num_threads = threads
+    # ORT's pool threads otherwise spin on after run() returns (~10-30 ms here), taking a core from the next stage
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     try:
         return ort.InferenceSession(str(path), opts, providers=pick_providers(providers))
     except ChsError:
