@@ -24,7 +24,8 @@ def speed_ratios(rows: Sequence[dict], accuracy: Sequence[dict] | None = None) -
     """Ratios measured in this one run: ORT FP32 vs torch eager FP32, and INT8 vs FP32 (with ΔNME if known).
 
     Each side is its fastest runner in the run (e.g. ONNX Runtime's sequential or parallel executor, both timed
-    with ``--ort-executor sequential,parallel``): what a user who picks the faster setting of each gets."""
+    with ``--ort-executor sequential,parallel``): what a user who picks the faster setting of each gets. ``noisy``:
+    either side's row is flagged noisy (its passes disagree), so the ratio rests on a machine that changed mid-run."""
     ok = _ok(rows)
     best = _fastest(ok)
     torch_mode = "eager" if any(r["mode"] == "eager" for r in ok) else ""
@@ -36,12 +37,12 @@ def speed_ratios(rows: Sequence[dict], accuracy: Sequence[dict] | None = None) -
         if backend == "ort" and precision == "fp32" and (t := eager.get((k, b))):
             out.append({"what": "ort_fp32_vs_torch_eager_fp32", "ccr": k, "batch": b, "base_ms": t["p50_ms"],
                         "new_ms": r["p50_ms"], "speedup": t["p50_ms"] / r["p50_ms"], "base_runner": t.get("runner"),
-                        "new_runner": r.get("runner")})
+                        "new_runner": r.get("runner"), "noisy": bool(t.get("noisy") or r.get("noisy"))})
         if precision == "int8" and (f := best.get((k, backend, "fp32", b))):
             n8, n32 = nme.get((k, backend, "int8")), nme.get((k, backend, "fp32"))
             out.append({"what": f"{backend}_int8_vs_fp32", "ccr": k, "batch": b, "base_ms": f["p50_ms"],
                         "new_ms": r["p50_ms"], "speedup": f["p50_ms"] / r["p50_ms"], "base_runner": f.get("runner"),
-                        "new_runner": r.get("runner"),
+                        "new_runner": r.get("runner"), "noisy": bool(f.get("noisy") or r.get("noisy")),
                         "dnme_pt": (n8 - n32) * 100 if n8 is not None and n32 is not None else None})
     return out
 
@@ -53,8 +54,9 @@ def format_ratios(ratios: Sequence[dict]) -> str:
                 else f"{q['what'].split('_')[0].upper()} INT8 vs FP32")
         extra = f", ΔNME {q['dnme_pt']:+.3f} pt" if q.get("dnme_pt") is not None else ""
         runners = f" ({q['base_runner']} -> {q['new_runner']})" if q.get("base_runner") else ""
+        noisy = "; noisy: a row's two passes differ > 10 %" if q.get("noisy") else ""
         lines.append(f"{name}, CCR {q['ccr']}, batch {q['batch']}: {q['base_ms']:.3f} -> {q['new_ms']:.3f} ms/face "
-                     f"= {q['speedup']:.2f}x{extra}{runners}")
+                     f"= {q['speedup']:.2f}x{extra}{runners}{noisy}")
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from chs.bench_cmd import bench_app
 from chs.benchmarks.latency import latency_rows
 from chs.benchmarks.peers import detector_row
-from chs.benchmarks.report import speed_ratios
+from chs.benchmarks.report import format_ratios, speed_ratios
 from chs.benchmarks.request import BenchRequest
 from chs.benchmarks.tradeoff import format_markdown, join_rows, plot_points
 from chs.model.checkpoint import save_checkpoint
@@ -202,7 +202,13 @@ def test_join_markdown_and_points():
     assert [(p["precision"], p["backend"]) for p in pts] == [("fp32", "ort"), ("int8", "ort")]
     ratios = speed_ratios(lat, acc)
     q = [q for q in ratios if q["what"] == "ort_int8_vs_fp32"][0]
-    assert q["speedup"] == pytest.approx(2.0) and q["dnme_pt"] == pytest.approx(0.2)
+    assert q["speedup"] == pytest.approx(2.0) and q["dnme_pt"] == pytest.approx(0.2) and not q["noisy"]
+    assert "noisy" not in format_ratios(ratios)
+    lat[2] |= {"noisy": True, "p50_ms_passes": [0.8, 1.2]}  # a ratio on a row whose passes disagree says so
+    marked = [q for q in speed_ratios(lat, acc) if q["noisy"]]
+    assert [q["what"] for q in marked] == ["ort_int8_vs_fp32"]
+    assert format_ratios(marked).endswith("= 2.00x, ΔNME +0.200 pt (ort-cpu -> ort-cpu); "
+                                          "noisy: a row's two passes differ > 10 %")
 
 
 def test_tradeoff_cli(bench):
