@@ -350,7 +350,7 @@ def test_paths_given_where_they_do_not_fit(rt):
 
 def test_sessions_leave_the_cpu_when_run_returns():
     """The landmark model's and the detector's sessions stop their pool threads when run() returns: by default ONNX
-    Runtime's threads spin on (~33 ms of CPU per call here), taking a core from the next stage of the pipeline."""
+    Runtime's threads spin on (33 ms of CPU in the 100 ms after a call here), taking a core from the next stage."""
     import time
 
     from chs.runtime.yunet import YuNetDetector

@@ -57,9 +57,9 @@ def open_session(path: Path, what: str, providers: str = "auto", threads: int = 
 
     The pool threads stop spinning when ``run`` returns (``session.force_spinning_stop``). By default they spin on
     for ~10-30 ms, so the next stage of a pipeline (the detector before the landmark model, the landmark model
-    before the next frame's detector, a second session) runs with a core taken: here the landmark model's first
-    calls after the detector's ran 2-3x slower. While ``run`` works the threads spin as before: back-to-back calls of
-    one session are as fast either way."""
+    before the next frame's detector, a second session) runs with a core taken: here a landmark session's first
+    calls after another two-thread session's ran 2-3x slower, and detector + landmarks per image took 1.2-1.4x as
+    long. While ``run`` works the threads spin as before: back-to-back calls of one session are as fast either way."""
     check_executor(executor)
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # errors reach the caller as exceptions (one ChsError line), not as log lines
