@@ -356,10 +356,11 @@ def test_sessions_leave_the_cpu_when_run_returns():
     from chs.runtime.yunet import YuNetDetector
 
     runner = OrtRunner(DEFAULT_MODEL, providers="cpu", threads=2, sessions=2)
+    parallel = OrtRunner(DEFAULT_MODEL, providers="cpu", threads=2, executor="parallel")
     detector = YuNetDetector(threads=2)
-    size = runner.meta.input_size
-    calls = {"landmarks": lambda: runner.infer(np.zeros((1, 3, size, size), np.float32)),
-             "split landmarks": lambda: runner.infer(np.zeros((2, 3, size, size), np.float32)),
+    one = np.zeros((1, 3, runner.meta.input_size, runner.meta.input_size), np.float32)
+    calls = {"landmarks": lambda: runner.infer(one), "split landmarks": lambda: runner.infer(np.repeat(one, 2, 0)),
+             "parallel executor": lambda: parallel.infer(one),
              "detector": lambda: detector.detect(np.zeros((96, 96, 3), np.uint8))}
     for what, call in calls.items():
         used = []
