@@ -207,11 +207,10 @@ class RunnerFactory:
             key = "int8-u8s8" if c.precision == "int8" else c.precision
             if c.precision == "int8" and providers == "tensorrt":
                 key = "int8-s8s8"
-            if c.mode == "parallel":  # batches the sequential runner splits are timed on its split sessions
-                return open_model(self._file(c.ccr, key), "ort", providers, threads=self.threads or 0,
-                                  executor="parallel")
+            parallel = c.mode == "parallel"  # batches the sequential runner splits are timed on its split sessions
             return open_model(self._file(c.ccr, key), "ort", providers, threads=self.threads or 0,
-                              sessions=self.request.ort_sessions)
+                              sessions=1 if parallel else self.request.ort_sessions,
+                              executor="parallel" if parallel else "sequential")
         if c.backend == "trt":
             from chs.export.tensorrt import tensorrt_available
 

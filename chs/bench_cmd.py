@@ -113,7 +113,7 @@ def _choices(text: str, option: str, allowed: tuple[str, ...]) -> list[str]:
 
 
 def _request(model: str, backend: str, precision: str, ccr: str | None, batch: str | None = None,
-             ort_executor: str = "sequential", **fields) -> BenchRequest:
+             ort_executor: str = ",".join(D.ort_executors), **fields) -> BenchRequest:
     """The comma-list options parsed into the one validated request of the command."""
     return BenchRequest(
         model, backends=_choices(backend, "--backend", BACKENDS),
