@@ -6,7 +6,11 @@ folded into a neighbouring conv. A Q/DQ file that quantizes only convolutions le
 and pooling in float between Quantize/Dequantize pairs and layout Transposes, which cost more than the
 int8 convolutions save (0.9x FP32 on AMD Zen 4). This form:
 
-- rewrites each trunk BatchNormalization as the per-channel scale/shift it is at inference, a depthwise
+- starts, in the file the export ships, from the graph whose BatchNorms that read a conv's output are folded
+  away (:mod:`chs.calibration.bn_shift`: the shift into that conv's bias, the scale into the next conv), so
+  their ReLUs read the conv's uint8 output directly and run as a uint8 Clip at the zero point
+  (:func:`relus_as_clips`; ORT's quantizer would drop them);
+- rewrites each other trunk BatchNormalization as the per-channel scale/shift it is at inference, a depthwise
   1x1 Conv with bias (ONNX Runtime's own FP32 NCHWc pass does the same), so it quantizes to a
   QLinearConv whose uint8 output range absorbs the ReLU after it;
 - rewrites each unpadded AveragePool as a depthwise conv with weights 1/area (ORT's QLinearAveragePool
@@ -39,7 +43,8 @@ fc in int8 (below and :mod:`chs.calibration.ort_roi_align`), ~1.5x at batch 1 fo
 2.1x at batch 8 over two single-thread sessions (``chs-bench tradeoff``). Tried and not kept:
 BN -> ReLU -> Conv as a per-channel Add -> ReLU -> Conv with the BN scale folded into the conv weights
 (exact here, every BN scale is positive, but ORT's broadcasting QLinearAdd is slower than the depthwise
-QLinearConv: 1.0x FP32), per-tensor weights (no gain on 2 threads, +0.008 NME points), quantized Resize
+QLinearConv: 1.0x FP32; :mod:`chs.calibration.bn_shift` moves that Add into the producing conv's bias
+instead), per-tensor weights (no gain on 2 threads, +0.008 NME points), quantized Resize
 (+0.03 NME points), ORT's dynamic block size and no-spinning options (no gain / slower), graph
 optimisation below ORT_ENABLE_ALL (1.0x: the NHWC layout pass is what makes the int8 convs fast), the
 stem's and first hourglass's coordinate channels folded into a constant map added after the conv (exact in
@@ -297,11 +302,57 @@ def quantize_ort_cpu(model: onnx.ModelProto, tensors: TensorsData, exclude: set[
         model, True, False, QuantizationMode.QLinearOps, True, QuantType.QInt8, QuantType.QUInt8, tensors, [],
         sorted(exclude), list(ORT_CPU_OPS), {"WeightSymmetric": True, "ActivationSymmetric": False},
     )
+    shared = shared_relus(model, exclude)
     quantized = quantizer.quantize_model()
+    relus_as_clips(quantized, shared, quantizer.quantized_value_map)
     quantizer.model.topological_sort()
     regression_fc_dynamic(quantized)
     return quantized
 
 
+def shared_relus(model: onnx.ModelProto, exclude: set[str]) -> dict[str, tuple[str, list[str]]]:
+    """Quantized ReLUs whose input other nodes read too: name -> (output, names of the nodes that read it).
+
+    ONNX Runtime's operator-format quantizer drops a ReLU after a quantized op and lets its readers take the op's
+    uint8 output as it is, relying on that output's range starting at 0 (it narrows the range when the ReLU is the
+    only reader). With other readers the range keeps its negative part, so the ReLU would be lost:
+    :func:`relus_as_clips` puts it back as a uint8 Clip at the zero point (the BN folds of
+    :mod:`chs.calibration.bn_shift` make such ReLUs)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return {n.name: (n.output[0], [r.name for r in readers.get(n.output[0], [])]) for n in model.graph.node
+            if n.op_type == "Relu" and n.name not in exclude and len(readers.get(n.input[0], [])) > 1}
+
+
+def relus_as_clips(model: onnx.ModelProto, shared: dict[str, tuple[str, list[str]]], quantized_values: dict) -> int:
+    """Each ReLU of ``shared`` (:func:`shared_relus`, taken before quantizing) that the quantizer dropped, back as
+    ``Clip(x, zero point, 255)`` on the uint8 tensor its readers were given: the ReLU in the quantized domain, same
+    scale, no requantization (~1 us where a requantizing op costs 3-15 us). Raises when a reader is not a
+    quantized op reading that tensor, which would silently miss the ReLU. Returns how many."""
+    present = {n.name for n in model.graph.node}
+    by_name = {n.name: n for n in model.graph.node}
+    added = 0
+    for name, (relu_out, reader_names) in shared.items():
+        q = quantized_values.get(relu_out)
+        if name in present or q is None:  # kept as an op (a float ReLU between Q/DQ): nothing was dropped
+            continue
+        readers = [by_name.get(f"{r}_quant") for r in reader_names]
+        if not readers or any(r is None or q.q_name not in r.input for r in readers):
+            raise ValueError(f"ReLU {name}: a reader of its quantized input is not a quantized op")
+        clipped = f"{relu_out}_clipped_u8"
+        model.graph.node.append(helper.make_node("Clip", [q.q_name, q.zp_name, "relu_clip_max_u8"], [clipped],
+                                                 name=f"{name}_as_clip"))
+        for r in readers:
+            for i, t in enumerate(r.input):
+                if t == q.q_name:
+                    r.input[i] = clipped
+        added += 1
+    if added and not any(t.name == "relu_clip_max_u8" for t in model.graph.initializer):
+        model.graph.initializer.append(helper.make_tensor("relu_clip_max_u8", onnx.TensorProto.UINT8, [], [255]))
+    return added
+
+
 __all__ = ["ORT_CPU_OPS", "avgpool_as_depthwise_conv", "batchnorm_as_depthwise_conv", "quantize_ort_cpu",
-           "regression_fc_dynamic"]
+           "regression_fc_dynamic", "relus_as_clips", "shared_relus"]

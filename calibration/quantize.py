@@ -28,6 +28,8 @@ from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from chs.calibration.bn_shift import write_folded
+from chs.calibration.calibrate import calibrate
 from chs.calibration.onnx_graph import drop_dead_nodes, drop_unused_initializers
 from chs.calibration.ort_cpu import quantize_ort_cpu
 from chs.calibration.ort_layout import ort_optimized, two_axis_transposes
@@ -182,4 +184,19 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
     return q
 
 
-__all__ = ["FLAVOURS", "QUANTIZED_OPS", "ort_cpu_file", "quantize_int8"]
+def quantize_u8s8_folded(fp32_path: str | os.PathLike, out_path: str | os.PathLike | None, crops: np.ndarray,
+                         method: str = "minmax", cache_dir: str | os.PathLike | None = None) -> onnx.ModelProto:
+    """The u8s8 file the export ships: ``fp32_path`` with its pre-activation BatchNorms folded into the convs
+    around them (:mod:`chs.calibration.bn_shift`), calibrated on ``crops`` on its own (the folds give many
+    tensors a per-channel offset, so the FP32 file's ranges do not fit them) and quantized in ONNX Runtime's
+    operator form. The folded BNs' ReLUs become uint8 Clips instead of depthwise requantizations: INT8 at
+    batch 1 on two threads 1.907 -> 1.841 ms (bundled model, 1 CCR, AMD Zen 4), ΔNME on ytf68 val +0.025 -> +0.024
+    points."""
+    with tempfile.TemporaryDirectory(prefix="chs-bn-fold-") as tmp:
+        folded = Path(tmp) / "model_fp32.bn-folded.onnx"
+        write_folded(fp32_path, folded)
+        ranges = calibrate(folded, crops, method, cache_dir=cache_dir)
+        return quantize_int8(folded, out_path, ranges, "u8s8")
+
+
+__all__ = ["FLAVOURS", "QUANTIZED_OPS", "ort_cpu_file", "quantize_int8", "quantize_u8s8_folded"]

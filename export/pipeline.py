@@ -157,15 +157,17 @@ def _export_into(tmp: Path, opts: ExportOptions, model, meta, parity: tuple, cal
         files["fp16"] = path
     if opts.int8:
         from chs.calibration.calibrate import calibrate
-        from chs.calibration.quantize import quantize_int8
+        from chs.calibration.quantize import quantize_int8, quantize_u8s8_folded
 
         ranges = calibrate(fp32, calib_crops, opts.calib_method, cache_dir=cache_dir("calibration"))
         log(f"calibration ({opts.calib_method}, {len(calib_crops)} crops): "
             f"{'cache hit' if getattr(ranges, 'cache_hit', False) else 'computed'}")
-        for flavour in ("s8s8", "u8s8"):
-            path = tmp / f"model_int8_{flavour}.onnx"
-            quantize_int8(fp32, path, ranges, flavour)
-            files[f"int8-{flavour}"] = path
+        path = tmp / "model_int8_s8s8.onnx"
+        quantize_int8(fp32, path, ranges, "s8s8")
+        files["int8-s8s8"] = path
+        path = tmp / "model_int8_u8s8.onnx"
+        quantize_u8s8_folded(fp32, path, calib_crops, opts.calib_method, cache_dir=cache_dir("calibration"))
+        files["int8-u8s8"] = path
         extra["calibration"] = {"source": opts.calib, "method": opts.calib_method, "crops": len(calib_crops),
                                 "cache_hit": bool(getattr(ranges, "cache_hit", False))}
 
