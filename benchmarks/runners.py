@@ -31,12 +31,14 @@ ONNX_FILES = {"fp32": "model_fp32.onnx", "fp16": "model_fp16.onnx", "int8-u8s8":
 
 
 def _stamp(model: str | os.PathLike, ccr: int, calib: str | None) -> dict:
+    """What the exported files depend on: the checkpoint, the CCR count, the calibration set and the export's form."""
+    from chs.export.options import EXPORT_FORM
     from chs.model.checkpoint import WEIGHTS
 
     path = resolve_model_path(model).resolve()
     st = (path / WEIGHTS).stat()
     return {"model": str(path), "weights_size": st.st_size, "weights_mtime_ns": st.st_mtime_ns, "ccr": ccr,
-            "calib": str(Path(calib).resolve()) if calib else None}
+            "calib": str(Path(calib).resolve()) if calib else None, "export_form": EXPORT_FORM}
 
 
 def ensure_exports(model: str | os.PathLike, ccr: int, work_dir: str | os.PathLike, precisions: Iterable[str],

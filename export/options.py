@@ -14,6 +14,10 @@ def cache_dir(name: str) -> Path:
     return Path.home() / ".cache" / "chs" / name
 
 
+# what the export writes for a given checkpoint and options, as a number: bumped whenever a file's content changes
+# (2: the u8s8 file starts from the BatchNorm-folded graph), so a cache of exported files is never reused across it
+EXPORT_FORM = 2
+
 BATCH_PROFILE = (1, 8, 32)  # TensorRT optimisation profile (min, opt, max): chs-export's and BuildOptions' default
 
 

@@ -70,6 +70,27 @@ def test_latency_rows(bench):
     assert len(ratios) == 2 and all(q["speedup"] > 0 for q in ratios)
 
 
+def test_exports_are_not_reused_across_export_forms(bench, tmp_path, monkeypatch):
+    """A new form of the exported files (e.g. the u8s8 file's BatchNorm folds) must not meet a cache of old ones."""
+    import shutil
+
+    import chs.export.options as options
+    from chs.benchmarks.runners import ensure_exports
+
+    work = tmp_path / "work"
+    shutil.copytree(bench["work"], work)
+    said: list[str] = []
+    ensure_exports(bench["ckpt"], 0, work, ["fp32"], log=said.append)
+    assert not said  # same form: the files are reused
+    before = (work / "ccr0" / "model_fp32.onnx").stat().st_mtime_ns
+    monkeypatch.setattr(options, "EXPORT_FORM", options.EXPORT_FORM + 1)
+    ensure_exports(bench["ckpt"], 0, work, ["fp32"], log=said.append)
+    assert said[0].startswith("exporting CCR 0")
+    assert (work / "ccr0" / "model_fp32.onnx").stat().st_mtime_ns != before
+    assert json.loads((work / "ccr0" / "bench_source.json").read_text())["source"]["export_form"] == \
+        options.EXPORT_FORM
+
+
 def test_skipped_rows_have_reasons(bench):
     rows = latency_rows(BenchRequest(bench["ckpt"], ("torch", "ort", "trt"), ("int8",), (0,), (1,), bench["work"],
                                      repeats=3, detector=False, peer=False))
