@@ -135,8 +135,11 @@ class _Graph:
 
 def fold_preactivation_batchnorms(model: onnx.ModelProto, exclude: set[str]) -> list[str]:
     """Fold every BN -> ReLU -> Conv whose BN reads a conv's output and whose offset can be taken out exactly
-    (module docstring). ``model`` needs shapes (ONNX shape inference runs here) and is modified; returns the
-    names of the ReLUs that now read a tensor other nodes read too (the quantizer must keep them as ops)."""
+    (module docstring). ``model`` is modified (a graph whose nodes are not uniquely named is left as it is); returns
+    the names of the ReLUs that now read a tensor other nodes read too (the quantizer must keep them as ops)."""
+    names = [n.name for n in model.graph.node]
+    if not all(names) or len(set(names)) != len(names):  # edits are keyed by node name
+        return []
     g = _Graph(model, exclude)
     folded: dict[str, tuple] = {}  # BN name -> (conv, relu, convs after)
     sources: dict[str, np.ndarray] = {}  # conv output -> offset added by the conv's bias

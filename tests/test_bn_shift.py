@@ -72,11 +72,11 @@ def _block_graph(other_reader: str) -> onnx.ModelProto:
         outputs.append(helper.make_tensor_value_info("side_out", TensorProto.FLOAT, [None] * 4))
     elif other_reader == "pool, resize, add, concat, BN":  # every pass-through op, then a BN takes it out
         inits += [_init("scales", [1, 1, 2, 2]), _init("one", np.ones((1, 1, 1, 1)))]
-        nodes += [helper.make_node("AveragePool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-                  helper.make_node("Resize", ["p", "", "scales"], ["u"], mode="linear"),
-                  helper.make_node("MaxPool", ["u"], ["mp"], kernel_shape=[1, 1]),
-                  helper.make_node("Add", ["mp", "a"], ["s"]),
-                  helper.make_node("Concat", ["s", "x"], ["cat"], axis=1)]
+        nodes += [helper.make_node("AveragePool", ["a"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+                  helper.make_node("Resize", ["p", "", "scales"], ["u"], name="resize", mode="linear"),
+                  helper.make_node("MaxPool", ["u"], ["mp"], name="maxpool", kernel_shape=[1, 1]),
+                  helper.make_node("Add", ["mp", "a"], ["s"], name="add"),
+                  helper.make_node("Concat", ["s", "x"], ["cat"], name="cat", axis=1)]
         n, p = _bn("bn_end", "cat", "end", c + 3)
         nodes.append(n)
         inits += p
@@ -114,6 +114,16 @@ def test_negative_bn_scale_does_not_fold():
 def test_excluded_nodes_do_not_fold():
     model = _block_graph("1x1 conv")
     assert fold_preactivation_batchnorms(model, {"conv2"}) == []
+
+
+def test_a_graph_without_unique_node_names_is_left_alone():
+    model = _block_graph("1x1 conv")
+    model.graph.node[0].name = model.graph.node[-1].name = "same"
+    assert fold_preactivation_batchnorms(model, set()) == []
+    model.graph.node[0].name = model.graph.node[-1].name = ""
+    assert fold_preactivation_batchnorms(model, set()) == []
+    assert [n.op_type for n in model.graph.node].count("BatchNormalization") == 1  # nothing was edited
+    assert not any(t.name.endswith("_bnshift") for t in model.graph.initializer)
 
 
 def test_fold_is_exact_on_the_tiny_chs_export(tiny_ccr_onnx, fixtures_dir, tmp_path):
