@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from chs.calibration.onnx_graph import drop_unused_initializers, node_attributes
+from chs.calibration.onnx_graph import drop_unused_initializers, node_attributes, node_readers
 from chs.model.sensitive import float32_nodes
 
 # ops an offset passes through unchanged (per channel): pools average or pick, Resize's weights sum to 1
@@ -70,18 +70,15 @@ class _Graph:
         self.model, self.exclude = model, exclude
         self.inits = {t.name: t for t in model.graph.initializer}
         self.producer = {o: n for n in model.graph.node for o in n.output}
-        self.readers: dict[str, list[onnx.NodeProto]] = {}
-        for n in model.graph.node:
-            for i in n.input:
-                self.readers.setdefault(i, []).append(n)
+        self.readers = node_readers(model.graph)
         self.outputs = {o.name for o in model.graph.output}
         self.channels = _shape_channels(model)
 
     def array(self, name: str) -> np.ndarray:
         return numpy_helper.to_array(self.inits[name]).astype(np.float64)
 
-    def candidate(self, bn: onnx.NodeProto) -> tuple[onnx.NodeProto, onnx.NodeProto, list[onnx.NodeProto]] | None:
-        """(producing conv, ReLU, convs after the ReLU) when ``bn`` can be folded away, else None."""
+    def candidate(self, bn: onnx.NodeProto) -> tuple[onnx.NodeProto, list[onnx.NodeProto]] | None:
+        """(ReLU, convs after the ReLU) when ``bn`` can be folded away, else None."""
         if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or bn.name in self.exclude or \
                 not all(t in self.inits for t in bn.input[1:5]):
             return None
@@ -101,10 +98,11 @@ class _Graph:
         k, _ = _bn_affine(bn, self.inits)
         if not np.all(k > 0):
             return None
-        return conv, relus[0], after
+        return relus[0], after
 
-    def reach(self, tensor: str, skip: onnx.NodeProto, folded: set[str], seen: set[str] | None = None) -> bool:
-        """Whether an offset on ``tensor`` ends, on every path, where it can be taken out exactly."""
+    def reach(self, tensor: str, skip: onnx.NodeProto, seen: set[str] | None = None) -> bool:
+        """Whether an offset on ``tensor`` ends, on every path, where it can be taken out exactly. A BN it meets is
+        never one being folded: those read conv outputs, and an offset only travels through pass-through ops."""
         seen = set() if seen is None else seen
         if tensor in seen:
             return True
@@ -114,7 +112,7 @@ class _Graph:
         for n in self.readers.get(tensor, []):
             if n is skip:
                 continue
-            if n.op_type == "BatchNormalization" and n.input[0] == tensor and n.name not in folded and \
+            if n.op_type == "BatchNormalization" and n.input[0] == tensor and \
                     all(t in self.inits for t in n.input[1:5]):
                 continue
             if n.op_type == "Conv" and n.input[0] == tensor and _unpadded(n) and \
@@ -128,7 +126,7 @@ class _Graph:
                 through = through and attrs.get("mode", b"nearest") in (b"nearest", b"linear", "nearest", "linear") \
                     and attrs.get("coordinate_transformation_mode", b"") not in (b"tf_crop_and_resize",
                                                                                 "tf_crop_and_resize")
-            if not through or not self.reach(n.output[0], skip, folded, seen):
+            if not through or not self.reach(n.output[0], skip, seen):
                 return False
         return True
 
@@ -141,22 +139,17 @@ def fold_preactivation_batchnorms(model: onnx.ModelProto, exclude: set[str]) -> 
     if not all(names) or len(set(names)) != len(names):  # edits are keyed by node name
         return []
     g = _Graph(model, exclude)
-    folded: dict[str, tuple] = {}  # BN name -> (conv, relu, convs after)
+    folded: dict[str, tuple] = {}  # BN name -> (BN, ReLU, convs after)
     sources: dict[str, np.ndarray] = {}  # conv output -> offset added by the conv's bias
     for bn in model.graph.node:
         found = g.candidate(bn)
-        if found is None or bn.input[0] in sources or not g.reach(bn.input[0], bn, set(folded)):
+        if found is None or bn.input[0] in sources or not g.reach(bn.input[0], bn):
             continue
         k, c = _bn_affine(bn, g.inits)
-        folded[bn.name] = found
+        folded[bn.name] = (bn, *found)
         sources[bn.input[0]] = c / k
     if not folded:
         return []
-    # a later fold may have made an earlier one's path end at a folded BN: keep only folds whose paths still end well
-    for name in list(folded):
-        bn = next(n for n in model.graph.node if n.name == name)
-        if not g.reach(bn.input[0], bn, set(folded) - {name}):
-            del folded[name], sources[bn.input[0]]
 
     new_inits: list[onnx.TensorProto] = []
     weights: dict[str, np.ndarray] = {}  # conv name -> its weight, as edited
@@ -178,7 +171,6 @@ def fold_preactivation_batchnorms(model: onnx.ModelProto, exclude: set[str]) -> 
 
     # offsets through the graph in topological order; taken out at BNs and unpadded convs
     offset: dict[str, np.ndarray] = dict(sources)
-    bn_by_name = {n.name: n for n in model.graph.node if n.name in folded}
     for n in model.graph.node:
         if n.name in folded:
             continue
@@ -207,8 +199,7 @@ def fold_preactivation_batchnorms(model: onnx.ModelProto, exclude: set[str]) -> 
 
     # the ReLUs read the conv outputs; the convs after them take the BN scale on their input channels
     shared_relus = []
-    for name, (_conv, relu, after) in folded.items():
-        bn = bn_by_name[name]
+    for bn, relu, after in folded.values():
         k, _ = _bn_affine(bn, g.inits)
         relu.input[0] = bn.input[0]
         shared_relus.append(relu.name)

@@ -13,6 +13,15 @@ def node_attributes(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def node_readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """tensor name -> the nodes that read it, in graph order."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return readers
+
+
 def drop_dead_nodes(graph: onnx.GraphProto) -> int:
     """Remove the nodes whose outputs nothing reads (no node, no graph output), repeatedly: a rewrite's leftovers
     (Q/DQ pairs, Transposes) and what fed only them; returns how many."""
@@ -44,4 +53,4 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> int:
     return dropped
 
 
-__all__ = ["drop_dead_nodes", "drop_unused_initializers", "node_attributes"]
+__all__ = ["drop_dead_nodes", "drop_unused_initializers", "node_attributes", "node_readers"]

@@ -66,7 +66,7 @@ from onnxruntime.quantization.calibrate import TensorData, TensorsData
 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 from onnxruntime.quantization.quant_utils import QuantizationMode
 
-from chs.calibration.onnx_graph import drop_unused_initializers, node_attributes
+from chs.calibration.onnx_graph import drop_unused_initializers, node_attributes, node_readers
 from chs.model.sensitive import param_module
 
 # op types quantized in the ORT CPU form (Resize stays float: see the module docstring)
@@ -184,10 +184,7 @@ def concats_read_only_by_quantized_ops(model: onnx.ModelProto, exclude: set[str]
     DequantizeLinear of its quantized input and a QuantizeLinear of its output. As a QLinearConcat its
     float input is quantized once, straight into the Concat's range (:func:`shared_concat_ranges`), and the
     quantized one is copied (ORT still keeps it NCHW between two layout Transposes)."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = node_readers(model.graph)
     outputs = {o.name for o in model.graph.output}
     found = set()
     for n in model.graph.node:
@@ -318,10 +315,7 @@ def shared_relus(model: onnx.ModelProto, exclude: set[str]) -> dict[str, tuple[s
     only reader). With other readers the range keeps its negative part, so the ReLU would be lost:
     :func:`relus_as_clips` puts it back as a uint8 Clip at the zero point (the BN folds of
     :mod:`chs.calibration.bn_shift` make such ReLUs)."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = node_readers(model.graph)
     return {n.name: (n.output[0], [r.name for r in readers.get(n.output[0], [])]) for n in model.graph.node
             if n.op_type == "Relu" and n.name not in exclude and len(readers.get(n.input[0], [])) > 1}
 
@@ -331,12 +325,11 @@ def relus_as_clips(model: onnx.ModelProto, shared: dict[str, tuple[str, list[str
     ``Clip(x, zero point, 255)`` on the uint8 tensor its readers were given: the ReLU in the quantized domain, same
     scale, no requantization (~1 us where a requantizing op costs 3-15 us). Raises when a reader is not a
     quantized op reading that tensor, which would silently miss the ReLU. Returns how many."""
-    present = {n.name for n in model.graph.node}
     by_name = {n.name: n for n in model.graph.node}
     added = 0
     for name, (relu_out, reader_names) in shared.items():
         q = quantized_values.get(relu_out)
-        if name in present or q is None:  # kept as an op (a float ReLU between Q/DQ): nothing was dropped
+        if name in by_name or q is None:  # kept as an op (a float ReLU between Q/DQ): nothing was dropped
             continue
         readers = [by_name.get(f"{r}_quant") for r in reader_names]
         if not readers or any(r is None or q.q_name not in r.input for r in readers):

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from chs.calibration.onnx_graph import drop_dead_nodes, drop_unused_initializers, node_attributes
+from chs.calibration.onnx_graph import drop_dead_nodes, drop_unused_initializers, node_attributes, node_readers
 from chs.calibration.ort_layout import NCHW_TO_NHWC, input_shapes
 
 NHWC_TO_NCHW = [0, 3, 1, 2]
@@ -207,10 +207,7 @@ def windowed_roi_aligns(model: onnx.ModelProto) -> int:
     """Rewrite each RoiAlign whose rois are fixed-width windows (Concat(c - k, c + k)) in place; returns how many.
     Others (another mode or coordinate convention, adaptive sampling, rois of free width) are left as they are."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = node_readers(model.graph)
     found = []
     for node in model.graph.node:
         if node.op_type != "RoiAlign" or node.domain not in ("", "ai.onnx"):
